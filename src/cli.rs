@@ -1,0 +1,299 @@
+//! The command line: subcommands, flags layered over the config file, and start-up.
+//!
+//! `preforkd [OPTIONS] [-- COMMAND...]` runs the supervisor; `check` validates and prints the
+//! effective configuration; `demo` runs the supervisor with the built-in HTTP worker; the hidden
+//! `hello-worker` is that worker. Errors before the supervisor runs are printed once, in plain
+//! words, and map to the exit codes in [`crate::exit`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use lexopt::{Arg, Parser, ValueExt};
+
+use crate::config::{self, Config, ListenAddr};
+use crate::exit;
+use crate::log;
+use crate::notify::SystemdNotify;
+use crate::signals::Signals;
+use crate::sockets::{self, SocketError};
+use crate::spawn::resolve_program;
+use crate::supervisor::{Setup, Supervisor};
+
+const USAGE: &str = "\
+Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
+       preforkd check [OPTIONS] [--] [COMMAND [ARGS...]]
+       preforkd demo [OPTIONS]
+
+Runs COMMAND once per CPU core; every worker gets the listen sockets at fd 3.. the systemd
+way (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and accepts connections on them.
+
+Commands:
+  (none)   run the supervisor
+  check    validate the configuration and print the effective settings, start nothing
+  demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080)
+
+Options (each also a key of the config file, with _ for -):
+  --config FILE              TOML configuration file
+  --workers N|auto           number of workers (auto: the CPUs this process may use)
+  --listen ADDR              address to bind when systemd passed no sockets; repeatable:
+                             127.0.0.1:8080, [::1]:8080, unix:/run/app.sock
+  --backlog N                listen backlog for sockets preforkd binds (1024)
+  --socket-mode MODE         permissions of unix sockets preforkd binds, e.g. 0660
+  --socket-user USER, --socket-group GROUP
+                             owner of unix sockets preforkd binds
+  --env NAME=VALUE           environment variable for workers; repeatable
+  --working-directory DIR    directory workers start in
+  --stop-signal SIG          signal that asks a worker to stop (SIGTERM)
+  --stop-timeout DURATION    how long a worker may take to stop before SIGKILL (30s)
+  --restart-delay DURATION   first back-off after a failed start (100ms)
+  --restart-delay-max DURATION
+                             longest back-off (10s)
+  --min-uptime DURATION      a worker that dies sooner failed to start (1s)
+  --restart-burst N          failed starts allowed within --restart-interval (5)
+  --restart-interval DURATION
+                             window for --restart-burst (10s); past it preforkd exits 69
+  --cpu-affinity[=BOOL]      pin worker i to the i-th allowed CPU
+  --log-level LEVEL          error, warning, info or debug (info)
+  -h, --help                 this text
+  -V, --version              the version
+
+Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); TTIN / TTOU add /
+remove a worker.
+Exit codes: 0 stopped, 64 usage, 69 workers kept failing, 71 cannot bind or fork,
+78 configuration error.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Check,
+    Demo,
+}
+
+/// The parsed command line, before the config file is read.
+struct Invocation {
+    mode: Mode,
+    config_file: Option<PathBuf>,
+    /// `(flag, value)` in the order given; applied over the file.
+    flags: Vec<(String, String)>,
+    command: Vec<String>,
+}
+
+/// Runs preforkd with `args` (including argv[0]); returns the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    if args.get(1).is_some_and(|a| a == "hello-worker") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return crate::http_worker::main(&rest);
+    }
+    let inv = match parse_args(args) {
+        Ok(Some(inv)) => inv,
+        Ok(None) => return exit::OK,
+        Err(message) => {
+            log::print_error(&format!("{message}\nTry 'preforkd --help'."));
+            return exit::USAGE;
+        }
+    };
+    let cfg = match build_config(&inv) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            log::print_error(&e.to_string());
+            return exit::CONFIG;
+        }
+    };
+    let program = match resolve_command(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            log::print_error(&e.to_string());
+            return exit::CONFIG;
+        }
+    };
+    if inv.mode == Mode::Check {
+        print!("{}", cfg.to_toml());
+        println!("# program: {}", program.display());
+        return exit::OK;
+    }
+    run(cfg, program, inv.mode)
+}
+
+fn parse_args(args: Vec<OsString>) -> Result<Option<Invocation>, String> {
+    let mut parser = Parser::from_iter(args);
+    let mut inv = Invocation {
+        mode: Mode::Run,
+        config_file: None,
+        flags: Vec::new(),
+        command: Vec::new(),
+    };
+    let mut first = true;
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Arg::Short('h') | Arg::Long("help") => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            Arg::Short('V') | Arg::Long("version") => {
+                println!("preforkd {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            Arg::Long("config") => {
+                inv.config_file = Some(parser.value().map_err(|e| e.to_string())?.into());
+            }
+            Arg::Long("cpu-affinity") => {
+                let value = match parser.optional_value() {
+                    Some(v) => v.string().map_err(|e| e.to_string())?,
+                    None => "true".to_owned(),
+                };
+                inv.flags.push(("cpu-affinity".to_owned(), value));
+            }
+            Arg::Long(name) if is_config_flag(name) => {
+                let name = name.to_owned();
+                let value = parser
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .string()
+                    .map_err(|e| e.to_string())?;
+                inv.flags.push((name, value));
+            }
+            Arg::Value(v) if first && (v == "check" || v == "demo" || v == "run") => {
+                inv.mode = match v.to_str() {
+                    Some("check") => Mode::Check,
+                    Some("demo") => Mode::Demo,
+                    _ => Mode::Run,
+                };
+            }
+            Arg::Value(v) => {
+                // The command starts here; everything after it is its own.
+                inv.command.push(v.string().map_err(|e| e.to_string())?);
+                for rest in parser.raw_args().map_err(|e| e.to_string())? {
+                    inv.command.push(
+                        rest.into_string()
+                            .map_err(|a| format!("argument {a:?} is not valid UTF-8"))?,
+                    );
+                }
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+        first = false;
+    }
+    Ok(Some(inv))
+}
+
+fn is_config_flag(name: &str) -> bool {
+    let key = name.replace('-', "_");
+    key != "cpu_affinity" && config::KEYS.contains(&key.as_str()) && key != "command"
+}
+
+/// Defaults, then the file, then the flags, then the command after `--`.
+fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
+    let mut cfg = match &inv.config_file {
+        Some(path) => config::load_file(path)?,
+        None => Config::default(),
+    };
+    let mut listen_given = false;
+    for (flag, value) in &inv.flags {
+        if flag == "listen" && !listen_given {
+            // Addresses on the command line replace the file's list rather than adding to it.
+            cfg.listen.clear();
+            listen_given = true;
+        }
+        config::apply_flag(&mut cfg, flag, value)?;
+    }
+    if !inv.command.is_empty() {
+        cfg.command = inv.command.clone();
+    }
+    if inv.mode == Mode::Demo && cfg.command.is_empty() {
+        let me = std::env::current_exe().map_err(|e| config::ConfigError {
+            origin: "preforkd demo".into(),
+            field: None,
+            message: format!("cannot find preforkd's own executable: {e}"),
+            snippet: None,
+        })?;
+        cfg.command = vec![me.display().to_string(), "hello-worker".to_owned()];
+    }
+    config::finish(&cfg)?;
+    Ok(cfg)
+}
+
+fn resolve_command(cfg: &Config) -> Result<PathBuf, config::ConfigError> {
+    let path_var = cfg
+        .env
+        .get("PATH")
+        .map(OsString::from)
+        .or_else(|| std::env::var_os("PATH"));
+    resolve_program(
+        &cfg.command[0],
+        path_var.as_deref(),
+        cfg.working_directory.as_deref(),
+    )
+    .map_err(|m| config::ConfigError {
+        origin: cfg
+            .file
+            .as_ref()
+            .map_or("command line".to_owned(), |p| p.display().to_string()),
+        field: Some("command".into()),
+        message: m,
+        snippet: None,
+    })
+}
+
+/// Takes or binds the sockets, installs the signal handlers, and runs the supervisor.
+fn run(mut cfg: Config, program: PathBuf, mode: Mode) -> i32 {
+    let logger = log::logger(cfg.log_level);
+    // Both must happen while preforkd is single-threaded: they edit the environment.
+    let systemd = SystemdNotify::from_env();
+    let listeners = match sockets::take_from_systemd() {
+        Ok(Some(listeners)) => {
+            if !cfg.listen.is_empty() {
+                slog::warn!(logger, "systemd passed sockets; the listen addresses are not used";
+                    "listen" => cfg.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
+            }
+            listeners
+        }
+        Ok(None) => {
+            if cfg.listen.is_empty() && mode == Mode::Demo {
+                cfg.listen
+                    .push(ListenAddr::Tcp(([127, 0, 0, 1], 8080).into()));
+            }
+            if cfg.listen.is_empty() {
+                log::print_error(
+                    "no sockets to serve: systemd passed none (LISTEN_FDS is not set) and no listen address is configured; add listen = [\"127.0.0.1:8080\"] to the config, pass --listen, or start preforkd from a socket unit",
+                );
+                return exit::CONFIG;
+            }
+            match sockets::bind_all(&cfg) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::print_error(&e.to_string());
+                    return exit::OSERR;
+                }
+            }
+        }
+        Err(e @ SocketError::Activation(_)) => {
+            log::print_error(&e.to_string());
+            return exit::CONFIG;
+        }
+        Err(e) => {
+            log::print_error(&e.to_string());
+            return exit::OSERR;
+        }
+    };
+    // Orphans of workers' children come to preforkd rather than to PID 1, to be reaped.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            log::print_error(&format!("cannot install signal handlers: {e}"));
+            return exit::OSERR;
+        }
+    };
+    Supervisor::new(Setup {
+        cfg,
+        program,
+        listeners,
+        log: logger,
+        systemd,
+        signals,
+    })
+    .run()
+}

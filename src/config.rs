@@ -1,0 +1,971 @@
+//! The configuration: TOML file, command-line overrides, validation and the effective settings.
+//!
+//! Values are layered: built-in defaults, then the file given with `--config`, then command-line
+//! flags. Every value that came from the file keeps its position, so that an error names the
+//! file, line, column, field and value, and says what would be valid. A bad configuration is a
+//! [`ConfigError`]; the binary turns it into exit code 78 (EX_CONFIG) before anything starts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Upper bound on `workers`: far above any core count, low enough to catch a typo like `40000`.
+pub const MAX_WORKERS: u32 = 4096;
+
+/// Every key a config file may hold, in the order `preforkd check` prints them.
+pub const KEYS: &[&str] = &[
+    "command",
+    "workers",
+    "listen",
+    "backlog",
+    "socket_mode",
+    "socket_user",
+    "socket_group",
+    "env",
+    "working_directory",
+    "stop_signal",
+    "stop_timeout",
+    "restart_delay",
+    "restart_delay_max",
+    "min_uptime",
+    "restart_burst",
+    "restart_interval",
+    "cpu_affinity",
+    "log_level",
+];
+
+/// A configuration problem, with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the bad value was written: `app.toml:3:11`, `--workers`, or the command line.
+    pub origin: String,
+    /// The key concerned, when known.
+    pub field: Option<String>,
+    pub message: String,
+    /// The offending line with a caret under the value, for file errors.
+    pub snippet: Option<String>,
+}
+
+impl ConfigError {
+    fn new(origin: impl Into<String>, field: Option<&str>, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin: origin.into(),
+            field: field.map(str::to_owned),
+            message: message.into(),
+            snippet: None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.origin)?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(snippet) = &self.snippet {
+            write!(f, "\n{snippet}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How many workers to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per CPU this process may use (affinity and cgroup quota honoured).
+    Auto,
+    Count(u32),
+}
+
+impl Workers {
+    pub fn resolve(self) -> u32 {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .min(MAX_WORKERS),
+        }
+    }
+}
+
+/// An address to bind when systemd did not pass sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warning,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warning => "warning",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+}
+
+/// The effective configuration preforkd runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, for reloads and messages.
+    pub file: Option<PathBuf>,
+    pub command: Vec<String>,
+    pub workers: Workers,
+    pub listen: Vec<ListenAddr>,
+    pub backlog: u32,
+    pub socket_mode: Option<u32>,
+    pub socket_user: Option<String>,
+    pub socket_group: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_directory: Option<PathBuf>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub restart_delay: Duration,
+    pub restart_delay_max: Duration,
+    pub min_uptime: Duration,
+    pub restart_burst: u32,
+    pub restart_interval: Duration,
+    pub cpu_affinity: bool,
+    pub log_level: LogLevel,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            file: None,
+            command: Vec::new(),
+            workers: Workers::Auto,
+            listen: Vec::new(),
+            backlog: 1024,
+            socket_mode: None,
+            socket_user: None,
+            socket_group: None,
+            env: BTreeMap::new(),
+            working_directory: None,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(30),
+            restart_delay: Duration::from_millis(100),
+            restart_delay_max: Duration::from_secs(10),
+            min_uptime: Duration::from_secs(1),
+            restart_burst: 5,
+            restart_interval: Duration::from_secs(10),
+            cpu_affinity: false,
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value types: one parser per kind of value, shared by the file and the flags.
+
+/// A value that can be written as a string (flags, TOML strings) and maybe as a TOML integer or
+/// boolean. The error strings say what would be valid; the caller adds where.
+trait ParseValue: Sized {
+    /// What a valid value looks like, for "expected …" in messages.
+    const EXPECTED: &'static str;
+    fn from_text(s: &str) -> Result<Self, String>;
+    fn from_int(i: i64) -> Result<Self, String> {
+        Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
+    }
+    fn from_bool(b: bool) -> Result<Self, String> {
+        Err(format!("invalid value {b}: expected {}", Self::EXPECTED))
+    }
+}
+
+struct ParseVisitor<T>(PhantomData<T>);
+
+impl<'de, T: ParseValue> Visitor<'de> for ParseVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(T::EXPECTED)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        T::from_text(v).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        T::from_int(v).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        T::from_int(i64::try_from(v).unwrap_or(i64::MAX)).map_err(E::custom)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        T::from_bool(v).map_err(E::custom)
+    }
+}
+
+macro_rules! deserialize_via_parse {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(ParseVisitor::<$t>(PhantomData))
+            }
+        }
+    )*};
+}
+
+impl ParseValue for Workers {
+    const EXPECTED: &'static str = "\"auto\" or a whole number of workers from 1 to 4096";
+    fn from_text(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Workers::Auto);
+        }
+        match s.parse::<i64>() {
+            Ok(n) => Self::from_int(n),
+            Err(_) => Err(format!(
+                "invalid value \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        if (1..=MAX_WORKERS as i64).contains(&i) {
+            Ok(Workers::Count(i as u32))
+        } else {
+            Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
+        }
+    }
+}
+
+/// A duration written as "30s", "500ms", "1m 30s".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dur(Duration);
+
+impl ParseValue for Dur {
+    const EXPECTED: &'static str = "a duration such as \"500ms\", \"30s\" or \"2m\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            format!(
+                "invalid duration \"{s}\" ({e}): expected {}",
+                Self::EXPECTED
+            )
+        })
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        Err(format!(
+            "invalid duration {i}: a bare number has no unit; write \"{i}s\" or \"{i}ms\""
+        ))
+    }
+}
+
+/// A signal name such as "SIGTERM" or "TERM".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SignalName(Signal);
+
+impl ParseValue for SignalName {
+    const EXPECTED: &'static str =
+        "a signal name such as \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\", \"SIGUSR1\", \"SIGUSR2\" or \"SIGWINCH\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        let upper = s.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        match Signal::from_str(&full) {
+            Ok(Signal::SIGKILL) | Ok(Signal::SIGSTOP) => Err(format!(
+                "\"{s}\" cannot be caught, so a worker could not stop gracefully: expected {}",
+                Self::EXPECTED
+            )),
+            Ok(sig) => Ok(SignalName(sig)),
+            Err(_) => Err(format!(
+                "unknown signal \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
+}
+
+impl ParseValue for ListenAddr {
+    const EXPECTED: &'static str = "an address such as \"127.0.0.1:8080\", \"[::1]:8080\", \"0.0.0.0:80\" or \"unix:/run/app.sock\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = Path::new(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "invalid listen address \"{s}\": a unix socket path must be absolute, like \"unix:/run/app.sock\""
+                ));
+            }
+            return Ok(ListenAddr::Unix(path.to_owned()));
+        }
+        match s.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => Err(format!(
+                "invalid listen address \"{s}\": port 0 would pick a random port; name the port"
+            )),
+            Ok(addr) => Ok(ListenAddr::Tcp(addr)),
+            Err(_) => Err(format!(
+                "invalid listen address \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
+}
+
+/// Permission bits for a unix socket, written "0660" or as a TOML octal integer 0o660.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mode(u32);
+
+impl ParseValue for Mode {
+    const EXPECTED: &'static str = "octal permission bits such as \"0660\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+            Ok(m) if m <= 0o777 => Ok(Mode(m)),
+            _ => Err(format!("invalid mode \"{s}\": expected {}", Self::EXPECTED)),
+        }
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        if (0..=0o777).contains(&i) {
+            Ok(Mode(i as u32))
+        } else {
+            Err(format!(
+                "invalid mode {i}: expected {} (in TOML an integer must be written 0o660)",
+                Self::EXPECTED
+            ))
+        }
+    }
+}
+
+impl ParseValue for LogLevel {
+    const EXPECTED: &'static str = "one of \"error\", \"warning\", \"info\", \"debug\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        match s {
+            "error" => Ok(LogLevel::Error),
+            "warning" | "warn" => Ok(LogLevel::Warning),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            _ => Err(format!(
+                "invalid log level \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
+}
+
+/// A whole number within a range; the range is checked where the field is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Int(i64);
+
+impl ParseValue for Int {
+    const EXPECTED: &'static str = "a whole number";
+    fn from_text(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Int)
+            .map_err(|_| format!("invalid value \"{s}\": expected {}", Self::EXPECTED))
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        Ok(Int(i))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bool(bool);
+
+impl ParseValue for Bool {
+    const EXPECTED: &'static str = "true or false";
+    fn from_text(s: &str) -> Result<Self, String> {
+        match s {
+            "true" | "yes" | "on" => Ok(Bool(true)),
+            "false" | "no" | "off" => Ok(Bool(false)),
+            _ => Err(format!(
+                "invalid value \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
+    fn from_bool(b: bool) -> Result<Self, String> {
+        Ok(Bool(b))
+    }
+}
+
+deserialize_via_parse!(Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool);
+
+// ---------------------------------------------------------------------------------------------
+// The file layer.
+
+/// The file as written: every key optional, every value with its position.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    command: Option<Spanned<Vec<String>>>,
+    workers: Option<Spanned<Workers>>,
+    listen: Option<Spanned<Vec<ListenAddr>>>,
+    backlog: Option<Spanned<Int>>,
+    socket_mode: Option<Spanned<Mode>>,
+    socket_user: Option<Spanned<String>>,
+    socket_group: Option<Spanned<String>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    working_directory: Option<Spanned<PathBuf>>,
+    stop_signal: Option<Spanned<SignalName>>,
+    stop_timeout: Option<Spanned<Dur>>,
+    restart_delay: Option<Spanned<Dur>>,
+    restart_delay_max: Option<Spanned<Dur>>,
+    min_uptime: Option<Spanned<Dur>>,
+    restart_burst: Option<Spanned<Int>>,
+    restart_interval: Option<Spanned<Dur>>,
+    cpu_affinity: Option<Spanned<Bool>>,
+    log_level: Option<Spanned<LogLevel>>,
+}
+
+/// The text of a config file, for turning byte offsets into positions.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before[line_start..].chars().count() + 1;
+        (line, col)
+    }
+
+    fn origin(&self, offset: usize) -> String {
+        let (line, col) = self.line_col(offset);
+        format!("{}:{line}:{col}", self.path.display())
+    }
+
+    /// The line holding `span`, with carets under it, in the style of rustc and toml.
+    fn snippet(&self, span: std::ops::Range<usize>) -> String {
+        let (line, col) = self.line_col(span.start);
+        let text = self.text.lines().nth(line - 1).unwrap_or("");
+        let width = self.text[span.start.min(self.text.len())..span.end.min(self.text.len())]
+            .lines()
+            .next()
+            .map_or(1, |s| s.chars().count().max(1));
+        let gutter = " ".repeat(line.to_string().len());
+        format!(
+            "{gutter} |\n{line} | {text}\n{gutter} | {}{}",
+            " ".repeat(col - 1),
+            "^".repeat(width)
+        )
+    }
+
+    /// The key written on the line where `offset` lies (`key = value`), with its table.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let (line, _) = self.line_col(offset);
+        let lines: Vec<&str> = self.text.lines().collect();
+        let this = lines.get(line - 1)?;
+        let key = this.split_once('=')?.0.trim().trim_matches('"');
+        if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+            return None;
+        }
+        let table = lines[..line - 1].iter().rev().find_map(|l| {
+            let l = l.trim();
+            (l.starts_with('[') && !l.starts_with("[[")).then(|| l.trim_matches(['[', ']']).trim())
+        });
+        Some(match table {
+            Some(t) => format!("{t}.{key}"),
+            None => key.to_owned(),
+        })
+    }
+
+    fn error_at<T>(&self, value: &Spanned<T>, field: &str, message: String) -> ConfigError {
+        ConfigError {
+            origin: self.origin(value.span().start),
+            field: Some(field.to_owned()),
+            message,
+            snippet: Some(self.snippet(value.span())),
+        }
+    }
+
+    fn from_toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        let mut message = err.message().trim().to_owned();
+        let Some(span) = err.span() else {
+            return ConfigError::new(self.path.display().to_string(), None, message);
+        };
+        if let Some(hint) = unknown_field_hint(&message) {
+            message.push_str(&hint);
+        }
+        let field = self.key_at(span.start);
+        ConfigError {
+            origin: self.origin(span.start),
+            field,
+            message,
+            snippet: Some(self.snippet(span)),
+        }
+    }
+}
+
+/// "did you mean …" for a misspelt key, found by edit distance.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let name = &rest[..rest.find('`')?];
+    let best = KEYS
+        .iter()
+        .map(|k| (edit_distance(name, k), k))
+        .min_by_key(|(d, _)| *d)?;
+    (best.0 <= 3).then(|| format!("; did you mean `{}`?", best.1))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Reads and parses a config file, layering it over the defaults.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let display = path.display().to_string();
+    if path.is_dir() {
+        return Err(ConfigError::new(
+            display,
+            None,
+            "is a directory, not a config file: give the path of a .toml file",
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::new(
+            display.clone(),
+            None,
+            format!("cannot read the config file: {e}"),
+        )
+    })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let (line, col) = Source { path, text: &text }.line_col(valid);
+            return Err(ConfigError::new(
+                format!("{display}:{line}:{col}"),
+                None,
+                "the file is not valid UTF-8: TOML files must be UTF-8 text",
+            ));
+        }
+    };
+    let src = Source { path, text: &text };
+    let file: FileConfig = toml::from_str(&text).map_err(|e| src.from_toml_error(&e))?;
+    let mut cfg = Config {
+        file: Some(path.to_owned()),
+        ..Config::default()
+    };
+    apply_file(&mut cfg, file, &src)?;
+    Ok(cfg)
+}
+
+fn apply_file(cfg: &mut Config, f: FileConfig, src: &Source) -> Result<(), ConfigError> {
+    if let Some(v) = f.command {
+        check_command(v.get_ref()).map_err(|m| src.error_at(&v, "command", m))?;
+        cfg.command = v.into_inner();
+    }
+    if let Some(v) = f.workers {
+        cfg.workers = v.into_inner();
+    }
+    if let Some(v) = f.listen {
+        cfg.listen = v.into_inner();
+    }
+    if let Some(v) = f.backlog {
+        cfg.backlog =
+            check_range(v.get_ref().0, 1, 65535).map_err(|m| src.error_at(&v, "backlog", m))?;
+    }
+    if let Some(v) = f.socket_mode {
+        cfg.socket_mode = Some(v.into_inner().0);
+    }
+    if let Some(v) = f.socket_user {
+        check_name(v.get_ref()).map_err(|m| src.error_at(&v, "socket_user", m))?;
+        cfg.socket_user = Some(v.into_inner());
+    }
+    if let Some(v) = f.socket_group {
+        check_name(v.get_ref()).map_err(|m| src.error_at(&v, "socket_group", m))?;
+        cfg.socket_group = Some(v.into_inner());
+    }
+    if let Some(v) = f.env {
+        for (key, value) in v.get_ref() {
+            check_env(key, value).map_err(|m| src.error_at(&v, "env", m))?;
+        }
+        cfg.env = v.into_inner();
+    }
+    if let Some(v) = f.working_directory {
+        cfg.working_directory = Some(v.into_inner());
+    }
+    if let Some(v) = f.stop_signal {
+        cfg.stop_signal = v.into_inner().0;
+    }
+    let durations = [
+        (f.stop_timeout, "stop_timeout", &mut cfg.stop_timeout),
+        (f.restart_delay, "restart_delay", &mut cfg.restart_delay),
+        (
+            f.restart_delay_max,
+            "restart_delay_max",
+            &mut cfg.restart_delay_max,
+        ),
+        (f.min_uptime, "min_uptime", &mut cfg.min_uptime),
+        (
+            f.restart_interval,
+            "restart_interval",
+            &mut cfg.restart_interval,
+        ),
+    ];
+    for (value, field, slot) in durations {
+        if let Some(v) = value {
+            *slot = check_duration(field, v.get_ref().0).map_err(|m| src.error_at(&v, field, m))?;
+        }
+    }
+    if let Some(v) = f.restart_burst {
+        cfg.restart_burst = check_range(v.get_ref().0, 1, 10_000)
+            .map_err(|m| src.error_at(&v, "restart_burst", m))?;
+    }
+    if let Some(v) = f.cpu_affinity {
+        cfg.cpu_affinity = v.into_inner().0;
+    }
+    if let Some(v) = f.log_level {
+        cfg.log_level = v.into_inner();
+    }
+    Ok(())
+}
+
+fn check_command(argv: &[String]) -> Result<(), String> {
+    match argv.first() {
+        None => Err("the command is empty: write the program and its arguments, like [\"node\", \"server.js\"]".into()),
+        Some(p) if p.is_empty() => Err("the program name is empty: write it as the first element, like [\"node\", \"server.js\"]".into()),
+        Some(_) if argv.iter().any(|a| a.contains('\0')) => {
+            Err("an argument contains a NUL byte, which no program can receive".into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn check_range(v: i64, min: i64, max: i64) -> Result<u32, String> {
+    if (min..=max).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(format!(
+            "invalid value {v}: expected a whole number from {min} to {max}"
+        ))
+    }
+}
+
+fn check_duration(field: &str, d: Duration) -> Result<Duration, String> {
+    let (min, max) = match field {
+        "stop_timeout" => (Duration::from_millis(1), Duration::from_secs(3600)),
+        _ => (Duration::ZERO, Duration::from_secs(3600)),
+    };
+    if d < min || d > max {
+        return Err(format!(
+            "invalid duration {}: expected from {} to {}",
+            humantime::format_duration(d),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(['\0', ':', '/']) {
+        Err(format!(
+            "invalid name \"{name}\": expected a user or group name"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_env(key: &str, value: &str) -> Result<(), String> {
+    let valid_key = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_key {
+        return Err(format!(
+            "invalid variable name \"{key}\": use letters, digits and underscores, not starting with a digit"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of {key} contains a NUL byte"));
+    }
+    if key.starts_with("LISTEN_")
+        || key.starts_with("WATCHDOG_")
+        || key == "NOTIFY_SOCKET"
+        || key.starts_with("PREFORKD_")
+    {
+        return Err(format!(
+            "{key} is set by preforkd for each worker and cannot be overridden"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The flag layer.
+
+/// Applies one `--flag value` to the configuration. `flag` is the key with dashes
+/// (`stop-timeout`). Returns false when the flag is not a config key.
+pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, ConfigError> {
+    let key = flag.replace('-', "_");
+    let err = |m: String| ConfigError::new(format!("--{flag}"), None, m);
+    match key.as_str() {
+        "command" => {
+            let argv: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+            check_command(&argv).map_err(err)?;
+            cfg.command = argv;
+        }
+        "workers" => cfg.workers = Workers::from_text(value).map_err(err)?,
+        // Each --listen adds one address; the first replaces what the file said.
+        "listen" => cfg.listen.push(ListenAddr::from_text(value).map_err(err)?),
+        "backlog" => {
+            cfg.backlog =
+                check_range(Int::from_text(value).map_err(err)?.0, 1, 65535).map_err(err)?
+        }
+        "socket_mode" => cfg.socket_mode = Some(Mode::from_text(value).map_err(err)?.0),
+        "socket_user" => {
+            check_name(value).map_err(err)?;
+            cfg.socket_user = Some(value.to_owned());
+        }
+        "socket_group" => {
+            check_name(value).map_err(err)?;
+            cfg.socket_group = Some(value.to_owned());
+        }
+        "env" => {
+            let (k, v) = value.split_once('=').ok_or_else(|| {
+                err(format!(
+                    "invalid value \"{value}\": expected NAME=VALUE, like --env NODE_ENV=production"
+                ))
+            })?;
+            check_env(k, v).map_err(err)?;
+            cfg.env.insert(k.to_owned(), v.to_owned());
+        }
+        "working_directory" => cfg.working_directory = Some(PathBuf::from(value)),
+        "stop_signal" => cfg.stop_signal = SignalName::from_text(value).map_err(err)?.0,
+        "stop_timeout" | "restart_delay" | "restart_delay_max" | "min_uptime"
+        | "restart_interval" => {
+            let d = check_duration(&key, Dur::from_text(value).map_err(err)?.0).map_err(err)?;
+            match key.as_str() {
+                "stop_timeout" => cfg.stop_timeout = d,
+                "restart_delay" => cfg.restart_delay = d,
+                "restart_delay_max" => cfg.restart_delay_max = d,
+                "min_uptime" => cfg.min_uptime = d,
+                _ => cfg.restart_interval = d,
+            }
+        }
+        "restart_burst" => {
+            cfg.restart_burst =
+                check_range(Int::from_text(value).map_err(err)?.0, 1, 10_000).map_err(err)?
+        }
+        "cpu_affinity" => cfg.cpu_affinity = Bool::from_text(value).map_err(err)?.0,
+        "log_level" => cfg.log_level = LogLevel::from_text(value).map_err(err)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Checks that need the whole configuration: run after every layer is applied.
+pub fn finish(cfg: &Config) -> Result<(), ConfigError> {
+    let origin = cfg
+        .file
+        .as_ref()
+        .map_or("command line".to_owned(), |p| p.display().to_string());
+    if cfg.restart_delay > cfg.restart_delay_max {
+        return Err(ConfigError::new(
+            origin,
+            Some("restart_delay"),
+            format!(
+                "restart_delay ({}) is longer than restart_delay_max ({}): make restart_delay the smaller",
+                humantime::format_duration(cfg.restart_delay),
+                humantime::format_duration(cfg.restart_delay_max)
+            ),
+        ));
+    }
+    if cfg.command.is_empty() {
+        return Err(ConfigError::new(
+            origin,
+            Some("command"),
+            "no command to run: set command = [\"program\", \"arg\"] in the config file, or put it after --, like: preforkd --listen 127.0.0.1:8080 -- node app.js",
+        ));
+    }
+    if let Some(dir) = &cfg.working_directory {
+        if !dir.is_dir() {
+            return Err(ConfigError::new(
+                origin,
+                Some("working_directory"),
+                format!(
+                    "\"{}\" is not an existing directory: create it or fix the path",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// The effective configuration as TOML, for `preforkd check`.
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+        let dur = |d: Duration| q(&humantime::format_duration(d).to_string());
+        let mut out = String::new();
+        if let Some(f) = &self.file {
+            out.push_str(&format!("# effective configuration from {}\n", f.display()));
+        } else {
+            out.push_str("# effective configuration from the command line\n");
+        }
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
+        line("command", list(self.command.iter().map(|a| q(a)).collect()));
+        line(
+            "workers",
+            match self.workers {
+                Workers::Auto => format!("\"auto\"  # {} on this machine", self.workers.resolve()),
+                Workers::Count(n) => n.to_string(),
+            },
+        );
+        line(
+            "listen",
+            list(self.listen.iter().map(|a| q(&a.to_string())).collect()),
+        );
+        line("backlog", self.backlog.to_string());
+        if let Some(m) = self.socket_mode {
+            line("socket_mode", q(&format!("{m:04o}")));
+        }
+        if let Some(u) = &self.socket_user {
+            line("socket_user", q(u));
+        }
+        if let Some(g) = &self.socket_group {
+            line("socket_group", q(g));
+        }
+        if let Some(d) = &self.working_directory {
+            line("working_directory", q(&d.display().to_string()));
+        }
+        line("stop_signal", q(self.stop_signal.as_str()));
+        line("stop_timeout", dur(self.stop_timeout));
+        line("restart_delay", dur(self.restart_delay));
+        line("restart_delay_max", dur(self.restart_delay_max));
+        line("min_uptime", dur(self.min_uptime));
+        line("restart_burst", self.restart_burst.to_string());
+        line("restart_interval", dur(self.restart_interval));
+        line("cpu_affinity", self.cpu_affinity.to_string());
+        line("log_level", q(self.log_level.name()));
+        if !self.env.is_empty() {
+            out.push_str("\n[env]\n");
+            for (k, v) in &self.env {
+                out.push_str(&format!("{k} = {}\n", q(v)));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.toml");
+        std::fs::write(&path, text).unwrap();
+        load_file(&path).map_err(|mut e| {
+            e.origin = e.origin.replace(&path.display().to_string(), "app.toml");
+            e
+        })
+    }
+
+    #[test]
+    fn full_file_is_read() {
+        let cfg = load(
+            r#"
+command = ["node", "app.js"]
+workers = 3
+listen = ["127.0.0.1:8080", "[::1]:8081", "unix:/run/x.sock"]
+stop_signal = "INT"
+stop_timeout = "5s"
+socket_mode = "0660"
+[env]
+NODE_ENV = "production"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.command, ["node", "app.js"]);
+        assert_eq!(cfg.workers, Workers::Count(3));
+        assert_eq!(cfg.listen.len(), 3);
+        assert_eq!(cfg.stop_signal, Signal::SIGINT);
+        assert_eq!(cfg.stop_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.socket_mode, Some(0o660));
+        assert_eq!(cfg.env["NODE_ENV"], "production");
+    }
+
+    #[test]
+    fn errors_name_line_field_and_choices() {
+        let e = load("command = [\"x\"]\nworkers = \"eight\"\n").unwrap_err();
+        assert_eq!(e.origin, "app.toml:2:11");
+        assert_eq!(e.field.as_deref(), Some("workers"));
+        assert!(e.message.contains("\"auto\" or a whole number"), "{e}");
+
+        let e = load("wrokers = 4\n").unwrap_err();
+        assert!(e.message.contains("did you mean `workers`"), "{e}");
+        assert_eq!(e.origin, "app.toml:1:1");
+
+        let e = load("stop_timeout = 30\n").unwrap_err();
+        assert!(e.message.contains("write \"30s\""), "{e}");
+    }
+
+    #[test]
+    fn snippet_points_at_value() {
+        let e = load("workers = 0\n").unwrap_err();
+        let snippet = e.snippet.unwrap();
+        assert!(snippet.contains("1 | workers = 0"), "{snippet}");
+        assert!(snippet.ends_with("          ^"), "{snippet:?}");
+    }
+
+    #[test]
+    fn flags_override_and_validate() {
+        let mut cfg = Config::default();
+        assert!(apply_flag(&mut cfg, "workers", "4").unwrap());
+        assert_eq!(cfg.workers, Workers::Count(4));
+        let e = apply_flag(&mut cfg, "stop-timeout", "soon").unwrap_err();
+        assert_eq!(e.origin, "--stop-timeout");
+        assert!(!apply_flag(&mut cfg, "nonsense", "1").unwrap());
+    }
+
+    #[test]
+    fn edit_distance_works() {
+        assert_eq!(edit_distance("wrokers", "workers"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}

@@ -1,0 +1,37 @@
+//! preforkd runs a socket-activated server on every core under systemd.
+//!
+//! systemd (or preforkd itself) opens the listen sockets; preforkd forks one worker per core,
+//! each exec'ing the app with the sockets at fd 3.. and `LISTEN_*` set for it, so any app that
+//! speaks systemd socket activation runs unchanged and accepts connections directly from the
+//! kernel. preforkd replaces workers that die, backs off when they keep dying, and on SIGTERM,
+//! SIGINT or SIGQUIT lets them finish their requests before it exits.
+//!
+//! Modules, from the edges in: [`cli`] (command line), [`config`] (TOML and flags), [`sockets`]
+//! (LISTEN_FDS or bind), [`spawn`] (fork + exec, the only process-level `unsafe`),
+//! [`restart`] (back-off policy), [`signals`], [`notify`] (to systemd), [`log`], and
+//! [`supervisor`], the event loop where all state changes. [`http_worker`] is the demo app.
+
+pub mod cli;
+pub mod config;
+pub mod http_worker;
+pub mod log;
+pub mod notify;
+pub mod restart;
+pub mod signals;
+pub mod sockets;
+pub mod spawn;
+pub mod supervisor;
+
+/// preforkd's exit codes (sysexits.h where one fits).
+pub mod exit {
+    /// Stopped on request, every worker reaped.
+    pub const OK: i32 = 0;
+    /// The command line is malformed (unknown option, missing value).
+    pub const USAGE: i32 = 64;
+    /// The workers kept failing to start; preforkd gave up so systemd's `Restart=` can act.
+    pub const UNAVAILABLE: i32 = 69;
+    /// The system refused: a socket could not be bound, signals could not be set up.
+    pub const OSERR: i32 = 71;
+    /// The configuration is invalid: file, flags, command, or the LISTEN_* environment.
+    pub const CONFIG: i32 = 78;
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(preforkd::cli::main(std::env::args_os().collect()));
+}

@@ -1,0 +1,510 @@
+//! Starting one worker: fork, set up the child's sockets, signals and environment, exec.
+//!
+//! Everything the child needs is prepared in the parent as an [`ExecPlan`]: C strings, pointer
+//! arrays, the `LISTEN_PID=` entry with room for the digits, scratch space for fd numbers. Between
+//! `fork()` and `execve()` the child only makes async-signal-safe system calls on that memory; it
+//! allocates nothing, takes no lock and never returns into Rust code of the parent. This is the
+//! only module of preforkd with `unsafe` process-level code.
+//!
+//! In the child, in order: stdin becomes /dev/null; the listen sockets move to fd 3, 4, … without
+//! `FD_CLOEXEC`; every other fd is marked close-on-exec; `PR_SET_PDEATHSIG` (SIGKILL) is set and
+//! the parent re-checked, so a worker never outlives a SIGKILLed preforkd; the worker gets its own
+//! process group; the working directory and CPU affinity are applied; every signal disposition is
+//! reset to the default and the mask cleared; `LISTEN_PID` is filled with the child's pid; exec.
+//! A failure at any step is written as (step, errno) to a close-on-exec pipe that the parent reads,
+//! as std's `Command` does, so "not found" is reported once and plainly.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::unistd::Pid;
+
+/// What the supervisor wants started; turned into an [`ExecPlan`] in the parent.
+pub struct WorkerSpec<'a> {
+    /// An absolute path, from [`resolve_program`].
+    pub program: &'a Path,
+    pub argv: &'a [String],
+    /// The complete environment except `LISTEN_PID`, which only the child can know.
+    pub env: Vec<(OsString, OsString)>,
+    /// The listen sockets, in the order they are to appear at fd 3, 4, …
+    pub listen_fds: &'a [RawFd],
+    pub working_directory: Option<&'a Path>,
+    /// Pin the worker to this CPU.
+    pub cpu: Option<usize>,
+}
+
+/// The step of the child's setup that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    Stdin = 1,
+    Sockets = 2,
+    Chdir = 3,
+    Affinity = 4,
+    Exec = 5,
+}
+
+impl Step {
+    fn from_u8(b: u8) -> Step {
+        match b {
+            1 => Step::Stdin,
+            2 => Step::Sockets,
+            3 => Step::Chdir,
+            4 => Step::Affinity,
+            _ => Step::Exec,
+        }
+    }
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnError {
+    /// fork() itself failed (EAGAIN: process limit, ENOMEM).
+    Fork(Errno),
+    /// The child failed before or at exec; it has exited and been reaped.
+    Child {
+        step: Step,
+        errno: Errno,
+        program: PathBuf,
+        working_directory: Option<PathBuf>,
+    },
+    /// The plan could not be built (a NUL byte in an argument or variable).
+    Plan(String),
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpawnError::Fork(e) => write!(f, "cannot fork a worker: {} ({})", e.desc(), *e as i32),
+            SpawnError::Plan(m) => f.write_str(m),
+            SpawnError::Child {
+                step,
+                errno,
+                program,
+                working_directory,
+            } => {
+                let what = match step {
+                    Step::Exec => format!("cannot execute {}", program.display()),
+                    Step::Chdir => format!(
+                        "cannot change to working directory {}",
+                        working_directory
+                            .as_deref()
+                            .unwrap_or(Path::new("?"))
+                            .display()
+                    ),
+                    Step::Stdin => "cannot open stdin for the worker".to_owned(),
+                    Step::Sockets => "cannot pass the listen sockets to the worker".to_owned(),
+                    Step::Affinity => "cannot set the worker's CPU affinity".to_owned(),
+                };
+                write!(f, "{what}: {} (errno {})", errno.desc(), *errno as i32)
+            }
+        }
+    }
+}
+
+/// Finds the program the way `execvp` would, but in the parent, where allocating is allowed.
+/// A name without a slash is looked up in `path_var`; a relative path is taken from
+/// `working_directory`, since the child changes there before exec.
+pub fn resolve_program(
+    program: &str,
+    path_var: Option<&OsStr>,
+    working_directory: Option<&Path>,
+) -> Result<PathBuf, String> {
+    let check = |p: &Path| -> Result<(), String> {
+        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if meta.is_dir() {
+            return Err(format!("{} is a directory, not a program", p.display()));
+        }
+        nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).map_err(|e| {
+            format!(
+                "{} is not executable: {} (chmod +x it, or name an interpreter first, like [\"python3\", \"{}\"])",
+                p.display(),
+                e.desc(),
+                p.display()
+            )
+        })
+    };
+    if program.contains('/') {
+        let p = Path::new(program);
+        let full = match working_directory {
+            Some(wd) if p.is_relative() => wd.join(p),
+            _ => p.to_owned(),
+        };
+        check(&full)?;
+        return Ok(full);
+    }
+    let default_path = OsStr::new("/usr/local/bin:/usr/bin:/bin");
+    let path_var = path_var.unwrap_or(default_path);
+    let mut last_err = None;
+    for dir in std::env::split_paths(path_var) {
+        let candidate = dir.join(program);
+        if candidate.exists() {
+            match check(&candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(e) => last_err = Some(e),
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        format!(
+            "program \"{program}\" not found in PATH ({}): install it or give its full path",
+            path_var.to_string_lossy()
+        )
+    }))
+}
+
+/// Length reserved for the pid digits in `LISTEN_PID=`; a pid has at most 10 digits.
+const PID_DIGITS: usize = 10;
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// close_range(2) flag: mark close-on-exec instead of closing (Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// Everything the child touches, allocated before fork.
+pub struct ExecPlan {
+    program: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    /// `LISTEN_PID=` followed by room for the digits and the NUL.
+    listen_pid: Box<[u8]>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    listen_fds: Vec<RawFd>,
+    /// Scratch for moving sockets out of the way; written by the child in its own memory.
+    scratch: Vec<RawFd>,
+    dev_null: OwnedFd,
+    working_directory: Option<CString>,
+    cpu_set: Option<libc::cpu_set_t>,
+    parent: libc::pid_t,
+    /// For the close-on-exec fallback loop on kernels without close_range.
+    max_fd: RawFd,
+    program_path: PathBuf,
+    working_directory_path: Option<PathBuf>,
+}
+
+fn cstring(bytes: Vec<u8>) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|e| {
+        SpawnError::Plan(format!(
+            "a NUL byte in {:?} cannot be passed to a program",
+            String::from_utf8_lossy(&e.into_vec())
+        ))
+    })
+}
+
+impl ExecPlan {
+    pub fn new(spec: &WorkerSpec) -> Result<ExecPlan, SpawnError> {
+        let program = cstring(spec.program.as_os_str().as_bytes().to_vec())?;
+        let argv = spec
+            .argv
+            .iter()
+            .map(|a| cstring(a.clone().into_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+
+        let env = spec
+            .env
+            .iter()
+            .filter(|(k, _)| k.as_bytes() != b"LISTEN_PID")
+            .map(|(k, v)| {
+                let mut kv = k.clone().into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstring(kv)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listen_pid = vec![0u8; LISTEN_PID_PREFIX.len() + PID_DIGITS + 1];
+        listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+        let listen_pid = listen_pid.into_boxed_slice();
+        let mut envp_ptrs: Vec<_> = env.iter().map(|e| e.as_ptr()).collect();
+        envp_ptrs.push(listen_pid.as_ptr().cast());
+        envp_ptrs.push(std::ptr::null());
+
+        let dev_null = nix::fcntl::open(
+            "/dev/null",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| SpawnError::Plan(format!("cannot open /dev/null: {}", e.desc())))?;
+        let working_directory = spec
+            .working_directory
+            .map(|d| cstring(d.as_os_str().as_bytes().to_vec()))
+            .transpose()?;
+        let cpu_set = spec.cpu.map(|cpu| {
+            // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_ZERO(&mut set);
+                libc::CPU_SET(cpu, &mut set);
+                set
+            }
+        });
+        let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft.min(65536) as RawFd)
+            .unwrap_or(1024);
+        Ok(ExecPlan {
+            program,
+            _argv: argv,
+            argv_ptrs,
+            _env: env,
+            listen_pid,
+            envp_ptrs,
+            listen_fds: spec.listen_fds.to_vec(),
+            scratch: vec![-1; spec.listen_fds.len()],
+            dev_null,
+            working_directory,
+            cpu_set,
+            parent: std::process::id() as libc::pid_t,
+            max_fd,
+            program_path: spec.program.to_owned(),
+            working_directory_path: spec.working_directory.map(Path::to_owned),
+        })
+    }
+
+    /// Forks and execs the worker. Returns its pid once exec has succeeded; if the child failed
+    /// before or at exec, it has been reaped and the error says where.
+    pub fn spawn(&mut self) -> Result<Pid, SpawnError> {
+        debug_assert_single_threaded();
+        let (err_read, err_write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Fork)?;
+        let all = nix::sys::signal::SigSet::all();
+        let mut old = nix::sys::signal::SigSet::empty();
+        // Block every signal so no handler of preforkd runs in the child before it resets them.
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&all),
+            Some(&mut old),
+        );
+        // SAFETY: the process is single-threaded (asserted above in debug builds); the child runs
+        // only `child_after_fork`, which keeps to async-signal-safe calls and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: we are the child of the fork above.
+            unsafe { self.child_after_fork(err_write.as_raw_fd()) }
+        }
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&old),
+            None,
+        );
+        if pid < 0 {
+            return Err(SpawnError::Fork(Errno::last()));
+        }
+        let pid = Pid::from_raw(pid);
+        // Also set here: whichever of parent and child runs first, the group exists before
+        // preforkd might signal it.
+        let _ = nix::unistd::setpgid(pid, pid);
+        drop(err_write);
+        let mut report = [0u8; 5];
+        let n = read_full(&err_read, &mut report);
+        if n == 0 {
+            return Ok(pid);
+        }
+        // The child failed and is exiting with 127: reap it here so the supervisor's reaper
+        // never sees an exit for a worker that never ran.
+        let _ = nix::sys::wait::waitpid(pid, None);
+        let errno = if n == report.len() {
+            Errno::from_raw(i32::from_ne_bytes([
+                report[1], report[2], report[3], report[4],
+            ]))
+        } else {
+            Errno::UnknownErrno
+        };
+        Err(SpawnError::Child {
+            step: Step::from_u8(report[0]),
+            errno,
+            program: self.program_path.clone(),
+            working_directory: self.working_directory_path.clone(),
+        })
+    }
+
+    /// The child's side. Only async-signal-safe libc calls on memory prepared by the parent.
+    ///
+    /// # Safety
+    /// Must be called only in the child, right after `fork()`, with all signals blocked.
+    unsafe fn child_after_fork(&mut self, err_fd: RawFd) -> ! {
+        let n = self.listen_fds.len() as RawFd;
+
+        // Die with the parent, and close the race where it died before prctl.
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != self.parent {
+            libc::_exit(1);
+        }
+        libc::setpgid(0, 0);
+
+        // The error pipe and the sockets may sit anywhere, including at 3..3+n where the sockets
+        // must end up: move them all above that range first (these copies are close-on-exec).
+        let err_fd = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, 3 + n);
+        if err_fd < 0 {
+            libc::_exit(127);
+        }
+        let fail = |step: Step| -> ! {
+            let errno = *libc::__errno_location();
+            let mut msg = [0u8; 5];
+            msg[0] = step as u8;
+            msg[1..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        };
+        if libc::dup2(self.dev_null.as_raw_fd(), 0) < 0 {
+            fail(Step::Stdin);
+        }
+        for i in 0..self.listen_fds.len() {
+            let moved = libc::fcntl(self.listen_fds[i], libc::F_DUPFD_CLOEXEC, 3 + n);
+            if moved < 0 {
+                fail(Step::Sockets);
+            }
+            self.scratch[i] = moved;
+        }
+        for i in 0..self.listen_fds.len() {
+            // dup2 to a different number leaves the new fd without FD_CLOEXEC, as the child needs.
+            if libc::dup2(self.scratch[i], 3 + i as RawFd) < 0 {
+                fail(Step::Sockets);
+            }
+        }
+        // No other fd of preforkd may reach the worker: mark everything above the sockets
+        // close-on-exec (the error pipe must stay open until exec, so not closed now).
+        let first = (3 + n) as libc::c_uint;
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            for fd in (3 + n)..self.max_fd {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+
+        if let Some(dir) = &self.working_directory {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                fail(Step::Chdir);
+            }
+        }
+        if let Some(set) = &self.cpu_set {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                fail(Step::Affinity);
+            }
+        }
+
+        // exec keeps SIG_IGN and the mask: reset all of them, as systemd does for a service.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        for sig in 1..65 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+
+        write_pid_digits(
+            &mut self.listen_pid[LISTEN_PID_PREFIX.len()..],
+            libc::getpid(),
+        );
+
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        libc::execve(
+            self.program.as_ptr(),
+            self.argv_ptrs.as_ptr(),
+            self.envp_ptrs.as_ptr(),
+        );
+        fail(Step::Exec)
+    }
+}
+
+/// Writes `pid` in decimal followed by a NUL into `buf`, without allocating.
+fn write_pid_digits(buf: &mut [u8], pid: libc::pid_t) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = pid.max(0) as u32;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 || len == PID_DIGITS {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = digits[len - 1 - i];
+    }
+    buf[len] = 0;
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// fork() in a multi-threaded process leaves the child with only async-signal-safe calls and
+/// copies of locks other threads held: the supervisor must never have a second thread.
+fn debug_assert_single_threaded() {
+    #[cfg(debug_assertions)]
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .map(str::trim);
+        assert_eq!(
+            threads,
+            Some("1"),
+            "preforkd must be single-threaded when it forks"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_digits() {
+        let mut buf = [0xffu8; PID_DIGITS + 1];
+        write_pid_digits(&mut buf, 4711);
+        assert_eq!(&buf[..5], b"4711\0");
+        write_pid_digits(&mut buf, 0);
+        assert_eq!(&buf[..2], b"0\0");
+        write_pid_digits(&mut buf, i32::MAX);
+        assert_eq!(&buf[..11], b"2147483647\0");
+    }
+
+    #[test]
+    fn programs_are_resolved_like_execvp() {
+        let found = resolve_program("sh", Some(OsStr::new("/nonexistent:/bin:/usr/bin")), None);
+        assert!(found.unwrap().ends_with("sh"));
+        let e =
+            resolve_program("no-such-program-here", Some(OsStr::new("/bin")), None).unwrap_err();
+        assert!(e.contains("not found in PATH (/bin)"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("app.py");
+        std::fs::write(&script, "print(1)").unwrap();
+        let e = resolve_program(script.to_str().unwrap(), None, None).unwrap_err();
+        assert!(e.contains("not executable"), "{e}");
+        let e = resolve_program("/etc", None, None).unwrap_err();
+        assert!(e.contains("is a directory"), "{e}");
+        let rel = resolve_program("./sh", None, Some(Path::new("/bin"))).unwrap();
+        assert_eq!(rel, Path::new("/bin/./sh"));
+    }
+}
