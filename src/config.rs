@@ -266,6 +266,9 @@ struct Dur(Duration);
 impl ParseValue for Dur {
     const EXPECTED: &'static str = "a duration such as \"500ms\", \"30s\" or \"2m\"";
     fn from_text(s: &str) -> Result<Self, String> {
+        if let Ok(n) = s.trim().parse::<i64>() {
+            return Self::from_int(n);
+        }
         humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
             format!(
                 "invalid duration \"{s}\" ({e}): expected {}",

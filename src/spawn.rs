@@ -399,12 +399,19 @@ impl ExecPlan {
         }
 
         // exec keeps SIG_IGN and the mask: reset all of them, as systemd does for a service.
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut dfl.sa_mask);
+        // The raw syscall, because glibc's sigaction refuses the signals it reserves (32, 33),
+        // which an ancestor may have left ignored. An all-zero kernel sigaction is SIG_DFL with
+        // no flags and an empty mask, whatever the architecture's field order.
+        let dfl = [0u64; 4];
         for sig in 1..65 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
             }
         }
 

@@ -1,0 +1,458 @@
+//! Test harness: runs the real preforkd binary with a socket handed over the systemd way, talks
+//! HTTP to its workers over loopback, and reads /proc for what the kernel says about processes.
+//!
+//! Every process a test starts is ended by the test: [`Preforkd`]'s drop SIGKILLs preforkd (its
+//! workers follow through PR_SET_PDEATHSIG) and then any worker pid it saw, by pid.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_preforkd");
+
+/// Polls `cond` every 10 ms until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running preforkd and what the test knows about it.
+pub struct Preforkd {
+    pub child: Option<Child>,
+    pub pid: i32,
+    /// The TCP port of the socket it was given (or bound).
+    pub port: u16,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+    /// Every worker pid seen, for cleanup if the test fails midway.
+    seen: BTreeSet<i32>,
+    status: Option<ExitStatus>,
+}
+
+/// How to start preforkd.
+pub struct Start<'a> {
+    pub args: Vec<String>,
+    pub env: Vec<(&'a str, String)>,
+    /// Hand a loopback listener over at fd 3 with LISTEN_FDS/LISTEN_PID, as systemd does.
+    pub activated: bool,
+    /// Signals to leave ignored in preforkd, as a shell running it in the background does.
+    pub ignore_signals: Vec<i32>,
+    /// A command that execs preforkd, such as `taskset -c 0` (activated starts only).
+    pub wrapper: Option<&'static str>,
+}
+
+impl<'a> Start<'a> {
+    pub fn activated(args: &[&str]) -> Start<'a> {
+        Start {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            activated: true,
+            ignore_signals: Vec::new(),
+            wrapper: None,
+        }
+    }
+
+    pub fn env(mut self, k: &'a str, v: impl Into<String>) -> Self {
+        self.env.push((k, v.into()));
+        self
+    }
+
+    pub fn spawn(self) -> Preforkd {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("preforkd.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut cmd = if self.activated {
+            // The shell sets LISTEN_PID to its own pid and execs preforkd, which keeps that pid:
+            // exactly what systemd's socket activation hands a service.
+            let mut c = Command::new("/bin/sh");
+            let wrapper = self.wrapper.unwrap_or("");
+            c.arg("-c")
+                .arg(format!(
+                    "LISTEN_PID=$$; export LISTEN_PID; exec {wrapper} \"$0\" \"$@\""
+                ))
+                .arg(BIN)
+                .env("LISTEN_FDS", "1")
+                .env("LISTEN_FDNAMES", "http");
+            c
+        } else {
+            Command::new(BIN)
+        };
+        cmd.args(&self.args)
+            .env_remove("LISTEN_PID")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0);
+        if !self.activated {
+            cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let fd = listener.as_raw_fd();
+        let ignore = self.ignore_signals.clone();
+        let activated = self.activated;
+        // SAFETY: only dup2 and signal(), both async-signal-safe, run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if activated && libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for &sig in &ignore {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(listener);
+        Preforkd {
+            pid: child.id() as i32,
+            child: Some(child),
+            port,
+            log_path,
+            _dir: dir,
+            seen: BTreeSet::new(),
+            status: None,
+        }
+    }
+}
+
+impl Preforkd {
+    /// Starts `preforkd demo` (the built-in HTTP worker) with a socket at fd 3.
+    pub fn demo(extra: &[&str]) -> Preforkd {
+        let mut args = vec!["demo"];
+        args.extend_from_slice(extra);
+        Start::activated(&args).spawn()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Live worker pids: preforkd's children, per the kernel.
+    pub fn workers(&mut self) -> Vec<i32> {
+        let pids = children(self.pid);
+        self.seen.extend(&pids);
+        pids
+    }
+
+    /// Waits until exactly `n` workers run and each has answered HTTP; returns their pids.
+    pub fn wait_workers(&mut self, n: usize) -> Vec<i32> {
+        let port = self.port;
+        let found = wait_for(Duration::from_secs(20), || {
+            let pids = self.workers();
+            (pids.len() == n).then_some(pids)
+        });
+        let pids = found.unwrap_or_else(|| {
+            panic!(
+                "expected {n} workers, have {:?}\nlog:\n{}",
+                self.workers(),
+                self.log()
+            )
+        });
+        // Workers are up once they answer; the shared socket queues requests until then.
+        let answered = wait_for(Duration::from_secs(20), || {
+            let seen = distinct_workers(port, 20 * n);
+            (pids.iter().all(|p| seen.contains_key(p))).then_some(())
+        });
+        assert!(
+            answered.is_some(),
+            "not every worker of {pids:?} answered\nlog:\n{}",
+            self.log()
+        );
+        pids
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on the pid of a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid, sig) }, 0);
+    }
+
+    /// Waits for preforkd to exit; None if it did not within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        let child = self.child.as_mut().unwrap();
+        let status = wait_for(limit, || child.try_wait().unwrap());
+        self.status = status;
+        status
+    }
+
+    pub fn exit_code(&mut self, limit: Duration) -> i32 {
+        let status = self
+            .wait_exit(limit)
+            .unwrap_or_else(|| panic!("preforkd did not exit\nlog:\n{}", self.log()));
+        status.code().unwrap_or_else(|| {
+            panic!(
+                "preforkd was killed by signal {:?}\nlog:\n{}",
+                status.signal(),
+                self.log()
+            )
+        })
+    }
+
+    /// Asserts that no worker this test ever saw is still alive.
+    pub fn assert_no_worker_left(&self) {
+        let alive: Vec<_> = self.seen.iter().filter(|&&p| is_alive(p)).collect();
+        assert!(alive.is_empty(), "workers left behind: {alive:?}");
+    }
+}
+
+impl Drop for Preforkd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.status.is_none() {
+                self.seen.extend(children(self.pid));
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for &pid in &self.seen {
+            if is_alive(pid) {
+                // SAFETY: kill(2) on a pid this test saw as preforkd's worker.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Children of `pid` per /proc.
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Alive and not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The environment a process was started with.
+pub fn environ(pid: i32) -> BTreeMap<String, String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The value of a /proc/<pid>/status field.
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
+}
+
+pub fn fds(pid: i32) -> BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let e = e.ok()?;
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((fd, target.display().to_string()))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An HTTP response as the test sees it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            reader: BufReader::new(s),
+        })
+    }
+
+    pub fn send(&mut self, path: &str, close: bool) -> std::io::Result<()> {
+        let conn = if close { "close" } else { "keep-alive" };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: {conn}\r\n\r\n");
+        self.reader.get_mut().write_all(req.as_bytes())
+    }
+
+    pub fn read(&mut self) -> std::io::Result<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        self.send(path, false)?;
+        self.read()
+    }
+}
+
+/// One request on a fresh connection.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    let mut c = Conn::open(port)?;
+    c.send(path, true)?;
+    c.read()
+}
+
+/// Parses the demo's `worker=<id> pid=<pid> gen=<g>` line.
+pub fn parse_identity(body: &str) -> Option<(u32, i32, u32)> {
+    let mut id = None;
+    let mut pid = None;
+    let mut generation = None;
+    for part in body.split_whitespace() {
+        match part.split_once('=') {
+            Some(("worker", v)) => id = v.parse().ok(),
+            Some(("pid", v)) => pid = v.parse().ok(),
+            Some(("gen", v)) => generation = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((id?, pid?, generation?))
+}
+
+/// Makes up to `requests` one-shot requests; returns pid → worker id of those that answered.
+pub fn distinct_workers(port: u16, requests: usize) -> BTreeMap<i32, u32> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..requests {
+        if let Ok(r) = get(port, "/") {
+            if let Some((id, pid, _)) = parse_identity(&r.body) {
+                seen.insert(pid, id);
+            }
+        }
+    }
+    seen
+}
+
+/// Writes a config file into a fresh directory.
+pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Runs preforkd to completion (for commands that must exit at once).
+pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    // A bad config must not start anything; a bounded wait keeps a regression from hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: killing the process group this test created for the command.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            panic!("preforkd {args:?} did not exit within 20s");
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

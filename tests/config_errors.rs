@@ -1,0 +1,299 @@
+//! Bad configuration: each case gets its own clear message and exit code 78, and starts nothing.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::*;
+
+/// (file contents, fragments the error must contain)
+const BAD_FILES: &[(&str, &[&str])] = &[
+    (
+        "command = [\"sleep\"]\nworkers = \"eight\"\n",
+        &[
+            "app.toml:2:11",
+            "workers:",
+            "\"auto\" or a whole number of workers from 1 to 4096",
+        ],
+    ),
+    (
+        "workers = 0\n",
+        &["app.toml:1:11", "workers:", "invalid value 0"],
+    ),
+    ("workers = 100000\n", &["workers:", "invalid value 100000"]),
+    (
+        "wrokers = 4\n",
+        &[
+            "app.toml:1:1",
+            "unknown field `wrokers`",
+            "did you mean `workers`?",
+        ],
+    ),
+    (
+        "stop_timeout = 30\n",
+        &["stop_timeout:", "a bare number has no unit; write \"30s\""],
+    ),
+    (
+        "stop_timeout = \"30 parsecs\"\n",
+        &["stop_timeout:", "invalid duration \"30 parsecs\""],
+    ),
+    (
+        "stop_timeout = \"0s\"\n",
+        &["stop_timeout:", "expected from 1ms"],
+    ),
+    (
+        "stop_signal = \"SIGFOO\"\n",
+        &["stop_signal:", "unknown signal \"SIGFOO\"", "\"SIGTERM\""],
+    ),
+    (
+        "stop_signal = \"KILL\"\n",
+        &["stop_signal:", "cannot be caught"],
+    ),
+    (
+        "listen = [\"localhost\"]\n",
+        &[
+            "app.toml:1:11",
+            "listen:",
+            "invalid listen address \"localhost\"",
+            "unix:/run/app.sock",
+        ],
+    ),
+    (
+        "listen = [\"unix:relative.sock\"]\n",
+        &["listen:", "must be absolute"],
+    ),
+    ("listen = [\"127.0.0.1:0\"]\n", &["listen:", "port 0"]),
+    (
+        "listen = \"127.0.0.1:80\"\n",
+        &["listen:", "invalid type: string"],
+    ),
+    ("command = []\n", &["command:", "the command is empty"]),
+    (
+        "command = \"node app.js\"\n",
+        &["command:", "invalid type: string \"node app.js\""],
+    ),
+    ("backlog = 0\n", &["backlog:", "from 1 to 65535"]),
+    (
+        "socket_mode = \"0999\"\n",
+        &["socket_mode:", "invalid mode \"0999\"", "octal"],
+    ),
+    (
+        "[env]\n1BAD = \"x\"\n",
+        &["env:", "invalid variable name \"1BAD\""],
+    ),
+    (
+        "env = { LISTEN_FDS = \"3\" }\n",
+        &["env:", "LISTEN_FDS is set by preforkd"],
+    ),
+    ("env = { PORT = 8080 }\n", &["invalid type: integer"]),
+    (
+        "log_level = \"verbose\"\n",
+        &["log_level:", "\"error\", \"warning\", \"info\", \"debug\""],
+    ),
+    (
+        "cpu_affinity = \"maybe\"\n",
+        &["cpu_affinity:", "true or false"],
+    ),
+    (
+        "restart_burst = -1\n",
+        &["restart_burst:", "from 1 to 10000"],
+    ),
+    (
+        "command = [\"sleep\"]\nrestart_delay = \"20s\"\n",
+        &["restart_delay:", "longer than restart_delay_max (10s)"],
+    ),
+    ("workers = \n", &["app.toml:1:"]),
+    ("[server]\nport = 1\n", &["unknown field `server`"]),
+    (
+        "command = [\"no-such-program-xyz\"]\n",
+        &[
+            "command:",
+            "program \"no-such-program-xyz\" not found in PATH",
+        ],
+    ),
+    (
+        "command = [\"sleep\"]\nworking_directory = \"/no/such/dir\"\n",
+        &[
+            "working_directory:",
+            "\"/no/such/dir\" is not an existing directory",
+        ],
+    ),
+    ("workers = 2\n", &["command:", "no command to run"]),
+];
+
+#[test]
+fn each_bad_file_gets_its_message_and_exit_78() {
+    assert!(BAD_FILES.len() >= 15);
+    let mut failures = Vec::new();
+    for (text, wanted) in BAD_FILES {
+        let (_dir, path) = config_file(text);
+        let (code, out) = run_to_end(&["check", "--config", path_str(&path)], &[]);
+        let out = out.replace(path_str(&path), "app.toml");
+        let missing: Vec<_> = wanted.iter().filter(|w| !out.contains(*w)).collect();
+        if code != 78 || !missing.is_empty() || out.contains("panicked") {
+            failures.push(format!("{text:?}: exit {code}, missing {missing:?}\n{out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[test]
+fn file_errors_show_the_line_with_a_caret() {
+    let (_dir, path) = config_file("command = [\"sleep\"]\nworkers = \"eight\"\n");
+    let (code, out) = run_to_end(&["check", "--config", path_str(&path)], &[]);
+    assert_eq!(code, 78);
+    assert!(out.contains("2 | workers = \"eight\""), "{out}");
+    assert!(out.contains("  |           ^^^^^^^"), "{out}");
+}
+
+#[test]
+fn unreadable_files_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let bad_utf8 = dir.path().join("latin1.toml");
+    std::fs::write(&bad_utf8, b"command = [\"caf\xe9\"]\n").unwrap();
+    let cases = [
+        (path_str(&missing).to_owned(), "cannot read the config file"),
+        (path_str(dir.path()).to_owned(), "is a directory"),
+        (
+            path_str(&bad_utf8).to_owned(),
+            "latin1.toml:1:16: the file is not valid UTF-8",
+        ),
+    ];
+    for (path, wanted) in cases {
+        let (code, out) = run_to_end(&["check", "--config", &path], &[]);
+        assert_eq!(code, 78, "{out}");
+        assert!(out.contains(wanted), "{wanted}: {out}");
+    }
+}
+
+#[test]
+fn bad_flags_are_config_errors_and_unknown_flags_usage_errors() {
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["check", "--workers", "abc", "--", "sleep", "1"],
+            78,
+            "--workers: invalid value \"abc\"",
+        ),
+        (
+            &["check", "--stop-timeout", "5", "--", "sleep", "1"],
+            78,
+            "--stop-timeout: invalid duration 5: a bare number has no unit; write \"5s\"",
+        ),
+        (
+            &["check", "--env", "NOEQUALS", "--", "sleep", "1"],
+            78,
+            "expected NAME=VALUE",
+        ),
+        (
+            &["check", "--listen", "nowhere", "--", "sleep", "1"],
+            78,
+            "--listen: invalid listen address",
+        ),
+        (&["check", "--wrkers", "3"], 64, "invalid option '--wrkers'"),
+        (&["check", "--workers"], 64, "missing argument"),
+    ];
+    for (args, code, wanted) in cases {
+        let (got, out) = run_to_end(args, &[]);
+        assert_eq!(got, *code, "{args:?}: {out}");
+        assert!(out.contains(wanted), "{args:?}: wanted {wanted:?} in {out}");
+    }
+}
+
+#[test]
+fn a_bad_config_starts_nothing() {
+    let (_dir, path) = config_file("command = [\"sleep\", \"300\"]\nworkers = 0\n");
+    // Not `check`: the real start must refuse too, and exit rather than serve.
+    let (code, out) = run_to_end(
+        &["--config", path_str(&path), "--listen", "127.0.0.1:1"],
+        &[],
+    );
+    assert_eq!(code, 78, "{out}");
+    assert!(!out.contains("worker started"), "{out}");
+}
+
+#[test]
+fn check_prints_the_effective_config() {
+    let (_dir, path) = config_file(
+        "command = [\"sleep\", \"300\"]\nworkers = 3\nlisten = [\"127.0.0.1:8080\"]\n[env]\nA = \"1\"\n",
+    );
+    let (code, out) = run_to_end(
+        &[
+            "check",
+            "--config",
+            path_str(&path),
+            "--stop-timeout",
+            "5s",
+            "--workers",
+            "4",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "command = [\"sleep\", \"300\"]",
+        "workers = 4",
+        "listen = [\"127.0.0.1:8080\"]",
+        "stop_timeout = \"5s\"",
+        "A = \"1\"",
+        "# program: /",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    // check prints a valid config: feeding it back must succeed.
+    let (_dir2, again) = config_file(&out);
+    let (code, out2) = run_to_end(&["check", "--config", path_str(&again)], &[]);
+    assert_eq!(code, 0, "{out2}");
+}
+
+#[test]
+fn socket_activation_mismatches_are_clear_errors() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
+            "LISTEN_PID=1 is not preforkd's pid",
+        ),
+        (
+            &[("LISTEN_FDS", "abc"), ("LISTEN_PID", "1")],
+            "LISTEN_FDS=\"abc\" is not a number",
+        ),
+        (&[("LISTEN_FDS", "1")], "LISTEN_PID is not"),
+    ];
+    for (env, wanted) in cases {
+        let (code, out) = run_to_end(&["--", "sleep", "300"], env);
+        assert_eq!(code, 78, "{env:?}: {out}");
+        assert!(out.contains(wanted), "{env:?}: {out}");
+    }
+    // fd 3 is a regular file, not a socket.
+    let out = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" -- sleep 300 3</dev/null",
+            BIN,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("fd 3 passed in LISTEN_FDS is not a socket"),
+        "{text}"
+    );
+}
+
+#[test]
+fn no_sockets_at_all_is_a_config_error() {
+    let (code, out) = run_to_end(&["--", "sleep", "300"], &[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("no sockets to serve"), "{out}");
+}
+
+#[test]
+fn an_address_in_use_is_reported_with_exit_71() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, out) = run_to_end(&["--listen", &addr, "--", "sleep", "300"], &[]);
+    assert_eq!(code, 71, "{out}");
+    assert!(out.contains(&format!("cannot bind {addr}")), "{out}");
+    assert!(out.contains("another process is listening there"), "{out}");
+}

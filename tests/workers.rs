@@ -1,0 +1,228 @@
+//! Workers: what each one is handed, how many run, and how the pool heals.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A worker that does nothing but hold what it was given, so /proc shows exactly that.
+fn sleeper(workers: &str) -> Start<'static> {
+    Start::activated(&["--workers", workers, "--", "sleep", "300"])
+}
+
+#[test]
+fn each_worker_gets_the_socket_at_fd3_its_own_listen_pid_and_nothing_else() {
+    let mut start = sleeper("2")
+        .env("NOTIFY_SOCKET", "/nonexistent/notify")
+        .env("WATCHDOG_USEC", "1000000")
+        .env("APP_SETTING", "kept");
+    // A background shell leaves SIGINT and SIGQUIT ignored; workers must not inherit that.
+    start.ignore_signals = vec![libc::SIGINT, libc::SIGQUIT];
+    let mut p = start.spawn();
+    let pids = wait_for(Duration::from_secs(10), || {
+        let w = p.workers();
+        (w.len() == 2).then_some(w)
+    })
+    .expect("two workers");
+    let preforkd_socket = fds(p.pid)[&3].clone();
+    assert!(preforkd_socket.starts_with("socket:"), "{preforkd_socket}");
+    let mut ids = Vec::new();
+    for pid in pids {
+        // exec replaces the image; wait until /proc shows sleep, not the forked preforkd.
+        wait_for(Duration::from_secs(5), || {
+            (proc_status(pid, "Name").as_deref() == Some("sleep")).then_some(())
+        })
+        .expect("worker exec'd");
+        let env = environ(pid);
+        assert_eq!(env["LISTEN_PID"], pid.to_string());
+        assert_eq!(env["LISTEN_FDS"], "1");
+        assert_eq!(env["LISTEN_FDNAMES"], "http");
+        assert_eq!(env["PREFORKD_GENERATION"], "1");
+        assert_eq!(env["APP_SETTING"], "kept");
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            assert!(!env.contains_key(var), "{var} leaked into worker: {env:?}");
+        }
+        ids.push(env["PREFORKD_WORKER_ID"].clone());
+
+        let fds = fds(pid);
+        assert_eq!(
+            fds.keys().copied().collect::<Vec<_>>(),
+            vec![0, 1, 2, 3],
+            "worker fds: {fds:?}"
+        );
+        assert_eq!(fds[&0], "/dev/null");
+        assert_eq!(fds[&3], preforkd_socket, "fd 3 is the shared listen socket");
+
+        assert_eq!(proc_status(pid, "SigBlk").unwrap(), "0000000000000000");
+        assert_eq!(proc_status(pid, "SigIgn").unwrap(), "0000000000000000");
+        // Its own process group, so a terminal's Ctrl-C reaches preforkd, which drains.
+        let pgid = unsafe { libc::getpgid(pid) };
+        assert_eq!(pgid, pid);
+    }
+    ids.sort();
+    assert_eq!(ids, ["0", "1"]);
+}
+
+#[test]
+fn n_workers_answer_with_distinct_pids() {
+    let mut p = Preforkd::demo(&["--workers", "3"]);
+    let pids = p.wait_workers(3);
+    let seen = distinct_workers(p.port, 60);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let mut ids: Vec<u32> = seen.values().copied().collect();
+    ids.sort();
+    assert_eq!(ids, [0, 1, 2]);
+    for pid in pids {
+        assert!(seen.contains_key(&pid));
+    }
+}
+
+#[test]
+fn auto_runs_one_worker_per_usable_cpu() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let mut p = Preforkd::demo(&["--workers", "auto"]);
+    p.wait_workers(cpus);
+    assert!(p.log().contains(&format!("workers={cpus}")), "{}", p.log());
+}
+
+#[test]
+fn auto_honours_cpu_affinity() {
+    // Started on one CPU only, "auto" must mean one worker.
+    let mut start = Start::activated(&["demo", "--workers", "auto"]);
+    start.wrapper = Some("taskset -c 0");
+    let mut p = start.spawn();
+    p.wait_workers(1);
+    assert!(p.log().contains("workers=1"), "{}", p.log());
+}
+
+#[test]
+fn a_killed_worker_is_replaced_with_the_same_worker_id() {
+    let mut p = Preforkd::demo(&["--workers", "2"]);
+    let pids = p.wait_workers(2);
+    let victim = pids[0];
+    let victim_id = environ(victim)["PREFORKD_WORKER_ID"].clone();
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let replacement = wait_for(Duration::from_secs(10), || {
+        p.workers().into_iter().find(|pid| {
+            !pids.contains(pid) && environ(*pid).get("PREFORKD_WORKER_ID") == Some(&victim_id)
+        })
+    })
+    .expect("a replacement worker");
+    let answered = wait_for(Duration::from_secs(10), || {
+        distinct_workers(p.port, 10).get(&replacement).copied()
+    })
+    .expect("the replacement answers");
+    assert_eq!(answered.to_string(), victim_id);
+    let log = p.log();
+    assert!(log.contains("killed by SIGKILL"), "{log}");
+    assert!(log.contains(&format!("pid={victim}")), "{log}");
+}
+
+#[test]
+fn a_crash_is_logged_in_plain_words_and_healed() {
+    let mut p = Preforkd::demo(&["--workers", "1", "--min-uptime", "100ms"]);
+    let pids = p.wait_workers(1);
+    // /crash exits with status 70; the connection just closes.
+    let _ = get(p.port, "/crash");
+    let new = wait_for(Duration::from_secs(10), || {
+        p.workers().into_iter().find(|pid| !pids.contains(pid))
+    })
+    .expect("replacement");
+    wait_for(Duration::from_secs(10), || {
+        distinct_workers(p.port, 3).get(&new).copied()
+    })
+    .expect("replacement answers");
+    assert!(p.log().contains("exited with status 70"), "{}", p.log());
+}
+
+#[test]
+fn a_command_that_exits_at_once_is_backed_off_then_preforkd_gives_up() {
+    let mut p = Start::activated(&[
+        "--workers",
+        "2",
+        "--restart-delay",
+        "50ms",
+        "--restart-burst",
+        "4",
+        "--restart-interval",
+        "20s",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ])
+    .spawn();
+    assert_eq!(p.exit_code(Duration::from_secs(30)), 69, "{}", p.log());
+    let log = p.log();
+    assert!(log.contains("exited with status 3"), "{log}");
+    assert!(log.contains("restart_in=50ms"), "{log}");
+    assert!(log.contains("restart_in=100ms"), "back-off doubles: {log}");
+    assert!(log.contains("giving up"), "{log}");
+    let failures = log.matches("worker failed soon after start").count();
+    // burst + 1 failures end it; the two slots may each add one in flight: no fork storm.
+    assert!((5..=7).contains(&failures), "{failures} failures:\n{log}");
+    p.assert_no_worker_left();
+}
+
+#[test]
+fn ttin_and_ttou_change_the_pool_size() {
+    let mut p = Preforkd::demo(&["--workers", "2"]);
+    p.wait_workers(2);
+    p.signal(libc::SIGTTIN);
+    let three = p.wait_workers(3);
+    let ids: Vec<String> = three
+        .iter()
+        .map(|&pid| environ(pid)["PREFORKD_WORKER_ID"].clone())
+        .collect();
+    assert!(ids.contains(&"2".to_owned()), "{ids:?}");
+    p.signal(libc::SIGTTOU);
+    p.signal(libc::SIGTTOU);
+    p.wait_workers(1);
+    // Never below one.
+    p.signal(libc::SIGTTOU);
+    wait_for(Duration::from_secs(5), || {
+        p.log().contains("keeping the last worker").then_some(())
+    })
+    .expect("refusal logged");
+    assert_eq!(p.workers().len(), 1);
+}
+
+#[test]
+fn sigkill_of_preforkd_takes_every_worker_within_2s() {
+    let mut p = Preforkd::demo(&["--workers", "3"]);
+    let pids = p.wait_workers(3);
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(5)).expect("preforkd died");
+    let gone = wait_for(Duration::from_secs(2), || {
+        pids.iter().all(|&pid| !is_alive(pid)).then_some(())
+    });
+    assert!(gone.is_some(), "workers outlived preforkd: {pids:?}");
+}
+
+#[test]
+fn cpu_affinity_pins_worker_i_to_the_ith_cpu() {
+    let mut p =
+        Start::activated(&["--workers", "2", "--cpu-affinity", "--", "sleep", "300"]).spawn();
+    let pids = wait_for(Duration::from_secs(10), || {
+        let w = p.workers();
+        (w.len() == 2).then_some(w)
+    })
+    .unwrap();
+    let cpus = proc_status(p.pid, "Cpus_allowed_list").unwrap();
+    for pid in pids {
+        wait_for(Duration::from_secs(5), || {
+            (proc_status(pid, "Name").as_deref() == Some("sleep")).then_some(())
+        })
+        .unwrap();
+        let id: usize = environ(pid)["PREFORKD_WORKER_ID"].parse().unwrap();
+        let allowed = proc_status(pid, "Cpus_allowed_list").unwrap();
+        assert!(
+            !allowed.contains([',', '-']),
+            "pinned to one CPU: {allowed}"
+        );
+        if cpus == "0-1" {
+            assert_eq!(allowed, id.to_string());
+        }
+    }
+}
