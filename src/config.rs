@@ -506,7 +506,7 @@ impl Source<'_> {
         }
     }
 
-    fn from_toml_error(&self, err: &toml::de::Error) -> ConfigError {
+    fn error_from_toml(&self, err: &toml::de::Error) -> ConfigError {
         let mut message = err.message().trim().to_owned();
         let Some(span) = err.span() else {
             return ConfigError::new(self.path.display().to_string(), None, message);
@@ -585,7 +585,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         }
     };
     let src = Source { path, text: &text };
-    let file: FileConfig = toml::from_str(&text).map_err(|e| src.from_toml_error(&e))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| src.error_from_toml(&e))?;
     let mut cfg = Config {
         file: Some(path.to_owned()),
         ..Config::default()

@@ -53,6 +53,8 @@ pub struct Start<'a> {
     pub ignore_signals: Vec<i32>,
     /// A command that execs preforkd, such as `taskset -c 0` (activated starts only).
     pub wrapper: Option<&'static str>,
+    /// Make stderr look like systemd's journal stream (JOURNAL_STREAM names its dev:ino).
+    pub journal: bool,
 }
 
 impl<'a> Start<'a> {
@@ -63,6 +65,7 @@ impl<'a> Start<'a> {
             activated: true,
             ignore_signals: Vec::new(),
             wrapper: None,
+            journal: false,
         }
     }
 
@@ -75,6 +78,12 @@ impl<'a> Start<'a> {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("preforkd.log");
         let log = std::fs::File::create(&log_path).unwrap();
+        let mut env = self.env;
+        if self.journal {
+            use std::os::unix::fs::MetadataExt;
+            let meta = log.metadata().unwrap();
+            env.push(("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut cmd = if self.activated {
@@ -103,7 +112,7 @@ impl<'a> Start<'a> {
         if !self.activated {
             cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES");
         }
-        for (k, v) in &self.env {
+        for (k, v) in &env {
             cmd.env(k, v);
         }
         let fd = listener.as_raw_fd();

@@ -1,0 +1,117 @@
+//! Journal priorities, unix sockets preforkd binds itself, and a program that disappears.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn under_the_journal_lines_carry_syslog_priorities() {
+    let mut start = Start::activated(&["demo", "--workers", "1", "--min-uptime", "10ms"]);
+    start.journal = true;
+    let mut p = start.spawn();
+    let pids = p.wait_workers(1);
+    unsafe { libc::kill(pids[0], libc::SIGABRT) };
+    wait_for(Duration::from_secs(10), || {
+        p.log().contains("killed by SIGABRT").then_some(())
+    })
+    .expect("crash logged");
+    let log = p.log();
+    let ours: Vec<&str> = log.lines().filter(|l| l.starts_with('<')).collect();
+    assert!(
+        ours.iter()
+            .any(|l| l.starts_with("<6>worker started worker=0")),
+        "{log}"
+    );
+    let crash = ours
+        .iter()
+        .find(|l| l.contains("killed by SIGABRT"))
+        .unwrap();
+    assert!(
+        crash.starts_with("<4>worker died: killed by SIGABRT"),
+        "{crash}"
+    );
+    assert!(
+        crash.contains(&format!("pid={}", pids[0])) && crash.contains("gen=1"),
+        "{crash}"
+    );
+    // No timestamps: journald adds its own.
+    assert!(!ours.iter().any(|l| l.contains("Z INFO")), "{log}");
+}
+
+#[test]
+fn a_unix_socket_it_binds_serves_and_is_removed_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("demo.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut p = Start {
+        activated: false,
+        ..Start::activated(&[
+            "demo",
+            "--workers",
+            "2",
+            "--listen",
+            &listen,
+            "--socket-mode",
+            "0600",
+        ])
+    }
+    .spawn();
+    let body = wait_for(Duration::from_secs(10), || {
+        let mut s = UnixStream::connect(&sock).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .expect("an answer over the unix socket");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("worker="), "{body}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.exit_code(Duration::from_secs(10)), 0, "{}", p.log());
+    assert!(
+        !sock.exists(),
+        "the socket path preforkd created is removed"
+    );
+    p.assert_no_worker_left();
+}
+
+#[test]
+fn a_program_that_disappears_is_reported_once_then_preforkd_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy("/bin/sleep", &app).unwrap();
+    let app_str = app.display().to_string();
+    let mut p = Start::activated(&["--workers", "2", "--", &app_str, "300"]).spawn();
+    let pids = wait_for(Duration::from_secs(10), || {
+        let w = p.workers();
+        (w.len() == 2).then_some(w)
+    })
+    .unwrap();
+    // A deploy removed the binary; then the workers die.
+    std::fs::remove_file(&app).unwrap();
+    for pid in pids {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert_eq!(p.exit_code(Duration::from_secs(30)), 69, "{}", p.log());
+    let log = p.log();
+    let reports = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("worker failed to start"))
+        .collect::<Vec<_>>();
+    // Once per slot, not once per attempt.
+    assert_eq!(reports.len(), 2, "{log}");
+    assert!(
+        reports[0].contains(&format!(
+            "cannot execute {app_str}: No such file or directory (errno 2)"
+        )),
+        "{log}"
+    );
+    p.assert_no_worker_left();
+}
