@@ -229,3 +229,27 @@ fn cpu_affinity_pins_worker_i_to_the_ith_cpu() {
         }
     }
 }
+
+#[test]
+fn every_passed_socket_reaches_workers_with_its_name() {
+    let mut start = sleeper("1");
+    start.udp = Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    let mut p = start.spawn();
+    let pid = wait_for(Duration::from_secs(10), || {
+        p.workers()
+            .into_iter()
+            .find(|&w| proc_status(w, "Name").as_deref() == Some("sleep"))
+    })
+    .expect("worker");
+    let env = environ(pid);
+    assert_eq!(env["LISTEN_FDS"], "2");
+    assert_eq!(env["LISTEN_FDNAMES"], "http:dns");
+    let fds = fds(pid);
+    assert_eq!(
+        fds.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4],
+        "{fds:?}"
+    );
+    assert_eq!(fds[&4], common::fds(p.pid)[&4], "fd 4 is the UDP socket");
+    assert!(p.log().contains("udp 127.0.0.1:"), "{}", p.log());
+}

@@ -55,6 +55,8 @@ pub struct Start<'a> {
     pub wrapper: Option<&'static str>,
     /// Make stderr look like systemd's journal stream (JOURNAL_STREAM names its dev:ino).
     pub journal: bool,
+    /// Also pass a loopback UDP socket at fd 4 (LISTEN_FDS=2, LISTEN_FDNAMES=http:dns).
+    pub udp: Option<std::net::UdpSocket>,
 }
 
 impl<'a> Start<'a> {
@@ -66,6 +68,7 @@ impl<'a> Start<'a> {
             ignore_signals: Vec::new(),
             wrapper: None,
             journal: false,
+            udp: None,
         }
     }
 
@@ -91,13 +94,17 @@ impl<'a> Start<'a> {
             // exactly what systemd's socket activation hands a service.
             let mut c = Command::new("/bin/sh");
             let wrapper = self.wrapper.unwrap_or("");
+            let (count, names) = match self.udp {
+                Some(_) => ("2", "http:dns"),
+                None => ("1", "http"),
+            };
             c.arg("-c")
                 .arg(format!(
                     "LISTEN_PID=$$; export LISTEN_PID; exec {wrapper} \"$0\" \"$@\""
                 ))
                 .arg(BIN)
-                .env("LISTEN_FDS", "1")
-                .env("LISTEN_FDNAMES", "http");
+                .env("LISTEN_FDS", count)
+                .env("LISTEN_FDNAMES", names);
             c
         } else {
             Command::new(BIN)
@@ -115,14 +122,31 @@ impl<'a> Start<'a> {
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        let fd = listener.as_raw_fd();
+        let mut sources = [listener.as_raw_fd(), -1];
+        if let Some(udp) = &self.udp {
+            sources[1] = udp.as_raw_fd();
+        }
         let ignore = self.ignore_signals.clone();
         let activated = self.activated;
-        // SAFETY: only dup2 and signal(), both async-signal-safe, run between fork and exec.
+        // SAFETY: only fcntl, dup2 and signal(), all async-signal-safe, run between fork and
+        // exec, on memory prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                if activated && libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                if activated {
+                    // Move the sockets above 3..=4 first: dup2 onto its own number would keep
+                    // FD_CLOEXEC, and one socket may already sit where the other must go.
+                    let mut moved = [-1; 2];
+                    for (i, &src) in sources.iter().enumerate().filter(|(_, &s)| s >= 0) {
+                        moved[i] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 10);
+                        if moved[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for (i, &fd) in moved.iter().enumerate().filter(|(_, &m)| m >= 0) {
+                        if libc::dup2(fd, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                 }
                 for &sig in &ignore {
                     libc::signal(sig, libc::SIG_IGN);
@@ -132,6 +156,7 @@ impl<'a> Start<'a> {
         }
         let child = cmd.spawn().unwrap();
         drop(listener);
+        drop(self.udp);
         Preforkd {
             pid: child.id() as i32,
             child: Some(child),
