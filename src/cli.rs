@@ -10,19 +10,26 @@ use std::path::PathBuf;
 
 use lexopt::{Arg, Parser, ValueExt};
 
-use crate::config::{self, Config, ListenAddr};
+use std::time::Duration;
+
+use crate::config::{self, Config, ListenAddr, Readiness};
+use crate::control::{self, ControlServer};
 use crate::exit;
 use crate::log;
 use crate::notify::SystemdNotify;
+use crate::relay::NotifyRelay;
+use crate::runtime_dir::{self, RuntimeDir};
 use crate::signals::Signals;
 use crate::sockets::{self, SocketError};
 use crate::spawn::resolve_program;
+use crate::status::Snapshot;
 use crate::supervisor::{Setup, Supervisor};
 
 const USAGE: &str = "\
 Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
        preforkd check [OPTIONS] [--] [COMMAND [ARGS...]]
        preforkd demo [OPTIONS]
+       preforkd status [--json] [--name NAME | --runtime-dir DIR | --config FILE]
 
 Runs COMMAND once per CPU core; every worker gets the listen sockets at fd 3.. the systemd
 way (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and accepts connections on them.
@@ -31,6 +38,7 @@ Commands:
   (none)   run the supervisor
   check    validate the configuration and print the effective settings, start nothing
   demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080)
+  status   show the workers of a running instance (--json for machines)
 
 Options (each also a key of the config file, with _ for -):
   --config FILE              TOML configuration file
@@ -54,19 +62,34 @@ Options (each also a key of the config file, with _ for -):
                              window for --restart-burst (10s); past it preforkd exits 69
   --cpu-affinity[=BOOL]      pin worker i to the i-th allowed CPU
   --log-level LEVEL          error, warning, info or debug (info)
+  --ready notify|exec|DURATION
+                             when a worker counts as ready: its READY=1, its exec, or
+                             having lived that long (exec; notify for the demo)
+  --ready-timeout DURATION   a worker not ready by then is killed as a failed start (60s)
+  --ready-quorum all|N|P%    ready workers that make the service ready (all)
+  --worker-watchdog DURATION|off
+                             each worker must send WATCHDOG=1 this often (off)
+  --worker-watchdog-grace DURATION
+                             from SIGABRT to SIGKILL for a hung worker (5s)
+  --collapse-grace DURATION  with no ready worker this long, stop systemd's watchdog (30s)
+  --name NAME                instance name, for the runtime directory (preforkd)
+  --runtime-dir DIR          where the notify and control sockets live (default:
+                             $RUNTIME_DIRECTORY, /run/preforkd/NAME as root,
+                             $XDG_RUNTIME_DIR/preforkd/NAME otherwise)
   -h, --help                 this text
   -V, --version              the version
 
 Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); TTIN / TTOU add /
 remove a worker.
 Exit codes: 0 stopped, 64 usage, 69 workers kept failing, 71 cannot bind or fork,
-78 configuration error.";
+78 configuration error; preforkd status: 3 when no instance is running.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Run,
     Check,
     Demo,
+    Status,
 }
 
 /// The parsed command line, before the config file is read.
@@ -76,6 +99,8 @@ struct Invocation {
     /// `(flag, value)` in the order given; applied over the file.
     flags: Vec<(String, String)>,
     command: Vec<String>,
+    /// `status --json`.
+    json: bool,
 }
 
 /// Runs preforkd with `args` (including argv[0]); returns the exit code.
@@ -95,6 +120,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return exit::USAGE;
         }
     };
+    if inv.mode == Mode::Status {
+        return status(&inv);
+    }
     let cfg = match build_config(&inv) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -124,6 +152,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Invocation>, String> {
         config_file: None,
         flags: Vec::new(),
         command: Vec::new(),
+        json: false,
     };
     let mut first = true;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -155,13 +184,17 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Invocation>, String> {
                     .map_err(|e| e.to_string())?;
                 inv.flags.push((name, value));
             }
-            Arg::Value(v) if first && (v == "check" || v == "demo" || v == "run") => {
+            Arg::Value(v)
+                if first && matches!(v.to_str(), Some("check" | "demo" | "run" | "status")) =>
+            {
                 inv.mode = match v.to_str() {
                     Some("check") => Mode::Check,
                     Some("demo") => Mode::Demo,
+                    Some("status") => Mode::Status,
                     _ => Mode::Run,
                 };
             }
+            Arg::Long("json") if inv.mode == Mode::Status => inv.json = true,
             Arg::Value(v) => {
                 // The command starts here; everything after it is its own.
                 inv.command.push(v.string().map_err(|e| e.to_string())?);
@@ -184,8 +217,52 @@ fn is_config_flag(name: &str) -> bool {
     key != "cpu_affinity" && config::KEYS.contains(&key.as_str()) && key != "command"
 }
 
-/// Defaults, then the file, then the flags, then the command after `--`.
-fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
+/// `preforkd status`: asks the running instance over its control socket.
+fn status(inv: &Invocation) -> i32 {
+    let cfg = match layer_config(inv) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            log::print_error(&e.to_string());
+            return exit::CONFIG;
+        }
+    };
+    let dir = runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref());
+    let path = dir.join(runtime_dir::CONTROL_SOCKET);
+    let answer = match control::call(&path, "status", Duration::from_secs(5)) {
+        Ok(a) => a,
+        Err(e) => {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    "no preforkd instance is running there".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            log::print_error(&format!(
+                "cannot reach preforkd \"{}\" at {}: {why}; give --name, --runtime-dir or --config of the instance you mean",
+                cfg.name,
+                path.display()
+            ));
+            return exit::NOT_RUNNING;
+        }
+    };
+    if inv.json {
+        print!("{answer}");
+        return exit::OK;
+    }
+    match serde_json::from_str::<Snapshot>(&answer) {
+        Ok(snapshot) => {
+            print!("{}", crate::status::render(&snapshot));
+            exit::OK
+        }
+        Err(e) => {
+            log::print_error(&format!("the instance answered something unexpected: {e}"));
+            exit::NOT_RUNNING
+        }
+    }
+}
+
+/// Defaults, then the file, then the flags: the settings, not yet checked as a whole.
+fn layer_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
     let mut cfg = match &inv.config_file {
         Some(path) => config::load_file(path)?,
         None => Config::default(),
@@ -199,6 +276,12 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
         }
         config::apply_flag(&mut cfg, flag, value)?;
     }
+    Ok(cfg)
+}
+
+/// Defaults, then the file, then the flags, then the command after `--`; checked as a whole.
+fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
+    let mut cfg = layer_config(inv)?;
     if !inv.command.is_empty() {
         cfg.command = inv.command.clone();
     }
@@ -210,6 +293,8 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
             snippet: None,
         })?;
         cfg.command = vec![me.display().to_string(), "hello-worker".to_owned()];
+        // The built-in worker speaks sd_notify: it is ready when it says so.
+        cfg.ready.get_or_insert(Readiness::Notify);
     }
     config::finish(&cfg)?;
     Ok(cfg)
@@ -278,6 +363,34 @@ fn run(mut cfg: Config, program: PathBuf, mode: Mode) -> i32 {
             return exit::OSERR;
         }
     };
+    let runtime =
+        match RuntimeDir::prepare(runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref())) {
+            Ok(r) => r,
+            Err(e) => {
+                log::print_error(&e);
+                return exit::OSERR;
+            }
+        };
+    let relay = match NotifyRelay::bind(&runtime.notify_path()) {
+        Ok(r) => r,
+        Err(e) => {
+            log::print_error(&format!(
+                "cannot create the notify socket {}: {e}",
+                runtime.notify_path().display()
+            ));
+            return exit::OSERR;
+        }
+    };
+    let control = match ControlServer::bind(&runtime.control_path()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::print_error(&format!(
+                "cannot create the control socket {}: {e}",
+                runtime.control_path().display()
+            ));
+            return exit::OSERR;
+        }
+    };
     // Orphans of workers' children come to preforkd rather than to PID 1, to be reaped.
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let signals = match Signals::install() {
@@ -294,6 +407,9 @@ fn run(mut cfg: Config, program: PathBuf, mode: Mode) -> i32 {
         log: logger,
         systemd,
         signals,
+        runtime,
+        relay,
+        control,
     })
     .run()
 }

@@ -41,6 +41,14 @@ pub const KEYS: &[&str] = &[
     "restart_interval",
     "cpu_affinity",
     "log_level",
+    "ready",
+    "ready_timeout",
+    "ready_quorum",
+    "worker_watchdog",
+    "worker_watchdog_grace",
+    "collapse_grace",
+    "name",
+    "runtime_dir",
 ];
 
 /// A configuration problem, with where it was found.
@@ -118,6 +126,57 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// When a worker counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// On its `READY=1` to the notify socket preforkd gives it.
+    Notify,
+    /// As soon as exec succeeded.
+    Exec,
+    /// Once it stayed alive this long.
+    After(Duration),
+}
+
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Readiness::Notify => f.write_str("notify"),
+            Readiness::Exec => f.write_str("exec"),
+            Readiness::After(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+/// How many ready workers of the first generation make the service ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quorum {
+    All,
+    Count(u32),
+    Percent(u32),
+}
+
+impl Quorum {
+    /// Ready workers needed out of `pool`; at least one, at most the pool.
+    pub fn needed(self, pool: usize) -> usize {
+        let n = match self {
+            Quorum::All => pool,
+            Quorum::Count(n) => n as usize,
+            Quorum::Percent(p) => (pool * p as usize).div_ceil(100),
+        };
+        n.clamp(1, pool.max(1))
+    }
+}
+
+impl fmt::Display for Quorum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quorum::All => f.write_str("all"),
+            Quorum::Count(n) => write!(f, "{n}"),
+            Quorum::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
     Error,
@@ -160,6 +219,19 @@ pub struct Config {
     pub restart_interval: Duration,
     pub cpu_affinity: bool,
     pub log_level: LogLevel,
+    /// None: not set, which means `exec`, or `notify` for the built-in demo worker.
+    pub ready: Option<Readiness>,
+    pub ready_timeout: Duration,
+    pub ready_quorum: Quorum,
+    /// Each worker must send `WATCHDOG=1` at least this often once ready.
+    pub worker_watchdog: Option<Duration>,
+    /// After SIGABRT to a hung worker, how long until SIGKILL.
+    pub worker_watchdog_grace: Duration,
+    /// How long the pool may have no ready worker before systemd's watchdog is told.
+    pub collapse_grace: Duration,
+    /// Names the instance: its runtime directory is …/preforkd/<name>.
+    pub name: String,
+    pub runtime_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -184,6 +256,14 @@ impl Default for Config {
             restart_interval: Duration::from_secs(10),
             cpu_affinity: false,
             log_level: LogLevel::Info,
+            ready: None,
+            ready_timeout: Duration::from_secs(60),
+            ready_quorum: Quorum::All,
+            worker_watchdog: None,
+            worker_watchdog_grace: Duration::from_secs(5),
+            collapse_grace: Duration::from_secs(30),
+            name: "preforkd".to_owned(),
+            runtime_dir: None,
         }
     }
 }
@@ -360,6 +440,73 @@ impl ParseValue for Mode {
     }
 }
 
+impl ParseValue for Readiness {
+    const EXPECTED: &'static str =
+        "\"notify\" (on the worker's READY=1), \"exec\" (once exec succeeded) or a duration such as \"2s\" (once alive that long)";
+    fn from_text(s: &str) -> Result<Self, String> {
+        match s {
+            "notify" => Ok(Readiness::Notify),
+            "exec" => Ok(Readiness::Exec),
+            _ => match Dur::from_text(s) {
+                Ok(Dur(d)) => Ok(Readiness::After(d)),
+                Err(_) => Err(format!(
+                    "invalid value \"{s}\": expected {}",
+                    Self::EXPECTED
+                )),
+            },
+        }
+    }
+}
+
+impl ParseValue for Quorum {
+    const EXPECTED: &'static str =
+        "\"all\", a number of workers such as 2, or a percentage such as \"50%\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        if s == "all" {
+            return Ok(Quorum::All);
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.trim().parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(Quorum::Percent(p)),
+                _ => Err(format!(
+                    "invalid value \"{s}\": a percentage from 1% to 100%"
+                )),
+            };
+        }
+        match s.parse::<i64>() {
+            Ok(n) => Self::from_int(n),
+            Err(_) => Err(format!(
+                "invalid value \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        if (1..=MAX_WORKERS as i64).contains(&i) {
+            Ok(Quorum::Count(i as u32))
+        } else {
+            Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
+        }
+    }
+}
+
+/// A duration, or "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OptDur(Option<Duration>);
+
+impl ParseValue for OptDur {
+    const EXPECTED: &'static str = "\"off\" or a duration such as \"10s\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(OptDur(None));
+        }
+        Dur::from_text(s).map(|d| OptDur(Some(d.0)))
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        Dur::from_int(i).map(|d| OptDur(Some(d.0)))
+    }
+}
+
 impl ParseValue for LogLevel {
     const EXPECTED: &'static str = "one of \"error\", \"warning\", \"info\", \"debug\"";
     fn from_text(s: &str) -> Result<Self, String> {
@@ -412,7 +559,46 @@ impl ParseValue for Bool {
     }
 }
 
-deserialize_via_parse!(Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool);
+deserialize_via_parse!(
+    Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool, Readiness, Quorum, OptDur
+);
+
+/// The keys holding a plain duration, with where each lives and its allowed range.
+type DurationField = (&'static str, fn(&mut Config) -> &mut Duration, Duration);
+const DURATION_FIELDS: &[DurationField] = &[
+    (
+        "stop_timeout",
+        |c| &mut c.stop_timeout,
+        Duration::from_millis(1),
+    ),
+    ("restart_delay", |c| &mut c.restart_delay, Duration::ZERO),
+    (
+        "restart_delay_max",
+        |c| &mut c.restart_delay_max,
+        Duration::ZERO,
+    ),
+    ("min_uptime", |c| &mut c.min_uptime, Duration::ZERO),
+    (
+        "restart_interval",
+        |c| &mut c.restart_interval,
+        Duration::ZERO,
+    ),
+    (
+        "ready_timeout",
+        |c| &mut c.ready_timeout,
+        Duration::from_millis(1),
+    ),
+    (
+        "worker_watchdog_grace",
+        |c| &mut c.worker_watchdog_grace,
+        Duration::ZERO,
+    ),
+    ("collapse_grace", |c| &mut c.collapse_grace, Duration::ZERO),
+];
+
+fn duration_field(key: &str) -> Option<&'static DurationField> {
+    DURATION_FIELDS.iter().find(|(k, _, _)| *k == key)
+}
 
 // ---------------------------------------------------------------------------------------------
 // The file layer.
@@ -439,6 +625,14 @@ struct FileConfig {
     restart_interval: Option<Spanned<Dur>>,
     cpu_affinity: Option<Spanned<Bool>>,
     log_level: Option<Spanned<LogLevel>>,
+    ready: Option<Spanned<Readiness>>,
+    ready_timeout: Option<Spanned<Dur>>,
+    ready_quorum: Option<Spanned<Quorum>>,
+    worker_watchdog: Option<Spanned<OptDur>>,
+    worker_watchdog_grace: Option<Spanned<Dur>>,
+    collapse_grace: Option<Spanned<Dur>>,
+    name: Option<Spanned<String>>,
+    runtime_dir: Option<Spanned<PathBuf>>,
 }
 
 /// The text of a config file, for turning byte offsets into positions.
@@ -633,24 +827,39 @@ fn apply_file(cfg: &mut Config, f: FileConfig, src: &Source) -> Result<(), Confi
         cfg.stop_signal = v.into_inner().0;
     }
     let durations = [
-        (f.stop_timeout, "stop_timeout", &mut cfg.stop_timeout),
-        (f.restart_delay, "restart_delay", &mut cfg.restart_delay),
-        (
-            f.restart_delay_max,
-            "restart_delay_max",
-            &mut cfg.restart_delay_max,
-        ),
-        (f.min_uptime, "min_uptime", &mut cfg.min_uptime),
-        (
-            f.restart_interval,
-            "restart_interval",
-            &mut cfg.restart_interval,
-        ),
+        ("stop_timeout", f.stop_timeout),
+        ("restart_delay", f.restart_delay),
+        ("restart_delay_max", f.restart_delay_max),
+        ("min_uptime", f.min_uptime),
+        ("restart_interval", f.restart_interval),
+        ("ready_timeout", f.ready_timeout),
+        ("worker_watchdog_grace", f.worker_watchdog_grace),
+        ("collapse_grace", f.collapse_grace),
     ];
-    for (value, field, slot) in durations {
+    for (field, value) in durations {
         if let Some(v) = value {
-            *slot = check_duration(field, v.get_ref().0).map_err(|m| src.error_at(&v, field, m))?;
+            let d = check_duration(field, v.get_ref().0).map_err(|m| src.error_at(&v, field, m))?;
+            if let Some((_, slot, _)) = duration_field(field) {
+                *slot(cfg) = d;
+            }
         }
+    }
+    if let Some(v) = f.ready {
+        cfg.ready = Some(v.into_inner());
+    }
+    if let Some(v) = f.ready_quorum {
+        cfg.ready_quorum = v.into_inner();
+    }
+    if let Some(v) = f.worker_watchdog {
+        cfg.worker_watchdog =
+            check_watchdog(v.get_ref().0).map_err(|m| src.error_at(&v, "worker_watchdog", m))?;
+    }
+    if let Some(v) = f.name {
+        check_instance_name(v.get_ref()).map_err(|m| src.error_at(&v, "name", m))?;
+        cfg.name = v.into_inner();
+    }
+    if let Some(v) = f.runtime_dir {
+        cfg.runtime_dir = Some(v.into_inner());
     }
     if let Some(v) = f.restart_burst {
         cfg.restart_burst = check_range(v.get_ref().0, 1, 10_000)
@@ -687,10 +896,8 @@ fn check_range(v: i64, min: i64, max: i64) -> Result<u32, String> {
 }
 
 fn check_duration(field: &str, d: Duration) -> Result<Duration, String> {
-    let (min, max) = match field {
-        "stop_timeout" => (Duration::from_millis(1), Duration::from_secs(3600)),
-        _ => (Duration::ZERO, Duration::from_secs(3600)),
-    };
+    let min = duration_field(field).map_or(Duration::ZERO, |f| f.2);
+    let max = Duration::from_secs(3600);
     if d < min || d > max {
         return Err(format!(
             "invalid duration {}: expected from {} to {}",
@@ -700,6 +907,34 @@ fn check_duration(field: &str, d: Duration) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+fn check_watchdog(d: Option<Duration>) -> Result<Option<Duration>, String> {
+    match d {
+        Some(d) if d < Duration::from_millis(10) => Err(format!(
+            "invalid duration {}: a worker watchdog must be at least 10ms, or \"off\"",
+            humantime::format_duration(d)
+        )),
+        Some(d) => check_duration("worker_watchdog", d).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The instance name becomes a directory name.
+fn check_instance_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name \"{name}\": use up to 64 letters, digits, '-', '_', '.' or '@' (it names a directory)"
+        ))
+    }
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -777,17 +1012,23 @@ pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, Con
         }
         "working_directory" => cfg.working_directory = Some(PathBuf::from(value)),
         "stop_signal" => cfg.stop_signal = SignalName::from_text(value).map_err(err)?.0,
-        "stop_timeout" | "restart_delay" | "restart_delay_max" | "min_uptime"
-        | "restart_interval" => {
-            let d = check_duration(&key, Dur::from_text(value).map_err(err)?.0).map_err(err)?;
-            match key.as_str() {
-                "stop_timeout" => cfg.stop_timeout = d,
-                "restart_delay" => cfg.restart_delay = d,
-                "restart_delay_max" => cfg.restart_delay_max = d,
-                "min_uptime" => cfg.min_uptime = d,
-                _ => cfg.restart_interval = d,
+        k if duration_field(k).is_some() => {
+            let d = check_duration(k, Dur::from_text(value).map_err(err)?.0).map_err(err)?;
+            if let Some((_, slot, _)) = duration_field(k) {
+                *slot(cfg) = d;
             }
         }
+        "ready" => cfg.ready = Some(Readiness::from_text(value).map_err(err)?),
+        "ready_quorum" => cfg.ready_quorum = Quorum::from_text(value).map_err(err)?,
+        "worker_watchdog" => {
+            cfg.worker_watchdog =
+                check_watchdog(OptDur::from_text(value).map_err(err)?.0).map_err(err)?
+        }
+        "name" => {
+            check_instance_name(value).map_err(err)?;
+            cfg.name = value.to_owned();
+        }
+        "runtime_dir" => cfg.runtime_dir = Some(PathBuf::from(value)),
         "restart_burst" => {
             cfg.restart_burst =
                 check_range(Int::from_text(value).map_err(err)?.0, 1, 10_000).map_err(err)?
@@ -839,6 +1080,11 @@ pub fn finish(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 impl Config {
+    /// The readiness rule in force: `exec` unless configured.
+    pub fn readiness(&self) -> Readiness {
+        self.ready.unwrap_or(Readiness::Exec)
+    }
+
     /// The effective configuration as TOML, for `preforkd check`.
     pub fn to_toml(&self) -> String {
         let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
@@ -885,6 +1131,25 @@ impl Config {
         line("restart_interval", dur(self.restart_interval));
         line("cpu_affinity", self.cpu_affinity.to_string());
         line("log_level", q(self.log_level.name()));
+        line("ready", q(&self.readiness().to_string()));
+        line("ready_timeout", dur(self.ready_timeout));
+        line(
+            "ready_quorum",
+            match self.ready_quorum {
+                Quorum::Count(n) => n.to_string(),
+                other => q(&other.to_string()),
+            },
+        );
+        line(
+            "worker_watchdog",
+            self.worker_watchdog.map_or(q("off"), dur),
+        );
+        line("worker_watchdog_grace", dur(self.worker_watchdog_grace));
+        line("collapse_grace", dur(self.collapse_grace));
+        line("name", q(&self.name));
+        if let Some(d) = &self.runtime_dir {
+            line("runtime_dir", q(&d.display().to_string()));
+        }
         if !self.env.is_empty() {
             out.push_str("\n[env]\n");
             for (k, v) in &self.env {

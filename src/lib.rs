@@ -13,13 +13,17 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod http_worker;
 pub mod log;
 pub mod notify;
+pub mod relay;
 pub mod restart;
+pub mod runtime_dir;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;
+pub mod status;
 pub mod supervisor;
 
 /// preforkd's exit codes (sysexits.h where one fits).
@@ -34,4 +38,6 @@ pub mod exit {
     pub const OSERR: i32 = 71;
     /// The configuration is invalid: file, flags, command, or the LISTEN_* environment.
     pub const CONFIG: i32 = 78;
+    /// `preforkd status`: no instance answers there (as `systemctl status` uses 3).
+    pub const NOT_RUNNING: i32 = 3;
 }

@@ -10,7 +10,8 @@
 //! `FD_CLOEXEC`; every other fd is marked close-on-exec; `PR_SET_PDEATHSIG` (SIGKILL) is set and
 //! the parent re-checked, so a worker never outlives a SIGKILLed preforkd; the worker gets its own
 //! process group; the working directory and CPU affinity are applied; every signal disposition is
-//! reset to the default and the mask cleared; `LISTEN_PID` is filled with the child's pid; exec.
+//! reset to the default and the mask cleared; `LISTEN_PID` (and `WATCHDOG_PID`) are filled with
+//! the child's pid; exec.
 //! A failure at any step is written as (step, errno) to a close-on-exec pipe that the parent reads,
 //! as std's `Command` does, so "not found" is reported once and plainly.
 
@@ -29,8 +30,11 @@ pub struct WorkerSpec<'a> {
     /// An absolute path, from [`resolve_program`].
     pub program: &'a Path,
     pub argv: &'a [String],
-    /// The complete environment except `LISTEN_PID`, which only the child can know.
+    /// The complete environment except the variables in `pid_vars`.
     pub env: Vec<(OsString, OsString)>,
+    /// Variables whose value is the worker's own pid, which only the child knows:
+    /// `LISTEN_PID`, and `WATCHDOG_PID` when the worker has a watchdog.
+    pub pid_vars: &'a [&'a str],
     /// The listen sockets, in the order they are to appear at fd 3, 4, …
     pub listen_fds: &'a [RawFd],
     pub working_directory: Option<&'a Path>,
@@ -160,7 +164,6 @@ pub fn resolve_program(
 
 /// Length reserved for the pid digits in `LISTEN_PID=`; a pid has at most 10 digits.
 const PID_DIGITS: usize = 10;
-const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// close_range(2) flag: mark close-on-exec instead of closing (Linux 5.11).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
@@ -170,8 +173,9 @@ pub struct ExecPlan {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _env: Vec<CString>,
-    /// `LISTEN_PID=` followed by room for the digits and the NUL.
-    listen_pid: Box<[u8]>,
+    /// `NAME=` followed by room for the digits and the NUL, for each of `pid_vars`, with the
+    /// length of `NAME=`.
+    pid_entries: Vec<(Box<[u8]>, usize)>,
     envp_ptrs: Vec<*const libc::c_char>,
     listen_fds: Vec<RawFd>,
     /// Scratch for moving sockets out of the way; written by the child in its own memory.
@@ -209,7 +213,7 @@ impl ExecPlan {
         let env = spec
             .env
             .iter()
-            .filter(|(k, _)| k.as_bytes() != b"LISTEN_PID")
+            .filter(|(k, _)| !spec.pid_vars.iter().any(|v| k.as_bytes() == v.as_bytes()))
             .map(|(k, v)| {
                 let mut kv = k.clone().into_vec();
                 kv.push(b'=');
@@ -217,11 +221,18 @@ impl ExecPlan {
                 cstring(kv)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut listen_pid = vec![0u8; LISTEN_PID_PREFIX.len() + PID_DIGITS + 1];
-        listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
-        let listen_pid = listen_pid.into_boxed_slice();
+        let pid_entries: Vec<(Box<[u8]>, usize)> = spec
+            .pid_vars
+            .iter()
+            .map(|name| {
+                let prefix = format!("{name}=");
+                let mut entry = vec![0u8; prefix.len() + PID_DIGITS + 1];
+                entry[..prefix.len()].copy_from_slice(prefix.as_bytes());
+                (entry.into_boxed_slice(), prefix.len())
+            })
+            .collect();
         let mut envp_ptrs: Vec<_> = env.iter().map(|e| e.as_ptr()).collect();
-        envp_ptrs.push(listen_pid.as_ptr().cast());
+        envp_ptrs.extend(pid_entries.iter().map(|(e, _)| e.as_ptr().cast()));
         envp_ptrs.push(std::ptr::null());
 
         let dev_null = nix::fcntl::open(
@@ -251,7 +262,7 @@ impl ExecPlan {
             _argv: argv,
             argv_ptrs,
             _env: env,
-            listen_pid,
+            pid_entries,
             envp_ptrs,
             listen_fds: spec.listen_fds.to_vec(),
             scratch: vec![-1; spec.listen_fds.len()],
@@ -415,10 +426,11 @@ impl ExecPlan {
             }
         }
 
-        write_pid_digits(
-            &mut self.listen_pid[LISTEN_PID_PREFIX.len()..],
-            libc::getpid(),
-        );
+        let pid = libc::getpid();
+        for i in 0..self.pid_entries.len() {
+            let (entry, prefix) = &mut self.pid_entries[i];
+            write_pid_digits(&mut entry[*prefix..], pid);
+        }
 
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

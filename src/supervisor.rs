@@ -1,9 +1,9 @@
 //! The supervisor: one thread, one event loop, one table of workers. All state changes here.
 //!
-//! The loop waits in `poll()` on the signal pipe with a timeout set by the nearest deadline (a
-//! slot's restart back-off, a stopping worker's `stop_timeout`), turns what woke it into an
-//! [`Event`], and hands that to [`Supervisor::handle`], which is the only place that changes the
-//! worker table. What each signal does is the `match` in [`Event::from_signal`]:
+//! The loop waits in `poll()` on the signal pipe, the workers' notify socket and the control
+//! socket, with a timeout set by the nearest deadline. It turns what woke it into an [`Event`]
+//! and hands that to [`Supervisor::handle`], the only place that changes the worker table.
+//! What each signal does is the `match` in [`Event::from_signal`]:
 //!
 //! - SIGCHLD: reap every exited child; replace dead workers (keeping their worker id), with
 //!   back-off for failed starts and a crash-loop limit.
@@ -12,37 +12,60 @@
 //!   signal during the drain SIGKILLs every worker at once.
 //! - SIGTTIN / SIGTTOU: one worker more / less.
 //! - SIGHUP: reserved for the rolling reload; logged and otherwise ignored for now.
+//!
+//! Towards its workers preforkd plays systemd: a worker is *starting* until it is ready (its
+//! `READY=1`, its exec, or having lived `ready` long, per the config), then *ready*; one that is
+//! not ready within `ready_timeout` is killed as a failed start. With `worker_watchdog`, a ready
+//! worker that stops sending `WATCHDOG=1` gets SIGABRT, then SIGKILL, and is replaced. Towards
+//! systemd it is one service: `READY=1` once the quorum of the first generation is ready,
+//! `STATUS=` kept current, `WATCHDOG=1` pinged while the pool has a ready worker, `STOPPING=1`
+//! and `EXTEND_TIMEOUT_USEC` when it drains.
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
 
-use crate::config::Config;
-use crate::notify::{NotifyState, SystemdNotify};
+use crate::config::{Config, Readiness};
+use crate::control::{ControlServer, Request, Token};
+use crate::notify::{self, NotifyState, SystemdNotify};
+use crate::relay::NotifyRelay;
 use crate::restart::{describe_exit, human, is_clean_stop, CrashWindow, RestartPolicy};
+use crate::runtime_dir::RuntimeDir;
 use crate::signals::Signals;
 use crate::sockets::{self, Listener};
 use crate::spawn::{ExecPlan, SpawnError, WorkerSpec};
+use crate::status::{self, Snapshot, WorkerInfo};
 
 /// Exit code when the pool was crash-looping and preforkd gave up (EX_UNAVAILABLE).
 pub const EXIT_CRASH_LOOP: i32 = crate::exit::UNAVAILABLE;
 
+/// Datagrams taken from the notify socket per wake-up, so a flood cannot starve signals.
+const NOTIFY_BATCH: usize = 256;
+/// How often a STATUS= line that says "… ago" is refreshed.
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
 /// What woke the loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     ChildExited,
     Stop(Signal),
     Reload,
     AddWorker,
     RemoveWorker,
+    /// A datagram on the workers' notify socket, with the sender the kernel named.
+    Notify {
+        pid: Option<Pid>,
+        bytes: Option<Vec<u8>>,
+    },
+    Control(Token, Request),
     /// A deadline may have passed.
     Tick,
 }
@@ -76,12 +99,25 @@ struct Slot {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WorkerState {
-    Running,
-    /// Sent `stop_signal`; SIGKILLed at `deadline` unless gone by then.
+    /// Exec'd, not ready yet.
+    Starting,
+    Ready {
+        since: Instant,
+    },
+    /// Sent `stop_signal`; SIGKILLed at `deadline` unless gone by then. Not replaced.
     Stopping {
         deadline: Instant,
         killed: bool,
     },
+}
+
+/// Why preforkd killed a worker it will replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Not ready within `ready_timeout`: a failed start.
+    NotReady,
+    /// Missed its watchdog: sent SIGABRT at `at`; SIGKILL after the grace.
+    Hung { at: Instant, killed: bool },
 }
 
 #[derive(Debug)]
@@ -91,12 +127,76 @@ struct Worker {
     generation: u32,
     started: Instant,
     state: WorkerState,
+    fault: Option<Fault>,
+    /// Its own last STATUS=.
+    status: Option<String>,
+    last_ping: Option<Instant>,
+}
+
+/// Something a worker's clock asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// `ready` is a duration and it has passed.
+    BecomeReady,
+    ReadyTimeout,
+    MissedWatchdog,
+    /// SIGABRT did not end it.
+    AbortGraceOver,
+    /// It did not stop within `stop_timeout`.
+    StopTimeout,
+}
+
+impl Worker {
+    /// The next thing this worker's clock asks for, and when. Both the poll timeout and
+    /// [`Supervisor::on_deadlines`] use it, so they cannot disagree.
+    fn next_timer(&self, cfg: &Config) -> Option<(Instant, Timer)> {
+        match (self.state, self.fault) {
+            (WorkerState::Stopping { killed: true, .. }, _) => None,
+            (WorkerState::Stopping { deadline, .. }, _) => Some((deadline, Timer::StopTimeout)),
+            (_, Some(Fault::NotReady)) | (_, Some(Fault::Hung { killed: true, .. })) => None,
+            (_, Some(Fault::Hung { at, .. })) => {
+                Some((at + cfg.worker_watchdog_grace, Timer::AbortGraceOver))
+            }
+            (WorkerState::Starting, None) => {
+                let timeout = (self.started + cfg.ready_timeout, Timer::ReadyTimeout);
+                match cfg.readiness() {
+                    Readiness::After(d) if d < cfg.ready_timeout => {
+                        Some((self.started + d, Timer::BecomeReady))
+                    }
+                    _ => Some(timeout),
+                }
+            }
+            (WorkerState::Ready { since }, None) => cfg.worker_watchdog.map(|wd| {
+                (
+                    self.last_ping.unwrap_or(since).max(since) + wd,
+                    Timer::MissedWatchdog,
+                )
+            }),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self.state, WorkerState::Ready { .. }) && self.fault.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
     Draining { exit_code: i32, forced: bool },
+}
+
+/// What the supervisor is started with.
+pub struct Setup {
+    pub cfg: Config,
+    pub program: PathBuf,
+    pub listeners: Vec<Listener>,
+    pub log: Logger,
+    pub systemd: SystemdNotify,
+    pub signals: Signals,
+    pub runtime: RuntimeDir,
+    pub relay: NotifyRelay,
+    pub control: ControlServer,
 }
 
 pub struct Supervisor {
@@ -109,6 +209,9 @@ pub struct Supervisor {
     log: Logger,
     systemd: SystemdNotify,
     signals: Signals,
+    runtime: RuntimeDir,
+    relay: NotifyRelay,
+    control: ControlServer,
     /// CPUs this process may use, for `cpu_affinity`.
     cpus: Vec<usize>,
     generation: u32,
@@ -116,32 +219,40 @@ pub struct Supervisor {
     workers: Vec<Worker>,
     crashes: CrashWindow,
     phase: Phase,
+    /// READY=1 went to systemd.
     ready_sent: bool,
     last_status: String,
-}
-
-/// What the supervisor is started with.
-pub struct Setup {
-    pub cfg: Config,
-    pub program: PathBuf,
-    pub listeners: Vec<Listener>,
-    pub log: Logger,
-    pub systemd: SystemdNotify,
-    pub signals: Signals,
+    status_refresh_at: Option<Instant>,
+    /// The latest worker death, for STATUS=.
+    last_death: Option<(String, Instant)>,
+    /// When systemd's watchdog is next due a ping.
+    watchdog_due: Option<Instant>,
+    /// The last moment the pool had a ready worker.
+    last_ready: Instant,
+    /// The pool had no ready worker for `collapse_grace`; systemd's watchdog was told.
+    collapsed: bool,
+    notify_dropped: u64,
+    /// Drops since the last log line about them, and when that was.
+    drops_unlogged: u64,
+    drops_logged_at: Option<Instant>,
 }
 
 impl Supervisor {
     pub fn new(setup: Setup) -> Supervisor {
         let workers = setup.cfg.workers.resolve();
-        let policy = RestartPolicy::from_config(&setup.cfg);
+        let now = Instant::now();
         Supervisor {
-            policy,
+            policy: RestartPolicy::from_config(&setup.cfg),
             program: setup.program,
             listeners: setup.listeners,
             base_env: std::env::vars_os().collect(),
             log: setup.log,
+            watchdog_due: setup.systemd.watchdog.map(|_| now),
             systemd: setup.systemd,
             signals: setup.signals,
+            runtime: setup.runtime,
+            relay: setup.relay,
+            control: setup.control,
             cpus: allowed_cpus(),
             generation: 1,
             slots: (0..workers).map(new_slot).collect(),
@@ -150,6 +261,13 @@ impl Supervisor {
             phase: Phase::Running,
             ready_sent: false,
             last_status: String::new(),
+            status_refresh_at: None,
+            last_death: None,
+            last_ready: now,
+            collapsed: false,
+            notify_dropped: 0,
+            drops_unlogged: 0,
+            drops_logged_at: None,
             cfg: setup.cfg,
         }
     }
@@ -164,6 +282,8 @@ impl Supervisor {
         info!(self.log, "preforkd starting";
             "workers" => self.slots.len(), "gen" => self.generation,
             "command" => self.cfg.command.join(" "), "sockets" => sockets.join(", "),
+            "ready" => self.cfg.readiness().to_string(),
+            "runtime_dir" => self.runtime.path().display().to_string(),
             "pid" => std::process::id());
         let now = Instant::now();
         for slot in &mut self.slots {
@@ -177,29 +297,55 @@ impl Supervisor {
                     return exit_code;
                 }
             }
-            let timeout = match self.next_deadline() {
-                None => PollTimeout::NONE,
-                Some(at) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    // Round up so the loop does not spin just before a deadline.
-                    let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-                }
-            };
-            let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => {
-                    error!(self.log, "poll failed; stopping"; "error" => e.desc());
-                    self.begin_stop(Instant::now(), 1);
-                }
-            }
+            self.wait();
             for sig in self.signals.pending() {
                 if let Some(event) = Event::from_signal(sig) {
                     self.handle(event, Instant::now());
                 }
             }
+            for _ in 0..NOTIFY_BATCH {
+                let Some(d) = self.relay.recv() else { break };
+                let event = Event::Notify {
+                    pid: d.pid,
+                    bytes: d.bytes,
+                };
+                self.handle(event, Instant::now());
+            }
+            for (token, request) in self.control.service(Instant::now()) {
+                self.handle(Event::Control(token, request), Instant::now());
+            }
             self.handle(Event::Tick, Instant::now());
+        }
+    }
+
+    /// Sleeps in poll() until an fd is ready or the nearest deadline.
+    fn wait(&mut self) {
+        let timeout = match self.next_deadline() {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                // Round up so the loop does not spin just before a deadline.
+                let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = vec![
+            PollFd::new(self.signals.fd(), PollFlags::POLLIN),
+            PollFd::new(self.relay.fd(), PollFlags::POLLIN),
+        ];
+        fds.extend(
+            self.control
+                .poll_interest()
+                .into_iter()
+                .map(|(fd, flags)| PollFd::new(fd, flags)),
+        );
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                drop(fds);
+                error!(self.log, "poll failed; stopping"; "error" => e.desc());
+                self.begin_stop(Instant::now(), 1);
+            }
         }
     }
 
@@ -216,9 +362,15 @@ impl Supervisor {
             }
             Event::AddWorker => self.add_worker(now),
             Event::RemoveWorker => self.remove_worker(now),
+            Event::Notify { pid, bytes } => self.on_notify(pid, bytes, now),
+            Event::Control(token, Request::Status) => {
+                let snapshot = self.snapshot(now);
+                let json = serde_json::to_string(&snapshot).unwrap_or_default();
+                self.control.answer(token, &json);
+            }
             Event::Tick => self.on_deadlines(now),
         }
-        self.report_status();
+        self.report_status(now);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -227,31 +379,86 @@ impl Supervisor {
             .iter()
             .filter(|_| self.phase == Phase::Running)
             .filter_map(|s| s.start_at);
-        let kills = self.workers.iter().filter_map(|w| match w.state {
-            WorkerState::Stopping {
-                deadline,
-                killed: false,
-            } => Some(deadline),
-            _ => None,
-        });
-        starts.chain(kills).min()
+        let workers = self
+            .workers
+            .iter()
+            .filter_map(|w| w.next_timer(&self.cfg).map(|(at, _)| at));
+        let collapse = self.collapse_deadline();
+        starts
+            .chain(workers)
+            .chain(self.watchdog_due)
+            .chain(collapse)
+            .chain(self.control.next_deadline())
+            .chain(self.status_refresh_at)
+            .min()
     }
 
     fn on_deadlines(&mut self, now: Instant) {
         if self.phase == Phase::Running {
             self.start_due(now);
         }
-        for w in &mut self.workers {
-            if let WorkerState::Stopping {
-                deadline,
-                killed: false,
-            } = w.state
-            {
-                if now >= deadline {
-                    warn!(self.log, "worker did not stop within stop_timeout; sending SIGKILL";
-                        "worker" => w.id, "pid" => w.pid.as_raw(), "gen" => w.generation,
-                        "stop_timeout" => human(self.cfg.stop_timeout));
-                    signal_group(w.pid, Signal::SIGKILL);
+        for i in 0..self.workers.len() {
+            while let Some((at, timer)) = self.workers[i].next_timer(&self.cfg) {
+                if at > now {
+                    break;
+                }
+                self.on_worker_timer(i, timer, now);
+            }
+        }
+        self.check_collapse(now);
+        if let (Some(due), Some(interval)) = (self.watchdog_due, self.systemd.watchdog) {
+            if now >= due {
+                if !self.collapsed {
+                    self.notify_systemd(&[NotifyState::Watchdog]);
+                }
+                self.watchdog_due = Some(now + interval / 2);
+            }
+        }
+    }
+
+    fn on_worker_timer(&mut self, i: usize, timer: Timer, now: Instant) {
+        if timer == Timer::BecomeReady {
+            return self.mark_ready(i, now);
+        }
+        let cfg = &self.cfg;
+        let w = &mut self.workers[i];
+        let (id, pid, generation) = (w.id, w.pid.as_raw(), w.generation);
+        match timer {
+            Timer::BecomeReady => {}
+            Timer::ReadyTimeout => {
+                warn!(self.log, "worker not ready within ready_timeout; killing it";
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "ready_timeout" => human(cfg.ready_timeout), "ready" => cfg.readiness().to_string());
+                w.fault = Some(Fault::NotReady);
+                signal_group(w.pid, Signal::SIGKILL);
+            }
+            Timer::MissedWatchdog => {
+                let since = match w.state {
+                    WorkerState::Ready { since } => since,
+                    _ => w.started,
+                };
+                let silent = now.saturating_duration_since(w.last_ping.unwrap_or(since).max(since));
+                warn!(self.log, "worker {} pid {} missed its watchdog for {}; sending SIGABRT", id, pid, human(silent);
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "worker_watchdog" => cfg.worker_watchdog.map(human).unwrap_or_default());
+                self.hang(i, now);
+            }
+            Timer::AbortGraceOver => {
+                warn!(self.log, "hung worker still alive after SIGABRT; sending SIGKILL";
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "grace" => human(cfg.worker_watchdog_grace));
+                w.fault = Some(Fault::Hung {
+                    at: now,
+                    killed: true,
+                });
+                signal_group(w.pid, Signal::SIGKILL);
+            }
+            Timer::StopTimeout => {
+                warn!(self.log, "worker did not stop within stop_timeout; sending SIGKILL";
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "stop_timeout" => human(cfg.stop_timeout));
+                signal_group(w.pid, Signal::SIGKILL);
+                if let WorkerState::Stopping { deadline, .. } = w.state {
                     w.state = WorkerState::Stopping {
                         deadline,
                         killed: true,
@@ -259,6 +466,18 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// A hung worker gets SIGABRT, so it can dump a core or a stack, then SIGKILL after a grace.
+    fn hang(&mut self, i: usize, now: Instant) {
+        let w = &mut self.workers[i];
+        w.fault = Some(Fault::Hung {
+            at: now,
+            killed: false,
+        });
+        let _ = kill(w.pid, Signal::SIGABRT);
+        // A SIGSTOPped process keeps SIGABRT pending; SIGCONT lets it act on it.
+        let _ = kill(w.pid, Signal::SIGCONT);
     }
 
     /// Starts a worker in every empty slot whose time has come.
@@ -270,10 +489,6 @@ impl Supervisor {
             if self.slots[i].start_at.is_some_and(|at| at <= now) {
                 self.start_worker(i, now);
             }
-        }
-        if !self.ready_sent && !self.workers.is_empty() {
-            self.ready_sent = true;
-            self.notify_systemd(&[NotifyState::Ready]);
         }
     }
 
@@ -292,8 +507,14 @@ impl Supervisor {
                     pid,
                     generation: self.generation,
                     started: now,
-                    state: WorkerState::Running,
+                    state: WorkerState::Starting,
+                    fault: None,
+                    status: None,
+                    last_ping: None,
                 });
+                if self.cfg.readiness() == Readiness::Exec {
+                    self.mark_ready(self.workers.len() - 1, now);
+                }
             }
             Err(e) => {
                 let message = e.to_string();
@@ -317,14 +538,45 @@ impl Supervisor {
         }
     }
 
+    fn mark_ready(&mut self, i: usize, now: Instant) {
+        let w = &mut self.workers[i];
+        if w.state != WorkerState::Starting || w.fault.is_some() {
+            return;
+        }
+        w.state = WorkerState::Ready { since: now };
+        info!(self.log, "worker ready"; "worker" => w.id, "pid" => w.pid.as_raw(),
+            "gen" => w.generation, "after" => human(now.saturating_duration_since(w.started)));
+        if !self.ready_sent && self.phase == Phase::Running {
+            let ready = self
+                .workers
+                .iter()
+                .filter(|w| w.generation == 1 && w.is_ready())
+                .count();
+            let needed = self.cfg.ready_quorum.needed(self.slots.len());
+            if ready >= needed {
+                self.ready_sent = true;
+                info!(self.log, "service ready"; "ready" => ready, "workers" => self.slots.len(),
+                    "quorum" => self.cfg.ready_quorum.to_string());
+                self.report_status(now);
+                self.notify_systemd(&[NotifyState::Ready]);
+            }
+        }
+    }
+
     fn build_plan(&self, id: u32) -> Result<ExecPlan, SpawnError> {
         let fds: Vec<_> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let cpu = (self.cfg.cpu_affinity && !self.cpus.is_empty())
             .then(|| self.cpus[id as usize % self.cpus.len()]);
+        let pid_vars: &[&str] = if self.cfg.worker_watchdog.is_some() {
+            &["LISTEN_PID", "WATCHDOG_PID"]
+        } else {
+            &["LISTEN_PID"]
+        };
         ExecPlan::new(&WorkerSpec {
             program: &self.program,
             argv: &self.cfg.command,
             env: self.worker_env(id),
+            pid_vars,
             listen_fds: &fds,
             working_directory: self.cfg.working_directory.as_deref(),
             cpu,
@@ -333,12 +585,16 @@ impl Supervisor {
 
     /// preforkd's environment, then the configured `env`, then the per-worker variables.
     fn worker_env(&self, id: u32) -> Vec<(OsString, OsString)> {
-        let ours: [(&str, String); 4] = [
-            ("LISTEN_FDS", self.listeners.len().to_string()),
-            ("LISTEN_FDNAMES", sockets::names(&self.listeners)),
-            ("PREFORKD_WORKER_ID", id.to_string()),
-            ("PREFORKD_GENERATION", self.generation.to_string()),
+        let mut ours: Vec<(&str, OsString)> = vec![
+            ("LISTEN_FDS", self.listeners.len().to_string().into()),
+            ("LISTEN_FDNAMES", sockets::names(&self.listeners).into()),
+            ("NOTIFY_SOCKET", self.runtime.notify_path().into_os_string()),
+            ("PREFORKD_WORKER_ID", id.to_string().into()),
+            ("PREFORKD_GENERATION", self.generation.to_string().into()),
         ];
+        if let Some(wd) = self.cfg.worker_watchdog {
+            ours.push(("WATCHDOG_USEC", wd.as_micros().to_string().into()));
+        }
         let overridden = |k: &OsString| {
             self.cfg.env.keys().any(|c| k == c.as_str()) || ours.iter().any(|(o, _)| k == o)
         };
@@ -354,8 +610,68 @@ impl Supervisor {
                 .iter()
                 .map(|(k, v)| (OsString::from(k), OsString::from(v))),
         );
-        env.extend(ours.into_iter().map(|(k, v)| (k.into(), v.into())));
+        env.extend(ours.into_iter().map(|(k, v)| (k.into(), v)));
         env
+    }
+
+    /// A datagram on the notify socket: honoured only from a live worker.
+    fn on_notify(&mut self, pid: Option<Pid>, bytes: Option<Vec<u8>>, now: Instant) {
+        let index = pid.and_then(|p| self.workers.iter().position(|w| w.pid == p));
+        let (Some(i), Some(bytes)) = (index, bytes) else {
+            let why = if index.is_none() {
+                "not from a worker"
+            } else {
+                "larger than 4096 bytes"
+            };
+            return self.drop_notify(pid, why, now);
+        };
+        let msg = match notify::parse(&bytes) {
+            Ok(m) => m,
+            Err(why) => return self.drop_notify(pid, why, now),
+        };
+        let w = &mut self.workers[i];
+        let (id, wpid, generation) = (w.id, w.pid.as_raw(), w.generation);
+        if msg.watchdog {
+            w.last_ping = Some(now);
+        }
+        if let Some(status) = msg.status {
+            if w.status.as_deref() != Some(status.as_str()) {
+                debug!(self.log, "worker status"; "worker" => id, "pid" => wpid,
+                    "gen" => generation, "status" => &status);
+                w.status = Some(status);
+            }
+        }
+        if let Some(errno) = msg.errno {
+            info!(self.log, "worker reports an error"; "worker" => id, "pid" => wpid,
+                "gen" => generation, "errno" => errno, "error" => Errno::from_raw(errno).desc());
+        }
+        if msg.stopping {
+            debug!(self.log, "worker says it is stopping"; "worker" => id, "pid" => wpid, "gen" => generation);
+        }
+        if msg.watchdog_trigger && w.fault.is_none() {
+            warn!(self.log, "worker asked to be treated as hung (WATCHDOG=trigger); sending SIGABRT";
+                "worker" => id, "pid" => wpid, "gen" => generation);
+            self.hang(i, now);
+        }
+        if msg.ready && self.cfg.readiness() != Readiness::Exec {
+            self.mark_ready(i, now);
+        }
+    }
+
+    /// Counts a dropped datagram; logs at debug, at most once a second.
+    fn drop_notify(&mut self, pid: Option<Pid>, why: &str, now: Instant) {
+        self.notify_dropped += 1;
+        self.drops_unlogged += 1;
+        if self
+            .drops_logged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            debug!(self.log, "dropped notify datagrams"; "count" => self.drops_unlogged,
+                "last_reason" => why, "last_pid" => pid.map_or(0, Pid::as_raw),
+                "total" => self.notify_dropped);
+            self.drops_unlogged = 0;
+            self.drops_logged_at = Some(now);
+        }
     }
 
     /// Reaps every exited child; SIGCHLDs coalesce, so one signal may stand for many exits.
@@ -400,11 +716,12 @@ impl Supervisor {
             }
             return;
         }
+        self.last_death = Some((format!("worker {} {how}", w.id), now));
         let Some(slot) = self.slots.iter_mut().find(|s| s.id == w.id) else {
             return;
         };
         slot.restarts += 1;
-        let failed_start = self.policy.is_failed_start(uptime);
+        let failed_start = w.fault == Some(Fault::NotReady) || self.policy.is_failed_start(uptime);
         if failed_start {
             slot.failures_in_row += 1;
             self.crashes.record(now, self.policy.interval);
@@ -413,10 +730,11 @@ impl Supervisor {
         }
         let delay = self.policy.delay(slot.failures_in_row);
         slot.start_at = Some(now + delay);
-        let msg = if failed_start {
-            "worker failed soon after start"
-        } else {
-            "worker died"
+        let msg = match w.fault {
+            Some(Fault::NotReady) => "worker never became ready",
+            Some(Fault::Hung { .. }) => "hung worker ended",
+            None if failed_start => "worker failed soon after start",
+            None => "worker died",
         };
         warn!(self.log, "{}: {}", msg, how; "worker" => w.id, "pid" => pid.as_raw(),
             "gen" => w.generation, "uptime" => human(uptime),
@@ -434,7 +752,8 @@ impl Supervisor {
         let failures = self.crashes.count(now, self.policy.interval);
         let min_uptime = self.policy.min_uptime;
         let stable = self.workers.iter().any(|w| {
-            w.state == WorkerState::Running
+            !matches!(w.state, WorkerState::Stopping { .. })
+                && w.fault.is_none()
                 && now.saturating_duration_since(w.started) >= min_uptime
         });
         if failures as u32 > self.policy.burst && !stable {
@@ -442,6 +761,32 @@ impl Supervisor {
                 "failed_starts" => failures, "within" => human(self.policy.interval),
                 "restart_burst" => self.policy.burst, "exit_code" => EXIT_CRASH_LOOP);
             self.begin_stop(now, EXIT_CRASH_LOOP);
+        }
+    }
+
+    /// When the pool would count as collapsed if no worker becomes ready first.
+    fn collapse_deadline(&self) -> Option<Instant> {
+        let watched = self.systemd.watchdog.is_some() && self.phase == Phase::Running;
+        (watched && !self.collapsed && !self.workers.iter().any(Worker::is_ready))
+            .then(|| self.last_ready + self.cfg.collapse_grace)
+    }
+
+    /// With no ready worker for `collapse_grace`, preforkd stops vouching for the service: it
+    /// stops its watchdog pings and asks systemd to act now (`WATCHDOG=trigger`).
+    fn check_collapse(&mut self, now: Instant) {
+        if self.workers.iter().any(Worker::is_ready) {
+            if self.collapsed {
+                info!(self.log, "a worker is ready again; watchdog pings resume");
+                self.collapsed = false;
+            }
+            self.last_ready = now;
+            return;
+        }
+        if self.collapse_deadline().is_some_and(|at| now >= at) {
+            self.collapsed = true;
+            error!(self.log, "no worker has been ready for {}: the pool has collapsed; stopping watchdog pings and sending WATCHDOG=trigger so systemd restarts the service",
+                human(self.cfg.collapse_grace); "collapse_grace" => human(self.cfg.collapse_grace));
+            self.notify_systemd(&[NotifyState::WatchdogTrigger]);
         }
     }
 
@@ -484,13 +829,18 @@ impl Supervisor {
             exit_code,
             forced: false,
         };
-        self.notify_systemd(&[NotifyState::Stopping]);
+        // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short.
+        let extend = (self.cfg.stop_timeout + Duration::from_secs(5)).as_micros();
+        self.notify_systemd(&[
+            NotifyState::Stopping,
+            NotifyState::ExtendTimeoutUsec(extend.min(u32::MAX as u128) as u32),
+        ]);
         for slot in &mut self.slots {
             slot.start_at = None;
         }
         let deadline = now + self.cfg.stop_timeout;
         for w in &mut self.workers {
-            if w.state == WorkerState::Running {
+            if !matches!(w.state, WorkerState::Stopping { .. }) {
                 stop_worker(w, self.cfg.stop_signal, deadline);
             }
         }
@@ -522,31 +872,103 @@ impl Supervisor {
         info!(self.log, "SIGTTOU: removing a worker"; "worker" => slot.id, "workers" => self.slots.len());
         let deadline = now + self.cfg.stop_timeout;
         for w in self.workers.iter_mut().filter(|w| w.id == slot.id) {
-            if w.state == WorkerState::Running {
+            if !matches!(w.state, WorkerState::Stopping { .. }) {
                 stop_worker(w, self.cfg.stop_signal, deadline);
             }
         }
     }
 
-    /// Keeps systemd's STATUS= line current; sent only when it changes.
-    fn report_status(&mut self) {
-        let running = self
-            .workers
-            .iter()
-            .filter(|w| w.state == WorkerState::Running)
-            .count();
+    /// The one-line summary for STATUS=, e.g. `4/4 ready · gen 3 · 2 restarts · last: worker 1
+    /// killed by SIGSEGV 5m ago`.
+    fn status_line(&self, now: Instant) -> String {
+        if let Phase::Draining { .. } = self.phase {
+            return format!("stopping: {} workers left", self.workers.len());
+        }
+        let ready = self.workers.iter().filter(|w| w.is_ready()).count();
         let restarts: u32 = self.slots.iter().map(|s| s.restarts).sum();
-        let status = match self.phase {
-            Phase::Running => format!(
-                "{running}/{} workers running · gen {} · {restarts} restarts",
-                self.slots.len(),
-                self.generation
-            ),
-            Phase::Draining { .. } => format!("stopping: {} workers left", self.workers.len()),
-        };
+        let mut line = format!(
+            "{ready}/{} ready · gen {} · {restarts} restart{}",
+            self.slots.len(),
+            self.generation,
+            if restarts == 1 { "" } else { "s" }
+        );
+        if let Some((what, at)) = &self.last_death {
+            let ago = now.saturating_duration_since(*at);
+            // Minutes suffice, and keep the line from changing on every wake-up.
+            let ago = if ago < Duration::from_secs(60) {
+                "just now".to_owned()
+            } else {
+                format!(
+                    "{} ago",
+                    status::short(Duration::from_secs(ago.as_secs() / 60 * 60))
+                )
+            };
+            line.push_str(&format!(" · last: {what} {ago}"));
+        }
+        if self.collapsed {
+            line.push_str(" · no ready worker");
+        }
+        line
+    }
+
+    /// Keeps systemd's STATUS= line current; sent only when it changes.
+    fn report_status(&mut self, now: Instant) {
+        let status = self.status_line(now);
         if status != self.last_status {
             self.notify_systemd(&[NotifyState::Status(&status)]);
             self.last_status = status;
+        }
+        self.status_refresh_at = self.last_death.is_some().then(|| {
+            self.status_refresh_at
+                .filter(|&t| t > now)
+                .unwrap_or(now + STATUS_REFRESH)
+        });
+    }
+
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let restarts_of = |id| {
+            self.slots
+                .iter()
+                .find(|s| s.id == id)
+                .map_or(0, |s| s.restarts)
+        };
+        Snapshot {
+            name: self.cfg.name.clone(),
+            pid: std::process::id(),
+            runtime_dir: self.runtime.path().display().to_string(),
+            phase: match self.phase {
+                Phase::Draining { .. } => "stopping",
+                Phase::Running if self.ready_sent => "running",
+                Phase::Running => "starting",
+            }
+            .to_owned(),
+            generation: self.generation,
+            workers_wanted: self.slots.len(),
+            ready: self.workers.iter().filter(|w| w.is_ready()).count(),
+            restarts: self.slots.iter().map(|s| s.restarts).sum(),
+            notify_dropped: self.notify_dropped,
+            status: self.last_status.clone(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerInfo {
+                    id: w.id,
+                    pid: w.pid.as_raw(),
+                    generation: w.generation,
+                    state: match w.state {
+                        WorkerState::Starting => "starting",
+                        WorkerState::Ready { .. } => "ready",
+                        WorkerState::Stopping { .. } => "draining",
+                    }
+                    .to_owned(),
+                    uptime_ms: now.saturating_duration_since(w.started).as_millis() as u64,
+                    restarts: restarts_of(w.id),
+                    status: w.status.clone(),
+                    watchdog_ms_ago: w
+                        .last_ping
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                })
+                .collect(),
         }
     }
 
@@ -569,6 +991,8 @@ fn new_slot(id: u32) -> Slot {
 
 fn stop_worker(w: &mut Worker, sig: Signal, deadline: Instant) {
     signal_group(w.pid, sig);
+    // A stopped (SIGSTOP) worker would keep the stop signal pending until the SIGKILL.
+    signal_group(w.pid, Signal::SIGCONT);
     w.state = WorkerState::Stopping {
         deadline,
         killed: false,

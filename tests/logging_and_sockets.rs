@@ -10,7 +10,7 @@ use common::*;
 
 #[test]
 fn under_the_journal_lines_carry_syslog_priorities() {
-    let mut start = Start::activated(&["demo", "--workers", "1", "--min-uptime", "10ms"]);
+    let mut start = Start::activated(&["demo", "--workers", "1", "--min-uptime", "0s"]);
     start.journal = true;
     let mut p = start.spawn();
     let pids = p.wait_workers(1);

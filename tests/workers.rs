@@ -40,7 +40,10 @@ fn each_worker_gets_the_socket_at_fd3_its_own_listen_pid_and_nothing_else() {
         assert_eq!(env["LISTEN_FDNAMES"], "http");
         assert_eq!(env["PREFORKD_GENERATION"], "1");
         assert_eq!(env["APP_SETTING"], "kept");
-        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        // Workers talk to preforkd's relay, never to systemd directly.
+        let relay = p.runtime_dir.join("notify.sock").display().to_string();
+        assert_eq!(env["NOTIFY_SOCKET"], relay);
+        for var in ["WATCHDOG_USEC", "WATCHDOG_PID"] {
             assert!(!env.contains_key(var), "{var} leaked into worker: {env:?}");
         }
         ids.push(env["PREFORKD_WORKER_ID"].clone());

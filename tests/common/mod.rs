@@ -36,6 +36,8 @@ pub struct Preforkd {
     pub pid: i32,
     /// The TCP port of the socket it was given (or bound).
     pub port: u16,
+    /// Where its notify and control sockets are (RUNTIME_DIRECTORY).
+    pub runtime_dir: PathBuf,
     pub log_path: PathBuf,
     _dir: tempfile::TempDir,
     /// Every worker pid seen, for cleanup if the test fails midway.
@@ -57,6 +59,8 @@ pub struct Start<'a> {
     pub journal: bool,
     /// Also pass a loopback UDP socket at fd 4 (LISTEN_FDS=2, LISTEN_FDNAMES=http:dns).
     pub udp: Option<std::net::UdpSocket>,
+    /// Set WATCHDOG_PID to preforkd's own pid, as systemd does with WatchdogSec=.
+    pub watchdog_pid_is_self: bool,
 }
 
 impl<'a> Start<'a> {
@@ -69,6 +73,7 @@ impl<'a> Start<'a> {
             wrapper: None,
             journal: false,
             udp: None,
+            watchdog_pid_is_self: false,
         }
     }
 
@@ -81,7 +86,14 @@ impl<'a> Start<'a> {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("preforkd.log");
         let log = std::fs::File::create(&log_path).unwrap();
+        let runtime_dir = dir.path().join("run");
+        std::fs::create_dir(&runtime_dir).unwrap();
         let mut env = self.env;
+        // Its own runtime directory, as systemd's RuntimeDirectory= gives, so tests running at
+        // the same time do not meet in /run/preforkd.
+        if !env.iter().any(|(k, _)| *k == "RUNTIME_DIRECTORY") {
+            env.insert(0, ("RUNTIME_DIRECTORY", runtime_dir.display().to_string()));
+        }
         if self.journal {
             use std::os::unix::fs::MetadataExt;
             let meta = log.metadata().unwrap();
@@ -94,13 +106,18 @@ impl<'a> Start<'a> {
             // exactly what systemd's socket activation hands a service.
             let mut c = Command::new("/bin/sh");
             let wrapper = self.wrapper.unwrap_or("");
+            let watchdog_pid = if self.watchdog_pid_is_self {
+                "WATCHDOG_PID=$$; export WATCHDOG_PID; "
+            } else {
+                ""
+            };
             let (count, names) = match self.udp {
                 Some(_) => ("2", "http:dns"),
                 None => ("1", "http"),
             };
             c.arg("-c")
                 .arg(format!(
-                    "LISTEN_PID=$$; export LISTEN_PID; exec {wrapper} \"$0\" \"$@\""
+                    "{watchdog_pid}LISTEN_PID=$$; export LISTEN_PID; exec {wrapper} \"$0\" \"$@\""
                 ))
                 .arg(BIN)
                 .env("LISTEN_FDS", count)
@@ -112,6 +129,8 @@ impl<'a> Start<'a> {
         cmd.args(&self.args)
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -161,6 +180,7 @@ impl<'a> Start<'a> {
             pid: child.id() as i32,
             child: Some(child),
             port,
+            runtime_dir,
             log_path,
             _dir: dir,
             seen: BTreeSet::new(),
@@ -172,9 +192,14 @@ impl<'a> Start<'a> {
 impl Preforkd {
     /// Starts `preforkd demo` (the built-in HTTP worker) with a socket at fd 3.
     pub fn demo(extra: &[&str]) -> Preforkd {
+        Self::demo_start(extra).spawn()
+    }
+
+    /// The same, to be adjusted before it is spawned.
+    pub fn demo_start(extra: &[&str]) -> Start<'static> {
         let mut args = vec!["demo"];
         args.extend_from_slice(extra);
-        Start::activated(&args).spawn()
+        Start::activated(&args)
     }
 
     pub fn log(&self) -> String {
@@ -242,6 +267,14 @@ impl Preforkd {
                 self.log()
             )
         })
+    }
+
+    /// `preforkd status [args]` against this instance: (exit code, output).
+    pub fn status(&self, args: &[&str]) -> (i32, String) {
+        let mut all = vec!["status"];
+        all.extend_from_slice(args);
+        let dir = self.runtime_dir.display().to_string();
+        run_to_end(&all, &[("RUNTIME_DIRECTORY", &dir)])
     }
 
     /// Asserts that no worker this test ever saw is still alive.
@@ -452,8 +485,10 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// Runs preforkd to completion (for commands that must exit at once).
 pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let scratch = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(args)
+        .env("RUNTIME_DIRECTORY", scratch.path())
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES")
@@ -489,4 +524,103 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// Plays systemd's side of sd_notify: a datagram socket preforkd gets as NOTIFY_SOCKET.
+pub struct FakeSystemd {
+    sock: std::os::unix::net::UnixDatagram,
+    /// Where it listens, as NOTIFY_SOCKET spells it.
+    pub address: String,
+    _dir: Option<tempfile::TempDir>,
+    /// Every message so far, with when it arrived.
+    pub messages: Vec<(Instant, String)>,
+}
+
+impl FakeSystemd {
+    pub fn new() -> FakeSystemd {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        FakeSystemd {
+            sock,
+            address: path.display().to_string(),
+            _dir: Some(dir),
+            messages: Vec::new(),
+        }
+    }
+
+    /// Listening on an abstract socket (`@name`), as older systemd versions use.
+    pub fn abstract_socket() -> FakeSystemd {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("preforkd-test-{}-{:?}", std::process::id(), Instant::now());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        FakeSystemd {
+            sock,
+            address: format!("@{name}"),
+            _dir: None,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Receives until `pred` holds for some message (checked on each one, old and new);
+    /// returns its arrival time.
+    pub fn wait_for(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<Instant> {
+        if let Some((t, _)) = self.messages.iter().find(|(_, m)| pred(m)) {
+            return Some(*t);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let mut buf = [0u8; 4096];
+            let Ok(n) = self.sock.recv(&mut buf) else {
+                return None;
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let now = Instant::now();
+            let hit = pred(&msg);
+            self.messages.push((now, msg));
+            if hit {
+                return Some(now);
+            }
+        }
+    }
+
+    /// Collects whatever arrives during `span`.
+    pub fn collect(&mut self, span: Duration) {
+        let _ = self.wait_for(span, |_| false);
+    }
+
+    /// Messages with a line equal to `line`, in order of arrival.
+    pub fn with_line(&self, line: &str) -> Vec<Instant> {
+        self.messages
+            .iter()
+            .filter(|(_, m)| m.lines().any(|l| l == line))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Every STATUS= value so far.
+    pub fn statuses(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .flat_map(|(_, m)| {
+                m.lines()
+                    .filter_map(|l| l.strip_prefix("STATUS="))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+}
+
+/// The test worker that speaks sd_notify from Python, as an app would.
+pub fn notify_worker() -> String {
+    format!(
+        "{}/tests/fixtures/notify_worker.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }

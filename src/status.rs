@@ -1,0 +1,148 @@
+//! The pool as an operator sees it: the snapshot `preforkd status` prints (a table, or JSON
+//! with `--json`), and the one-line summary for systemd's `STATUS=`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole pool at one moment; the JSON of `preforkd status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub pid: u32,
+    pub runtime_dir: String,
+    /// "starting", "running" or "stopping".
+    pub phase: String,
+    pub generation: u32,
+    pub workers_wanted: usize,
+    pub ready: usize,
+    pub restarts: u32,
+    /// Datagrams on the notify socket that were not honoured (not from a worker, malformed).
+    pub notify_dropped: u64,
+    /// The STATUS= line preforkd last sent to systemd.
+    pub status: String,
+    pub workers: Vec<WorkerInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: u32,
+    pub pid: i32,
+    pub generation: u32,
+    /// "starting", "ready" or "draining".
+    pub state: String,
+    pub uptime_ms: u64,
+    /// Restarts of this worker id so far.
+    pub restarts: u32,
+    /// The worker's own last STATUS=.
+    pub status: Option<String>,
+    /// Milliseconds since its last WATCHDOG=1.
+    pub watchdog_ms_ago: Option<u64>,
+}
+
+/// "3s", "5m12s", "2h05m": short durations for tables and STATUS=.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        if d < Duration::from_secs(10) && d.subsec_millis() != 0 {
+            format!("{:.1}s", d.as_secs_f64())
+        } else {
+            format!("{s}s")
+        }
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86400 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", s / 86400, (s % 86400) / 3600)
+    }
+}
+
+/// The table `preforkd status` prints.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "preforkd \"{}\" (pid {}), {}: {}",
+        s.name, s.pid, s.phase, s.status
+    );
+    let _ = writeln!(
+        out,
+        "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} STATUS",
+        "WORKER", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "WATCHDOG"
+    );
+    let mut workers: Vec<&WorkerInfo> = s.workers.iter().collect();
+    workers.sort_by_key(|w| (w.id, w.generation));
+    for w in workers {
+        let watchdog = w.watchdog_ms_ago.map_or("-".to_owned(), |ms| {
+            format!("{} ago", short(Duration::from_millis(ms)))
+        });
+        let _ = writeln!(
+            out,
+            "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} {}",
+            w.id,
+            w.pid,
+            w.generation,
+            w.state,
+            short(Duration::from_millis(w.uptime_ms)),
+            w.restarts,
+            watchdog,
+            w.status.as_deref().unwrap_or("-")
+        );
+    }
+    if s.notify_dropped > 0 {
+        let _ = writeln!(
+            out,
+            "{} notify message(s) dropped (not from a worker, or malformed)",
+            s.notify_dropped
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_durations() {
+        assert_eq!(short(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(short(Duration::from_secs(42)), "42s");
+        assert_eq!(short(Duration::from_secs(312)), "5m12s");
+        assert_eq!(short(Duration::from_secs(7500)), "2h05m");
+        assert_eq!(short(Duration::from_secs(90000)), "1d01h");
+    }
+
+    #[test]
+    fn table_lists_every_worker() {
+        let snap = Snapshot {
+            name: "app".into(),
+            pid: 10,
+            runtime_dir: "/run/preforkd/app".into(),
+            phase: "running".into(),
+            generation: 1,
+            workers_wanted: 2,
+            ready: 1,
+            restarts: 0,
+            notify_dropped: 3,
+            status: "1/2 ready".into(),
+            workers: vec![WorkerInfo {
+                id: 0,
+                pid: 11,
+                generation: 1,
+                state: "ready".into(),
+                uptime_ms: 2000,
+                restarts: 0,
+                status: Some("serving".into()),
+                watchdog_ms_ago: Some(500),
+            }],
+        };
+        let text = render(&snap);
+        assert!(text.contains("ready"), "{text}");
+        assert!(text.contains("0.5s ago"), "{text}");
+        assert!(text.contains("3 notify message(s) dropped"), "{text}");
+        let json = serde_json::to_string(&snap).unwrap();
+        assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snap);
+    }
+}
