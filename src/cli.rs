@@ -145,16 +145,26 @@ pub fn main(args: Vec<OsString>) -> i32 {
     run(cfg, program, inv.mode)
 }
 
-fn parse_args(args: Vec<OsString>) -> Result<Option<Invocation>, String> {
+fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
+    // A subcommand is only ever the first argument: after `--`, `run` is a program's name.
+    let mode = match args.get(1).and_then(|a| a.to_str()) {
+        Some("check") => Some(Mode::Check),
+        Some("demo") => Some(Mode::Demo),
+        Some("status") => Some(Mode::Status),
+        Some("run") => Some(Mode::Run),
+        _ => None,
+    };
+    if mode.is_some() {
+        args.remove(1);
+    }
     let mut parser = Parser::from_iter(args);
     let mut inv = Invocation {
-        mode: Mode::Run,
+        mode: mode.unwrap_or(Mode::Run),
         config_file: None,
         flags: Vec::new(),
         command: Vec::new(),
         json: false,
     };
-    let mut first = true;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
             Arg::Short('h') | Arg::Long("help") => {
@@ -184,16 +194,6 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Invocation>, String> {
                     .map_err(|e| e.to_string())?;
                 inv.flags.push((name, value));
             }
-            Arg::Value(v)
-                if first && matches!(v.to_str(), Some("check" | "demo" | "run" | "status")) =>
-            {
-                inv.mode = match v.to_str() {
-                    Some("check") => Mode::Check,
-                    Some("demo") => Mode::Demo,
-                    Some("status") => Mode::Status,
-                    _ => Mode::Run,
-                };
-            }
             Arg::Long("json") if inv.mode == Mode::Status => inv.json = true,
             Arg::Value(v) => {
                 // The command starts here; everything after it is its own.
@@ -207,7 +207,6 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Invocation>, String> {
             }
             other => return Err(other.unexpected().to_string()),
         }
-        first = false;
     }
     Ok(Some(inv))
 }
@@ -296,7 +295,7 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
         // The built-in worker speaks sd_notify: it is ready when it says so.
         cfg.ready.get_or_insert(Readiness::Notify);
     }
-    config::finish(&cfg)?;
+    config::finish(&mut cfg)?;
     Ok(cfg)
 }
 

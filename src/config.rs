@@ -382,6 +382,19 @@ impl ParseValue for SignalName {
                 "\"{s}\" cannot be caught, so a worker could not stop gracefully: expected {}",
                 Self::EXPECTED
             )),
+            // By default these do nothing or only pause a program: every stop would wait out
+            // stop_timeout.
+            Ok(
+                Signal::SIGCHLD
+                | Signal::SIGCONT
+                | Signal::SIGURG
+                | Signal::SIGTSTP
+                | Signal::SIGTTIN
+                | Signal::SIGTTOU,
+            ) => Err(format!(
+                "\"{s}\" does not end a program that ignores it by default: expected {}",
+                Self::EXPECTED
+            )),
             Ok(sig) => Ok(SignalName(sig)),
             Err(_) => Err(format!(
                 "unknown signal \"{s}\": expected {}",
@@ -565,35 +578,25 @@ deserialize_via_parse!(
 
 /// The keys holding a plain duration, with where each lives and its allowed range.
 type DurationField = (&'static str, fn(&mut Config) -> &mut Duration, Duration);
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 const DURATION_FIELDS: &[DurationField] = &[
-    (
-        "stop_timeout",
-        |c| &mut c.stop_timeout,
-        Duration::from_millis(1),
-    ),
-    ("restart_delay", |c| &mut c.restart_delay, Duration::ZERO),
-    (
-        "restart_delay_max",
-        |c| &mut c.restart_delay_max,
-        Duration::ZERO,
-    ),
-    ("min_uptime", |c| &mut c.min_uptime, Duration::ZERO),
-    (
-        "restart_interval",
-        |c| &mut c.restart_interval,
-        Duration::ZERO,
-    ),
-    (
-        "ready_timeout",
-        |c| &mut c.ready_timeout,
-        Duration::from_millis(1),
-    ),
+    ("stop_timeout", |c| &mut c.stop_timeout, ms(1)),
+    // A zero delay or uptime would let a worker that dies at once be restarted in a tight
+    // loop that the crash-loop limit never sees.
+    ("restart_delay", |c| &mut c.restart_delay, ms(10)),
+    ("restart_delay_max", |c| &mut c.restart_delay_max, ms(10)),
+    ("min_uptime", |c| &mut c.min_uptime, ms(10)),
+    ("restart_interval", |c| &mut c.restart_interval, ms(1)),
+    ("ready_timeout", |c| &mut c.ready_timeout, ms(1)),
     (
         "worker_watchdog_grace",
         |c| &mut c.worker_watchdog_grace,
-        Duration::ZERO,
+        ms(0),
     ),
-    ("collapse_grace", |c| &mut c.collapse_grace, Duration::ZERO),
+    ("collapse_grace", |c| &mut c.collapse_grace, ms(0)),
 ];
 
 fn duration_field(key: &str) -> Option<&'static DurationField> {
@@ -614,7 +617,7 @@ struct FileConfig {
     socket_mode: Option<Spanned<Mode>>,
     socket_user: Option<Spanned<String>>,
     socket_group: Option<Spanned<String>>,
-    env: Option<Spanned<BTreeMap<String, String>>>,
+    env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     working_directory: Option<Spanned<PathBuf>>,
     stop_signal: Option<Spanned<SignalName>>,
     stop_timeout: Option<Spanned<Dur>>,
@@ -814,11 +817,12 @@ fn apply_file(cfg: &mut Config, f: FileConfig, src: &Source) -> Result<(), Confi
         check_name(v.get_ref()).map_err(|m| src.error_at(&v, "socket_group", m))?;
         cfg.socket_group = Some(v.into_inner());
     }
-    if let Some(v) = f.env {
-        for (key, value) in v.get_ref() {
-            check_env(key, value).map_err(|m| src.error_at(&v, "env", m))?;
+    if let Some(env) = f.env {
+        for (key, value) in env {
+            check_env(key.get_ref(), value.get_ref())
+                .map_err(|m| src.error_at(&key, &format!("env.{}", key.get_ref()), m))?;
+            cfg.env.insert(key.into_inner(), value.into_inner());
         }
-        cfg.env = v.into_inner();
     }
     if let Some(v) = f.working_directory {
         cfg.working_directory = Some(v.into_inner());
@@ -1040,8 +1044,14 @@ pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, Con
     Ok(true)
 }
 
-/// Checks that need the whole configuration: run after every layer is applied.
-pub fn finish(cfg: &Config) -> Result<(), ConfigError> {
+/// Checks that need the whole configuration: run after every layer is applied. A relative
+/// working directory is made absolute here, against the directory preforkd started in.
+pub fn finish(cfg: &mut Config) -> Result<(), ConfigError> {
+    if let Some(dir) = &cfg.working_directory {
+        if let Ok(abs) = std::path::absolute(dir) {
+            cfg.working_directory = Some(abs);
+        }
+    }
     let origin = cfg
         .file
         .as_ref()

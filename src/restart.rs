@@ -51,15 +51,15 @@ impl RestartPolicy {
     }
 }
 
-/// The failed starts of the whole pool within the last `interval`.
+/// The failed starts of the whole pool within the last `interval`, with the worker id of each.
 #[derive(Debug, Default)]
 pub struct CrashWindow {
-    failures: VecDeque<Instant>,
+    failures: VecDeque<(Instant, u32)>,
 }
 
 impl CrashWindow {
-    pub fn record(&mut self, now: Instant, interval: Duration) {
-        self.failures.push_back(now);
+    pub fn record(&mut self, now: Instant, interval: Duration, worker_id: u32) {
+        self.failures.push_back((now, worker_id));
         self.expire(now, interval);
     }
 
@@ -68,8 +68,14 @@ impl CrashWindow {
         self.failures.len()
     }
 
+    /// True when every one of `ids` failed within the window: the whole pool is failing, not
+    /// just some slots (those back off on their own while the rest serve).
+    pub fn all_failed(&self, mut ids: impl Iterator<Item = u32>) -> bool {
+        ids.all(|id| self.failures.iter().any(|&(_, f)| f == id))
+    }
+
     fn expire(&mut self, now: Instant, interval: Duration) {
-        while let Some(&first) = self.failures.front() {
+        while let Some(&(first, _)) = self.failures.front() {
             if now.duration_since(first) > interval {
                 self.failures.pop_front();
             } else {
@@ -144,8 +150,10 @@ mod tests {
         let mut w = CrashWindow::default();
         let t0 = Instant::now();
         let i = Duration::from_secs(10);
-        w.record(t0, i);
-        w.record(t0 + Duration::from_secs(5), i);
+        w.record(t0, i, 0);
+        w.record(t0 + Duration::from_secs(5), i, 1);
+        assert!(w.all_failed([0, 1].into_iter()));
+        assert!(!w.all_failed([0, 1, 2].into_iter()));
         assert_eq!(w.count(t0 + Duration::from_secs(6), i), 2);
         assert_eq!(w.count(t0 + Duration::from_secs(11), i), 1);
         assert_eq!(w.count(t0 + Duration::from_secs(16), i), 0);

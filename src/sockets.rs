@@ -178,6 +178,13 @@ fn describe_passed_fd(fd: RawFd) -> Result<String, String> {
         ));
     }
     let kind = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("fd {fd}: {e}"))?;
+    if matches!(kind, SockType::Stream | SockType::SeqPacket)
+        && !getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false)
+    {
+        return Err(format!(
+            "fd {fd} passed in LISTEN_FDS is a connected socket, not a listening one: preforkd needs Accept=no in the socket unit (the default)"
+        ));
+    }
     let addr: SockaddrStorage = getsockname(fd).map_err(|e| format!("fd {fd}: {e}"))?;
     Ok(describe(kind, &addr))
 }
@@ -263,11 +270,32 @@ enum UnixBindError {
 }
 
 fn bind_unix(path: &Path, cfg: &Config, backlog: Backlog) -> Result<Listener, UnixBindError> {
-    if std::fs::symlink_metadata(path).is_ok() {
-        return Err(UnixBindError::Other(format!(
-            "cannot bind unix:{}: the path already exists; preforkd never removes a file it did not create, so remove it if it is a stale socket",
-            path.display()
-        )));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // A socket nobody listens on is what a crashed or SIGKILLed instance leaves behind;
+        // refusing it would keep the service from ever coming back under Restart=.
+        let dead_socket = meta.file_type().is_socket()
+            && matches!(
+                std::os::unix::net::UnixStream::connect(path),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            );
+        if !dead_socket {
+            return Err(UnixBindError::Other(format!(
+                "cannot bind unix:{}: the path exists and is {}; preforkd replaces only a dead socket",
+                path.display(),
+                if meta.file_type().is_socket() {
+                    "a socket another process listens on"
+                } else {
+                    "not a socket"
+                }
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            UnixBindError::Other(format!(
+                "cannot remove the dead socket {}: {e}",
+                path.display()
+            ))
+        })?;
     }
     let fd = socket(
         AddressFamily::Unix,
@@ -388,5 +416,13 @@ mod tests {
         assert!(path.exists());
         drop(l);
         assert!(!path.exists());
+        // A dead socket left by a crash is replaced; a regular file is not touched.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let again = bind_all(&cfg).unwrap();
+        drop(again);
+        std::fs::write(&path, "data").unwrap();
+        assert!(matches!(bind_all(&cfg), Err(SocketError::Bind(_))));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "data");
     }
 }

@@ -111,9 +111,10 @@ impl fmt::Display for SpawnError {
     }
 }
 
-/// Finds the program the way `execvp` would, but in the parent, where allocating is allowed.
-/// A name without a slash is looked up in `path_var`; a relative path is taken from
-/// `working_directory`, since the child changes there before exec.
+/// Finds the program the way `execvp` would, but in the parent, where allocating is allowed,
+/// and returns an absolute path. A name without a slash is looked up in `path_var`; a relative
+/// path (or PATH entry) is taken from `working_directory`, since the child changes there before
+/// exec, or else from preforkd's own directory.
 pub fn resolve_program(
     program: &str,
     path_var: Option<&OsStr>,
@@ -133,12 +134,15 @@ pub fn resolve_program(
             )
         })
     };
-    if program.contains('/') {
-        let p = Path::new(program);
-        let full = match working_directory {
+    let absolute = |p: &Path| -> PathBuf {
+        let joined = match working_directory {
             Some(wd) if p.is_relative() => wd.join(p),
             _ => p.to_owned(),
         };
+        std::path::absolute(&joined).unwrap_or(joined)
+    };
+    if program.contains('/') {
+        let full = absolute(Path::new(program));
         check(&full)?;
         return Ok(full);
     }
@@ -146,7 +150,7 @@ pub fn resolve_program(
     let path_var = path_var.unwrap_or(default_path);
     let mut last_err = None;
     for dir in std::env::split_paths(path_var) {
-        let candidate = dir.join(program);
+        let candidate = absolute(&dir.join(program));
         if candidate.exists() {
             match check(&candidate) {
                 Ok(()) => return Ok(candidate),
@@ -173,9 +177,12 @@ pub struct ExecPlan {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _env: Vec<CString>,
-    /// `NAME=` followed by room for the digits and the NUL, for each of `pid_vars`, with the
-    /// length of `NAME=`.
-    pid_entries: Vec<(Box<[u8]>, usize)>,
+    /// `NAME=` followed by room for the digits and the NUL, for each of `pid_vars`; owned here,
+    /// pointed at by `envp_ptrs`, and written only through `pid_digits`.
+    _pid_entries: Vec<Box<[u8]>>,
+    /// Where each entry's digits go, taken once at plan time so the child writes through the
+    /// same pointers envp holds rather than through a new borrow.
+    pid_digits: Vec<*mut u8>,
     envp_ptrs: Vec<*const libc::c_char>,
     listen_fds: Vec<RawFd>,
     /// Scratch for moving sockets out of the way; written by the child in its own memory.
@@ -221,18 +228,19 @@ impl ExecPlan {
                 cstring(kv)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let pid_entries: Vec<(Box<[u8]>, usize)> = spec
-            .pid_vars
-            .iter()
-            .map(|name| {
-                let prefix = format!("{name}=");
-                let mut entry = vec![0u8; prefix.len() + PID_DIGITS + 1];
-                entry[..prefix.len()].copy_from_slice(prefix.as_bytes());
-                (entry.into_boxed_slice(), prefix.len())
-            })
-            .collect();
         let mut envp_ptrs: Vec<_> = env.iter().map(|e| e.as_ptr()).collect();
-        envp_ptrs.extend(pid_entries.iter().map(|(e, _)| e.as_ptr().cast()));
+        let mut pid_entries = Vec::with_capacity(spec.pid_vars.len());
+        let mut pid_digits = Vec::with_capacity(spec.pid_vars.len());
+        for name in spec.pid_vars {
+            let prefix = format!("{name}=");
+            let mut entry = vec![0u8; prefix.len() + PID_DIGITS + 1].into_boxed_slice();
+            entry[..prefix.len()].copy_from_slice(prefix.as_bytes());
+            let base = entry.as_mut_ptr();
+            envp_ptrs.push(base.cast_const().cast());
+            // SAFETY: the offset stays inside the allocation, which lives as long as the plan.
+            pid_digits.push(unsafe { base.add(prefix.len()) });
+            pid_entries.push(entry);
+        }
         envp_ptrs.push(std::ptr::null());
 
         let dev_null = nix::fcntl::open(
@@ -262,7 +270,8 @@ impl ExecPlan {
             _argv: argv,
             argv_ptrs,
             _env: env,
-            pid_entries,
+            _pid_entries: pid_entries,
+            pid_digits,
             envp_ptrs,
             listen_fds: spec.listen_fds.to_vec(),
             scratch: vec![-1; spec.listen_fds.len()],
@@ -427,9 +436,8 @@ impl ExecPlan {
         }
 
         let pid = libc::getpid();
-        for i in 0..self.pid_entries.len() {
-            let (entry, prefix) = &mut self.pid_entries[i];
-            write_pid_digits(&mut entry[*prefix..], pid);
+        for &digits in &self.pid_digits {
+            write_pid_digits(std::slice::from_raw_parts_mut(digits, PID_DIGITS + 1), pid);
         }
 
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -524,6 +532,9 @@ mod tests {
         let e = resolve_program("/etc", None, None).unwrap_err();
         assert!(e.contains("is a directory"), "{e}");
         let rel = resolve_program("./sh", None, Some(Path::new("/bin"))).unwrap();
-        assert_eq!(rel, Path::new("/bin/./sh"));
+        assert_eq!(rel, Path::new("/bin/sh"));
+        let from_cwd =
+            resolve_program("sh", Some(OsStr::new("bin")), Some(Path::new("/"))).unwrap();
+        assert_eq!(from_cwd, Path::new("/bin/sh"));
     }
 }

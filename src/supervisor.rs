@@ -93,8 +93,30 @@ struct Slot {
     restarts: u32,
     /// When the slot is empty: when to start its next worker.
     start_at: Option<Instant>,
-    /// The last spawn error logged, so a repeating one is logged once.
-    last_spawn_error: Option<String>,
+    /// When its last worker was started: no slot restarts sooner than `restart_delay` after.
+    last_start: Option<Instant>,
+}
+
+impl Slot {
+    /// Schedules the next start after `delay`, but never sooner than `min_gap` after the last
+    /// start, so a worker that keeps dying cannot make preforkd fork in a tight loop.
+    fn schedule(&mut self, now: Instant, delay: Duration, min_gap: Duration) -> Duration {
+        let mut at = now + delay;
+        if let Some(last) = self.last_start {
+            at = at.max(last + min_gap);
+        }
+        self.start_at = Some(at);
+        at - now
+    }
+}
+
+/// A process group whose leader (a stopping worker) has exited while other members still run;
+/// they get until the worker's stop deadline, then SIGKILL.
+#[derive(Debug, Clone, Copy)]
+struct Lingering {
+    pgid: Pid,
+    deadline: Instant,
+    killed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +205,13 @@ impl Worker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
-    Draining { exit_code: i32, forced: bool },
+    Draining {
+        exit_code: i32,
+        forced: bool,
+        /// Descendants that left their worker's process group, found once the workers are
+        /// gone: SIGTERMed, then SIGKILLed at this deadline.
+        orphans: Option<(Instant, bool)>,
+    },
 }
 
 /// What the supervisor is started with.
@@ -232,6 +260,10 @@ pub struct Supervisor {
     /// The pool had no ready worker for `collapse_grace`; systemd's watchdog was told.
     collapsed: bool,
     notify_dropped: u64,
+    /// Process groups of stopped workers with members still running.
+    lingering: Vec<Lingering>,
+    /// The last spawn error logged, so one that repeats across the pool is logged once.
+    last_spawn_error: Option<String>,
     /// Drops since the last log line about them, and when that was.
     drops_unlogged: u64,
     drops_logged_at: Option<Instant>,
@@ -266,6 +298,8 @@ impl Supervisor {
             last_ready: now,
             collapsed: false,
             notify_dropped: 0,
+            lingering: Vec::new(),
+            last_spawn_error: None,
             drops_unlogged: 0,
             drops_logged_at: None,
             cfg: setup.cfg,
@@ -291,11 +325,9 @@ impl Supervisor {
         }
         self.handle(Event::Tick, now);
         loop {
-            if let Phase::Draining { exit_code, .. } = self.phase {
-                if self.workers.is_empty() {
-                    info!(self.log, "all workers stopped; preforkd exits"; "exit_code" => exit_code);
-                    return exit_code;
-                }
+            if let Some(exit_code) = self.drained() {
+                info!(self.log, "all workers stopped; preforkd exits"; "exit_code" => exit_code);
+                return exit_code;
             }
             self.wait();
             for sig in self.signals.pending() {
@@ -343,8 +375,12 @@ impl Supervisor {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 drop(fds);
-                error!(self.log, "poll failed; stopping"; "error" => e.desc());
-                self.begin_stop(Instant::now(), 1);
+                if self.phase == Phase::Running {
+                    error!(self.log, "poll failed; stopping"; "error" => e.desc());
+                    self.begin_stop(Instant::now(), 1);
+                }
+                // Whatever made poll fail may persist: do not spin on it.
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
@@ -384,8 +420,18 @@ impl Supervisor {
             .iter()
             .filter_map(|w| w.next_timer(&self.cfg).map(|(at, _)| at));
         let collapse = self.collapse_deadline();
+        let lingering = self.lingering.iter().map(|l| l.deadline);
+        let orphans = match self.phase {
+            Phase::Draining {
+                orphans: Some((at, _)),
+                ..
+            } => Some(at),
+            _ => None,
+        };
         starts
             .chain(workers)
+            .chain(lingering)
+            .chain(orphans)
             .chain(self.watchdog_due)
             .chain(collapse)
             .chain(self.control.next_deadline())
@@ -405,6 +451,8 @@ impl Supervisor {
                 self.on_worker_timer(i, timer, now);
             }
         }
+        self.check_lingering(now);
+        self.check_orphans(now);
         self.check_collapse(now);
         if let (Some(due), Some(interval)) = (self.watchdog_due, self.systemd.watchdog) {
             if now >= due {
@@ -430,7 +478,7 @@ impl Supervisor {
                     "worker" => id, "pid" => pid, "gen" => generation,
                     "ready_timeout" => human(cfg.ready_timeout), "ready" => cfg.readiness().to_string());
                 w.fault = Some(Fault::NotReady);
-                signal_group(w.pid, Signal::SIGKILL);
+                signal_worker(w.pid, Signal::SIGKILL);
             }
             Timer::MissedWatchdog => {
                 let since = match w.state {
@@ -451,13 +499,13 @@ impl Supervisor {
                     at: now,
                     killed: true,
                 });
-                signal_group(w.pid, Signal::SIGKILL);
+                signal_worker(w.pid, Signal::SIGKILL);
             }
             Timer::StopTimeout => {
                 warn!(self.log, "worker did not stop within stop_timeout; sending SIGKILL";
                     "worker" => id, "pid" => pid, "gen" => generation,
                     "stop_timeout" => human(cfg.stop_timeout));
-                signal_group(w.pid, Signal::SIGKILL);
+                signal_worker(w.pid, Signal::SIGKILL);
                 if let WorkerState::Stopping { deadline, .. } = w.state {
                     w.state = WorkerState::Stopping {
                         deadline,
@@ -496,10 +544,11 @@ impl Supervisor {
         let id = self.slots[slot_index].id;
         let result = self.build_plan(id).and_then(|mut plan| plan.spawn());
         let slot = &mut self.slots[slot_index];
+        slot.last_start = Some(now);
         match result {
             Ok(pid) => {
                 slot.start_at = None;
-                slot.last_spawn_error = None;
+                self.last_spawn_error = None;
                 info!(self.log, "worker started";
                     "worker" => id, "pid" => pid.as_raw(), "gen" => self.generation);
                 self.workers.push(Worker {
@@ -518,10 +567,13 @@ impl Supervisor {
             }
             Err(e) => {
                 let message = e.to_string();
-                let repeated = slot.last_spawn_error.as_deref() == Some(message.as_str());
+                let repeated = self.last_spawn_error.as_deref() == Some(message.as_str());
                 slot.failures_in_row += 1;
-                let delay = self.policy.delay(slot.failures_in_row);
-                slot.start_at = Some(now + delay);
+                let delay = slot.schedule(
+                    now,
+                    self.policy.delay(slot.failures_in_row),
+                    self.policy.delay,
+                );
                 if repeated {
                     debug!(self.log, "worker failed to start again"; "worker" => id,
                         "gen" => self.generation, "error" => &message, "retry_in" => human(delay));
@@ -529,10 +581,8 @@ impl Supervisor {
                     error!(self.log, "worker failed to start"; "worker" => id,
                         "gen" => self.generation, "error" => &message, "retry_in" => human(delay));
                 }
-                slot.last_spawn_error = Some(message);
-                if !matches!(e, SpawnError::Plan(_)) {
-                    self.crashes.record(now, self.policy.interval);
-                }
+                self.last_spawn_error = Some(message);
+                self.crashes.record(now, self.policy.interval, id);
                 self.give_up_if_crash_looping(now);
             }
         }
@@ -702,11 +752,17 @@ impl Supervisor {
             return;
         };
         let w = self.workers.swap_remove(index);
-        // Whatever the worker left behind in its process group goes with it.
-        signal_group(w.pid, Signal::SIGKILL);
         let uptime = now.saturating_duration_since(w.started);
         let how = describe_exit(&status);
-        if matches!(w.state, WorkerState::Stopping { .. }) {
+        if let WorkerState::Stopping { deadline, killed } = w.state {
+            // Helpers in its group may still be finishing; they get the same deadline.
+            if group_alive(w.pid) {
+                self.lingering.push(Lingering {
+                    pgid: w.pid,
+                    deadline,
+                    killed,
+                });
+            }
             if is_clean_stop(&status, self.cfg.stop_signal) {
                 info!(self.log, "worker stopped"; "worker" => w.id, "pid" => pid.as_raw(),
                     "gen" => w.generation, "status" => how);
@@ -716,6 +772,8 @@ impl Supervisor {
             }
             return;
         }
+        // A dead worker's helpers go with it: its replacement starts clean.
+        let _ = killpg(w.pid, Signal::SIGKILL);
         self.last_death = Some((format!("worker {} {how}", w.id), now));
         let Some(slot) = self.slots.iter_mut().find(|s| s.id == w.id) else {
             return;
@@ -724,12 +782,15 @@ impl Supervisor {
         let failed_start = w.fault == Some(Fault::NotReady) || self.policy.is_failed_start(uptime);
         if failed_start {
             slot.failures_in_row += 1;
-            self.crashes.record(now, self.policy.interval);
+            self.crashes.record(now, self.policy.interval, w.id);
         } else {
             slot.failures_in_row = 0;
         }
-        let delay = self.policy.delay(slot.failures_in_row);
-        slot.start_at = Some(now + delay);
+        let delay = slot.schedule(
+            now,
+            self.policy.delay(slot.failures_in_row),
+            self.policy.delay,
+        );
         let msg = match w.fault {
             Some(Fault::NotReady) => "worker never became ready",
             Some(Fault::Hung { .. }) => "hung worker ended",
@@ -756,12 +817,101 @@ impl Supervisor {
                 && w.fault.is_none()
                 && now.saturating_duration_since(w.started) >= min_uptime
         });
-        if failures as u32 > self.policy.burst && !stable {
+        let whole_pool = self.crashes.all_failed(self.slots.iter().map(|s| s.id));
+        if failures as u32 > self.policy.burst && whole_pool && !stable {
             error!(self.log, "workers keep failing: giving up so that systemd can restart the service";
                 "failed_starts" => failures, "within" => human(self.policy.interval),
                 "restart_burst" => self.policy.burst, "exit_code" => EXIT_CRASH_LOOP);
             self.begin_stop(now, EXIT_CRASH_LOOP);
         }
+    }
+
+    /// The exit code once a drain is complete: no worker, no lingering group, no orphan.
+    fn drained(&self) -> Option<i32> {
+        match self.phase {
+            Phase::Draining { exit_code, .. }
+                if self.workers.is_empty()
+                    && self.lingering.is_empty()
+                    && own_children().is_empty() =>
+            {
+                Some(exit_code)
+            }
+            _ => None,
+        }
+    }
+
+    fn check_lingering(&mut self, now: Instant) {
+        self.lingering.retain(|l| group_alive(l.pgid));
+        for l in &mut self.lingering {
+            if now >= l.deadline {
+                if !l.killed {
+                    warn!(self.log, "processes of a stopped worker still run after stop_timeout; sending SIGKILL";
+                        "pgid" => l.pgid.as_raw());
+                    let _ = killpg(l.pgid, Signal::SIGKILL);
+                    l.killed = true;
+                }
+                // Look again shortly: they may not be our children, so no SIGCHLD may come.
+                l.deadline = now + Duration::from_millis(100);
+            }
+        }
+    }
+
+    /// Once every worker and its group is gone, whatever is still preforkd's child left its
+    /// worker's process group (setsid, setpgid): it is stopped too, so nothing outlives the
+    /// service holding its socket.
+    fn check_orphans(&mut self, now: Instant) {
+        let Phase::Draining {
+            exit_code,
+            forced,
+            orphans,
+        } = self.phase
+        else {
+            return;
+        };
+        if !self.workers.is_empty() || !self.lingering.is_empty() {
+            return;
+        }
+        let children = own_children();
+        if children.is_empty() {
+            return;
+        }
+        let list = || {
+            children
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let orphans = match orphans {
+            None => {
+                warn!(self.log, "processes that left their worker's process group are still running; sending SIGTERM";
+                    "pids" => list());
+                for &pid in &children {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+                let grace = if forced {
+                    Duration::ZERO
+                } else {
+                    self.cfg.stop_timeout.min(Duration::from_secs(5))
+                };
+                Some((now + grace, false))
+            }
+            Some((at, killed)) if now >= at => {
+                if !killed {
+                    warn!(self.log, "left-over processes did not stop; sending SIGKILL"; "pids" => list());
+                }
+                for &pid in &children {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                Some((now + Duration::from_millis(100), true))
+            }
+            other => other,
+        };
+        self.phase = Phase::Draining {
+            exit_code,
+            forced,
+            orphans,
+        };
     }
 
     /// When the pool would count as collapsed if no worker becomes ready first.
@@ -802,11 +952,16 @@ impl Supervisor {
             Phase::Draining {
                 exit_code,
                 forced: false,
+                orphans,
             } => {
                 warn!(self.log, "second stop signal: killing all workers now";
                     "signal" => sig.as_str(), "workers" => self.workers.len());
+                for l in &mut self.lingering {
+                    let _ = killpg(l.pgid, Signal::SIGKILL);
+                    l.killed = true;
+                }
                 for w in &mut self.workers {
-                    signal_group(w.pid, Signal::SIGKILL);
+                    signal_worker(w.pid, Signal::SIGKILL);
                     if let WorkerState::Stopping { deadline, .. } = w.state {
                         w.state = WorkerState::Stopping {
                             deadline,
@@ -817,6 +972,7 @@ impl Supervisor {
                 self.phase = Phase::Draining {
                     exit_code,
                     forced: true,
+                    orphans,
                 };
             }
             Phase::Draining { forced: true, .. } => {}
@@ -828,6 +984,7 @@ impl Supervisor {
         self.phase = Phase::Draining {
             exit_code,
             forced: false,
+            orphans: None,
         };
         // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short.
         let extend = (self.cfg.stop_timeout + Duration::from_secs(5)).as_micros();
@@ -985,14 +1142,14 @@ fn new_slot(id: u32) -> Slot {
         failures_in_row: 0,
         restarts: 0,
         start_at: None,
-        last_spawn_error: None,
+        last_start: None,
     }
 }
 
 fn stop_worker(w: &mut Worker, sig: Signal, deadline: Instant) {
-    signal_group(w.pid, sig);
+    signal_worker(w.pid, sig);
     // A stopped (SIGSTOP) worker would keep the stop signal pending until the SIGKILL.
-    signal_group(w.pid, Signal::SIGCONT);
+    signal_worker(w.pid, Signal::SIGCONT);
     w.state = WorkerState::Stopping {
         deadline,
         killed: false,
@@ -1000,9 +1157,28 @@ fn stop_worker(w: &mut Worker, sig: Signal, deadline: Instant) {
 }
 
 /// Signals a worker's whole process group (each worker leads its own), so helper processes it
-/// started go too. A group that is already gone is not an error.
-fn signal_group(pid: Pid, sig: Signal) {
+/// started go too. A worker that moved itself to another group is signalled by pid as well, so
+/// it cannot escape a stop. A group that is already gone is not an error.
+fn signal_worker(pid: Pid, sig: Signal) {
+    if nix::unistd::getpgid(Some(pid)) != Ok(pid) {
+        let _ = kill(pid, sig);
+    }
     let _ = killpg(pid, sig);
+}
+
+/// True while any process is left in the group.
+fn group_alive(pgid: Pid) -> bool {
+    killpg(pgid, None).is_ok()
+}
+
+/// preforkd's children per the kernel: workers, and (as a subreaper) orphans of their children.
+fn own_children() -> Vec<Pid> {
+    let pid = std::process::id();
+    std::fs::read_to_string(format!("/proc/self/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok().map(Pid::from_raw))
+        .collect()
 }
 
 /// The CPUs this process may run on, in order.

@@ -50,6 +50,28 @@ const BAD_FILES: &[(&str, &[&str])] = &[
         &["stop_signal:", "cannot be caught"],
     ),
     (
+        "stop_signal = \"SIGCHLD\"\n",
+        &["stop_signal:", "does not end a program"],
+    ),
+    (
+        "min_uptime = \"0s\"\n",
+        &["min_uptime:", "expected from 10ms"],
+    ),
+    (
+        "restart_delay = \"0ms\"\n",
+        &["restart_delay:", "expected from 10ms"],
+    ),
+    ("ready = \"soon\"\n", &["ready:", "\"notify\""]),
+    (
+        "ready_quorum = \"150%\"\n",
+        &["ready_quorum:", "from 1% to 100%"],
+    ),
+    (
+        "worker_watchdog = \"1ms\"\n",
+        &["worker_watchdog:", "at least 10ms"],
+    ),
+    ("name = \"../etc\"\n", &["name:", "it names a directory"]),
+    (
         "listen = [\"localhost\"]\n",
         &[
             "app.toml:1:11",
@@ -78,12 +100,16 @@ const BAD_FILES: &[(&str, &[&str])] = &[
         &["socket_mode:", "invalid mode \"0999\"", "octal"],
     ),
     (
-        "[env]\n1BAD = \"x\"\n",
-        &["env:", "invalid variable name \"1BAD\""],
+        "[env]\nOK = \"1\"\n1BAD = \"x\"\n",
+        &[
+            "app.toml:3:1",
+            "env.1BAD:",
+            "invalid variable name \"1BAD\"",
+        ],
     ),
     (
         "env = { LISTEN_FDS = \"3\" }\n",
-        &["env:", "LISTEN_FDS is set by preforkd"],
+        &["env.LISTEN_FDS:", "LISTEN_FDS is set by preforkd"],
     ),
     ("env = { PORT = 8080 }\n", &["invalid type: integer"]),
     (

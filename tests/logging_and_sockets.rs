@@ -10,7 +10,7 @@ use common::*;
 
 #[test]
 fn under_the_journal_lines_carry_syslog_priorities() {
-    let mut start = Start::activated(&["demo", "--workers", "1", "--min-uptime", "0s"]);
+    let mut start = Start::activated(&["demo", "--workers", "1", "--min-uptime", "10ms"]);
     start.journal = true;
     let mut p = start.spawn();
     let pids = p.wait_workers(1);
@@ -30,10 +30,8 @@ fn under_the_journal_lines_carry_syslog_priorities() {
         .iter()
         .find(|l| l.contains("killed by SIGABRT"))
         .unwrap();
-    assert!(
-        crash.starts_with("<4>worker died: killed by SIGABRT"),
-        "{crash}"
-    );
+    // "worker died", or "worker failed soon after start" if it was killed within min_uptime.
+    assert!(crash.starts_with("<4>worker "), "{crash}");
     assert!(
         crash.contains(&format!("pid={}", pids[0])) && crash.contains("gen=1"),
         "{crash}"
@@ -105,8 +103,8 @@ fn a_program_that_disappears_is_reported_once_then_preforkd_gives_up() {
         .lines()
         .filter(|l| l.contains("ERROR") && l.contains("worker failed to start"))
         .collect::<Vec<_>>();
-    // Once per slot, not once per attempt.
-    assert_eq!(reports.len(), 2, "{log}");
+    // Once, not once per attempt or per slot.
+    assert_eq!(reports.len(), 1, "{log}");
     assert!(
         reports[0].contains(&format!(
             "cannot execute {app_str}: No such file or directory (errno 2)"
