@@ -23,6 +23,7 @@ use crate::signals::Signals;
 use crate::sockets::{self, SocketError};
 use crate::spawn::resolve_program;
 use crate::status::Snapshot;
+use crate::supervisor::ReloadOutcome;
 use crate::supervisor::{Setup, Supervisor};
 
 const USAGE: &str = "\
@@ -30,6 +31,7 @@ Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
        preforkd check [OPTIONS] [--] [COMMAND [ARGS...]]
        preforkd demo [OPTIONS]
        preforkd status [--json] [--name NAME | --runtime-dir DIR | --config FILE]
+       preforkd reload [--name NAME | --runtime-dir DIR | --config FILE]
 
 Runs COMMAND once per CPU core; every worker gets the listen sockets at fd 3.. the systemd
 way (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and accepts connections on them.
@@ -39,6 +41,8 @@ Commands:
   check    validate the configuration and print the effective settings, start nothing
   demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080)
   status   show the workers of a running instance (--json for machines)
+  reload   roll a running instance to its current config (as SIGHUP does) and wait
+           for the outcome: exit 0 when the new generation serves, 1 if it failed
 
 Options (each also a key of the config file, with _ for -):
   --config FILE              TOML configuration file
@@ -72,6 +76,7 @@ Options (each also a key of the config file, with _ for -):
   --worker-watchdog-grace DURATION
                              from SIGABRT to SIGKILL for a hung worker (5s)
   --collapse-grace DURATION  with no ready worker this long, stop systemd's watchdog (30s)
+  --reload-surge N|P%|all     new workers a reload starts at a time (1)
   --name NAME                instance name, for the runtime directory (preforkd)
   --runtime-dir DIR          where the notify and control sockets live (default:
                              $RUNTIME_DIRECTORY, /run/preforkd/NAME as root,
@@ -79,10 +84,12 @@ Options (each also a key of the config file, with _ for -):
   -h, --help                 this text
   -V, --version              the version
 
-Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); TTIN / TTOU add /
+Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); HUP reloads: re-reads
+the config and rolls the workers, new ones ready before old ones stop; TTIN / TTOU add /
 remove a worker.
 Exit codes: 0 stopped, 64 usage, 69 workers kept failing, 71 cannot bind or fork,
-78 configuration error; preforkd status: 3 when no instance is running.";
+78 configuration error; preforkd status and reload: 3 when no instance is running;
+preforkd reload: 1 when the reload failed (the old generation keeps serving).";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -90,9 +97,11 @@ enum Mode {
     Check,
     Demo,
     Status,
+    Reload,
 }
 
 /// The parsed command line, before the config file is read.
+#[derive(Clone)]
 struct Invocation {
     mode: Mode,
     config_file: Option<PathBuf>,
@@ -120,8 +129,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return exit::USAGE;
         }
     };
-    if inv.mode == Mode::Status {
-        return status(&inv);
+    if matches!(inv.mode, Mode::Status | Mode::Reload) {
+        return control_command(&inv);
     }
     let cfg = match build_config(&inv) {
         Ok(cfg) => cfg,
@@ -142,7 +151,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         println!("# program: {}", program.display());
         return exit::OK;
     }
-    run(cfg, program, inv.mode)
+    run(cfg, program, inv)
 }
 
 fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
@@ -151,6 +160,7 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
         Some("check") => Some(Mode::Check),
         Some("demo") => Some(Mode::Demo),
         Some("status") => Some(Mode::Status),
+        Some("reload") => Some(Mode::Reload),
         Some("run") => Some(Mode::Run),
         _ => None,
     };
@@ -216,8 +226,8 @@ fn is_config_flag(name: &str) -> bool {
     key != "cpu_affinity" && config::KEYS.contains(&key.as_str()) && key != "command"
 }
 
-/// `preforkd status`: asks the running instance over its control socket.
-fn status(inv: &Invocation) -> i32 {
+/// `preforkd status` and `preforkd reload`: ask the running instance over its control socket.
+fn control_command(inv: &Invocation) -> i32 {
     let cfg = match layer_config(inv) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -227,7 +237,11 @@ fn status(inv: &Invocation) -> i32 {
     };
     let dir = runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref());
     let path = dir.join(runtime_dir::CONTROL_SOCKET);
-    let answer = match control::call(&path, "status", Duration::from_secs(5)) {
+    let (request, timeout) = match inv.mode {
+        Mode::Reload => ("reload", Duration::from_secs(3600)),
+        _ => ("status", Duration::from_secs(5)),
+    };
+    let answer = match control::call(&path, request, timeout) {
         Ok(a) => a,
         Err(e) => {
             let why = match e.kind() {
@@ -244,6 +258,22 @@ fn status(inv: &Invocation) -> i32 {
             return exit::NOT_RUNNING;
         }
     };
+    if inv.mode == Mode::Reload {
+        return match serde_json::from_str::<ReloadOutcome>(&answer) {
+            Ok(outcome) if outcome.ok => {
+                println!("{}", outcome.message);
+                exit::OK
+            }
+            Ok(outcome) => {
+                log::print_error(&outcome.message);
+                exit::RELOAD_FAILED
+            }
+            Err(e) => {
+                log::print_error(&format!("the instance answered something unexpected: {e}"));
+                exit::RELOAD_FAILED
+            }
+        };
+    }
     if inv.json {
         print!("{answer}");
         return exit::OK;
@@ -321,20 +351,32 @@ fn resolve_command(cfg: &Config) -> Result<PathBuf, config::ConfigError> {
     })
 }
 
+/// What a reload reads: the same file and command line preforkd was started with, the file's
+/// current contents.
+fn load_again(inv: &Invocation) -> Result<(Config, PathBuf), String> {
+    let cfg = build_config(inv).map_err(|e| e.to_string())?;
+    let program = resolve_command(&cfg).map_err(|e| e.to_string())?;
+    Ok((cfg, program))
+}
+
 /// Takes or binds the sockets, installs the signal handlers, and runs the supervisor.
-fn run(mut cfg: Config, program: PathBuf, mode: Mode) -> i32 {
+fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
+    let mode = inv.mode;
     let logger = log::logger(cfg.log_level);
     // Both must happen while preforkd is single-threaded: they edit the environment.
     let systemd = SystemdNotify::from_env();
+    let socket_activated;
     let listeners = match sockets::take_from_systemd() {
         Ok(Some(listeners)) => {
             if !cfg.listen.is_empty() {
                 slog::warn!(logger, "systemd passed sockets; the listen addresses are not used";
                     "listen" => cfg.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
             }
+            socket_activated = true;
             listeners
         }
         Ok(None) => {
+            socket_activated = false;
             if cfg.listen.is_empty() && mode == Mode::Demo {
                 cfg.listen
                     .push(ListenAddr::Tcp(([127, 0, 0, 1], 8080).into()));
@@ -409,6 +451,8 @@ fn run(mut cfg: Config, program: PathBuf, mode: Mode) -> i32 {
         runtime,
         relay,
         control,
+        loader: Box::new(move || load_again(&inv)),
+        socket_activated,
     })
     .run()
 }

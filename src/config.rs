@@ -49,6 +49,7 @@ pub const KEYS: &[&str] = &[
     "collapse_grace",
     "name",
     "runtime_dir",
+    "reload_surge",
 ];
 
 /// A configuration problem, with where it was found.
@@ -147,32 +148,33 @@ impl fmt::Display for Readiness {
     }
 }
 
-/// How many ready workers of the first generation make the service ready.
+/// A number of workers: all of the pool, a count, or a percentage of it. Used for how many
+/// ready workers make the service ready, and how many new workers a reload starts at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quorum {
+pub enum Share {
     All,
     Count(u32),
     Percent(u32),
 }
 
-impl Quorum {
-    /// Ready workers needed out of `pool`; at least one, at most the pool.
+impl Share {
+    /// How many workers out of `pool`; at least one, at most the pool.
     pub fn needed(self, pool: usize) -> usize {
         let n = match self {
-            Quorum::All => pool,
-            Quorum::Count(n) => n as usize,
-            Quorum::Percent(p) => (pool * p as usize).div_ceil(100),
+            Share::All => pool,
+            Share::Count(n) => n as usize,
+            Share::Percent(p) => (pool * p as usize).div_ceil(100),
         };
         n.clamp(1, pool.max(1))
     }
 }
 
-impl fmt::Display for Quorum {
+impl fmt::Display for Share {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Quorum::All => f.write_str("all"),
-            Quorum::Count(n) => write!(f, "{n}"),
-            Quorum::Percent(p) => write!(f, "{p}%"),
+            Share::All => f.write_str("all"),
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Percent(p) => write!(f, "{p}%"),
         }
     }
 }
@@ -222,7 +224,7 @@ pub struct Config {
     /// None: not set, which means `exec`, or `notify` for the built-in demo worker.
     pub ready: Option<Readiness>,
     pub ready_timeout: Duration,
-    pub ready_quorum: Quorum,
+    pub ready_quorum: Share,
     /// Each worker must send `WATCHDOG=1` at least this often once ready.
     pub worker_watchdog: Option<Duration>,
     /// After SIGABRT to a hung worker, how long until SIGKILL.
@@ -232,6 +234,8 @@ pub struct Config {
     /// Names the instance: its runtime directory is …/preforkd/<name>.
     pub name: String,
     pub runtime_dir: Option<PathBuf>,
+    /// New workers a reload starts before old ones are stopped.
+    pub reload_surge: Share,
 }
 
 impl Default for Config {
@@ -258,12 +262,13 @@ impl Default for Config {
             log_level: LogLevel::Info,
             ready: None,
             ready_timeout: Duration::from_secs(60),
-            ready_quorum: Quorum::All,
+            ready_quorum: Share::All,
             worker_watchdog: None,
             worker_watchdog_grace: Duration::from_secs(5),
             collapse_grace: Duration::from_secs(30),
             name: "preforkd".to_owned(),
             runtime_dir: None,
+            reload_surge: Share::Count(1),
         }
     }
 }
@@ -471,16 +476,16 @@ impl ParseValue for Readiness {
     }
 }
 
-impl ParseValue for Quorum {
+impl ParseValue for Share {
     const EXPECTED: &'static str =
         "\"all\", a number of workers such as 2, or a percentage such as \"50%\"";
     fn from_text(s: &str) -> Result<Self, String> {
         if s == "all" {
-            return Ok(Quorum::All);
+            return Ok(Share::All);
         }
         if let Some(p) = s.strip_suffix('%') {
             return match p.trim().parse::<u32>() {
-                Ok(p) if (1..=100).contains(&p) => Ok(Quorum::Percent(p)),
+                Ok(p) if (1..=100).contains(&p) => Ok(Share::Percent(p)),
                 _ => Err(format!(
                     "invalid value \"{s}\": a percentage from 1% to 100%"
                 )),
@@ -496,7 +501,7 @@ impl ParseValue for Quorum {
     }
     fn from_int(i: i64) -> Result<Self, String> {
         if (1..=MAX_WORKERS as i64).contains(&i) {
-            Ok(Quorum::Count(i as u32))
+            Ok(Share::Count(i as u32))
         } else {
             Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
         }
@@ -573,7 +578,7 @@ impl ParseValue for Bool {
 }
 
 deserialize_via_parse!(
-    Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool, Readiness, Quorum, OptDur
+    Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool, Readiness, Share, OptDur
 );
 
 /// The keys holding a plain duration, with where each lives and its allowed range.
@@ -630,12 +635,13 @@ struct FileConfig {
     log_level: Option<Spanned<LogLevel>>,
     ready: Option<Spanned<Readiness>>,
     ready_timeout: Option<Spanned<Dur>>,
-    ready_quorum: Option<Spanned<Quorum>>,
+    ready_quorum: Option<Spanned<Share>>,
     worker_watchdog: Option<Spanned<OptDur>>,
     worker_watchdog_grace: Option<Spanned<Dur>>,
     collapse_grace: Option<Spanned<Dur>>,
     name: Option<Spanned<String>>,
     runtime_dir: Option<Spanned<PathBuf>>,
+    reload_surge: Option<Spanned<Share>>,
 }
 
 /// The text of a config file, for turning byte offsets into positions.
@@ -865,6 +871,9 @@ fn apply_file(cfg: &mut Config, f: FileConfig, src: &Source) -> Result<(), Confi
     if let Some(v) = f.runtime_dir {
         cfg.runtime_dir = Some(v.into_inner());
     }
+    if let Some(v) = f.reload_surge {
+        cfg.reload_surge = v.into_inner();
+    }
     if let Some(v) = f.restart_burst {
         cfg.restart_burst = check_range(v.get_ref().0, 1, 10_000)
             .map_err(|m| src.error_at(&v, "restart_burst", m))?;
@@ -1023,7 +1032,7 @@ pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, Con
             }
         }
         "ready" => cfg.ready = Some(Readiness::from_text(value).map_err(err)?),
-        "ready_quorum" => cfg.ready_quorum = Quorum::from_text(value).map_err(err)?,
+        "ready_quorum" => cfg.ready_quorum = Share::from_text(value).map_err(err)?,
         "worker_watchdog" => {
             cfg.worker_watchdog =
                 check_watchdog(OptDur::from_text(value).map_err(err)?.0).map_err(err)?
@@ -1033,6 +1042,7 @@ pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, Con
             cfg.name = value.to_owned();
         }
         "runtime_dir" => cfg.runtime_dir = Some(PathBuf::from(value)),
+        "reload_surge" => cfg.reload_surge = Share::from_text(value).map_err(err)?,
         "restart_burst" => {
             cfg.restart_burst =
                 check_range(Int::from_text(value).map_err(err)?.0, 1, 10_000).map_err(err)?
@@ -1146,7 +1156,7 @@ impl Config {
         line(
             "ready_quorum",
             match self.ready_quorum {
-                Quorum::Count(n) => n.to_string(),
+                Share::Count(n) => n.to_string(),
                 other => q(&other.to_string()),
             },
         );
@@ -1157,6 +1167,13 @@ impl Config {
         line("worker_watchdog_grace", dur(self.worker_watchdog_grace));
         line("collapse_grace", dur(self.collapse_grace));
         line("name", q(&self.name));
+        line(
+            "reload_surge",
+            match self.reload_surge {
+                Share::Count(n) => n.to_string(),
+                other => q(&other.to_string()),
+            },
+        );
         if let Some(d) = &self.runtime_dir {
             line("runtime_dir", q(&d.display().to_string()));
         }

@@ -22,11 +22,15 @@ pub const MAX_CLIENTS: usize = 32;
 const MAX_REQUEST: usize = 256;
 /// A client must send its request and take its answer within this time.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a `preforkd reload` client is kept waiting for the outcome.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// What a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     Status,
+    /// Roll the workers; the answer comes when the reload has finished or failed.
+    Reload,
 }
 
 /// Identifies a client between its request and the answer.
@@ -100,6 +104,10 @@ impl ControlServer {
                     Ok(Some(req)) => {
                         requests.push((c.token, req));
                         c.pending = true;
+                        if req == Request::Reload {
+                            // A reload takes as long as new workers need to get ready.
+                            c.deadline = now + RELOAD_TIMEOUT;
+                        }
                         true
                     }
                     Ok(None) => true,
@@ -206,6 +214,7 @@ fn parse_complete(input: &[u8], closed: bool) -> Result<Option<Request>, ()> {
 pub fn parse_request(line: &[u8]) -> Option<Request> {
     match std::str::from_utf8(line).ok()?.trim() {
         "status" => Some(Request::Status),
+        "reload" => Some(Request::Reload),
         _ => None,
     }
 }

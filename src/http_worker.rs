@@ -73,6 +73,11 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// During a drain, how long a connection that has not sent anything yet may
 /// take to send its first request (it was accepted, so it deserves service).
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// While draining, how long an idle keep-alive connection is kept after its last answer. A
+/// client that sends its next request within it gets an answer (with `Connection: close`)
+/// instead of a connection closed under its request, the keep-alive race that would turn a
+/// reload into failed requests.
+const KEEPALIVE_DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Interval between SIGUSR1 kicks while waiting for the acceptor to leave.
 const KICK_INTERVAL: Duration = Duration::from_millis(20);
 /// Upper bound on swallowing client input after a final response.
@@ -726,7 +731,12 @@ fn give_up_waiting(waited: Duration, buf: &[u8], first: bool, draining: bool) ->
     // A partial request is "already received": keep reading it even while
     // draining. Blank lines between requests do not count as a request.
     let idle = buf.iter().all(|&b| b == b'\r' || b == b'\n');
-    draining && idle && (!first || waited >= FIRST_REQUEST_GRACE)
+    let grace = if first {
+        FIRST_REQUEST_GRACE
+    } else {
+        KEEPALIVE_DRAIN_GRACE
+    };
+    draining && idle && waited >= grace
 }
 
 /// Reads and discards the request body so the next request starts in sync.
@@ -1524,8 +1534,10 @@ mod tests {
         let ms = Duration::from_millis;
         assert!(!give_up_waiting(ms(100), b"", false, false));
         assert!(give_up_waiting(IDLE_TIMEOUT, b"", false, false));
-        assert!(give_up_waiting(ms(100), b"", false, true));
-        assert!(give_up_waiting(ms(100), b"\r\n", false, true));
+        // A keep-alive connection gets a short grace for its next request while draining.
+        assert!(!give_up_waiting(ms(100), b"", false, true));
+        assert!(give_up_waiting(KEEPALIVE_DRAIN_GRACE, b"", false, true));
+        assert!(give_up_waiting(KEEPALIVE_DRAIN_GRACE, b"\r\n", false, true));
         assert!(
             !give_up_waiting(ms(100), b"GET /", false, true),
             "partial request must be finished"
@@ -1764,8 +1776,9 @@ mod tests {
 
         let started = Instant::now();
         assert!(idle.closed_within(Duration::from_secs(2)));
+        // Idle since well before the drain: closed once the keep-alive grace is over.
         assert!(
-            started.elapsed() < Duration::from_millis(400),
+            started.elapsed() < KEEPALIVE_DRAIN_GRACE + Duration::from_millis(400),
             "idle close took {:?}",
             started.elapsed()
         );

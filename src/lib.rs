@@ -38,6 +38,9 @@ pub mod exit {
     pub const OSERR: i32 = 71;
     /// The configuration is invalid: file, flags, command, or the LISTEN_* environment.
     pub const CONFIG: i32 = 78;
-    /// `preforkd status`: no instance answers there (as `systemctl status` uses 3).
+    /// `preforkd status` / `reload`: no instance answers there (as `systemctl status` uses 3).
     pub const NOT_RUNNING: i32 = 3;
+    /// `preforkd reload`: the configuration was invalid or the new workers failed; the old
+    /// generation keeps serving.
+    pub const RELOAD_FAILED: i32 = 1;
 }

@@ -5,6 +5,8 @@
 //! workers follow through PR_SET_PDEATHSIG) and then any worker pid it saw, by pid.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -210,34 +212,31 @@ impl Preforkd {
     pub fn workers(&mut self) -> Vec<i32> {
         let pids = children(self.pid);
         self.seen.extend(&pids);
-        pids
+        // A killed worker stays a child until preforkd reaps it; it no longer counts.
+        pids.into_iter().filter(|&p| is_alive(p)).collect()
     }
 
     /// Waits until exactly `n` workers run and each has answered HTTP; returns their pids.
+    /// The list is read afresh on each pass, so workers that die or are replaced meanwhile
+    /// do not stall it.
     pub fn wait_workers(&mut self, n: usize) -> Vec<i32> {
         let port = self.port;
         let found = wait_for(Duration::from_secs(20), || {
             let pids = self.workers();
-            (pids.len() == n).then_some(pids)
+            if pids.len() != n {
+                return None;
+            }
+            // Workers are up once they answer; the shared socket queues requests until then.
+            let seen = distinct_workers(port, 20 * n);
+            pids.iter().all(|p| seen.contains_key(p)).then_some(pids)
         });
-        let pids = found.unwrap_or_else(|| {
+        found.unwrap_or_else(|| {
             panic!(
-                "expected {n} workers, have {:?}\nlog:\n{}",
+                "expected {n} answering workers, have {:?}\nlog:\n{}",
                 self.workers(),
                 self.log()
             )
-        });
-        // Workers are up once they answer; the shared socket queues requests until then.
-        let answered = wait_for(Duration::from_secs(20), || {
-            let seen = distinct_workers(port, 20 * n);
-            (pids.iter().all(|p| seen.contains_key(p))).then_some(())
-        });
-        assert!(
-            answered.is_some(),
-            "not every worker of {pids:?} answered\nlog:\n{}",
-            self.log()
-        );
-        pids
+        })
     }
 
     pub fn signal(&self, sig: i32) {
@@ -273,8 +272,13 @@ impl Preforkd {
     pub fn status(&self, args: &[&str]) -> (i32, String) {
         let mut all = vec!["status"];
         all.extend_from_slice(args);
+        self.status_like(&all)
+    }
+
+    /// Any control command (`status`, `reload`) against this instance.
+    pub fn status_like(&self, args: &[&str]) -> (i32, String) {
         let dir = self.runtime_dir.display().to_string();
-        run_to_end(&all, &[("RUNTIME_DIRECTORY", &dir)])
+        run_to_end(args, &[("RUNTIME_DIRECTORY", &dir)])
     }
 
     /// Asserts that no worker this test ever saw is still alive.

@@ -11,7 +11,8 @@
 //!   `stop_timeout`, SIGKILL what is left, exit 0 once every worker is reaped. A second stop
 //!   signal during the drain SIGKILLs every worker at once.
 //! - SIGTTIN / SIGTTOU: one worker more / less.
-//! - SIGHUP: reserved for the rolling reload; logged and otherwise ignored for now.
+//! - SIGHUP (and `preforkd reload`): re-read the configuration and roll the workers to a new
+//!   generation, new ones ready before old ones stop (see [`reload`]).
 //!
 //! Towards its workers preforkd plays systemd: a worker is *starting* until it is ready (its
 //! `READY=1`, its exec, or having lived `ready` long, per the config), then *ready*; one that is
@@ -21,9 +22,12 @@
 //! `STATUS=` kept current, `WATCHDOG=1` pinged while the pool has a ready worker, `STOPPING=1`
 //! and `EXTEND_TIMEOUT_USEC` when it drains.
 
+mod reload;
+
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -43,6 +47,8 @@ use crate::signals::Signals;
 use crate::sockets::{self, Listener};
 use crate::spawn::{ExecPlan, SpawnError, WorkerSpec};
 use crate::status::{self, Snapshot, WorkerInfo};
+use reload::Rollout;
+pub use reload::{Loader, ReloadOutcome};
 
 /// Exit code when the pool was crash-looping and preforkd gave up (EX_UNAVAILABLE).
 pub const EXIT_CRASH_LOOP: i32 = crate::exit::UNAVAILABLE;
@@ -147,6 +153,9 @@ struct Worker {
     id: u32,
     pid: Pid,
     generation: u32,
+    /// The configuration it was started with: its readiness rule, watchdog and stop signal
+    /// stay its own while a reload brings in new ones.
+    cfg: Rc<Config>,
     started: Instant,
     state: WorkerState,
     fault: Option<Fault>,
@@ -171,7 +180,8 @@ enum Timer {
 impl Worker {
     /// The next thing this worker's clock asks for, and when. Both the poll timeout and
     /// [`Supervisor::on_deadlines`] use it, so they cannot disagree.
-    fn next_timer(&self, cfg: &Config) -> Option<(Instant, Timer)> {
+    fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let cfg = &self.cfg;
         match (self.state, self.fault) {
             (WorkerState::Stopping { killed: true, .. }, _) => None,
             (WorkerState::Stopping { deadline, .. }, _) => Some((deadline, Timer::StopTimeout)),
@@ -200,6 +210,20 @@ impl Worker {
     fn is_ready(&self) -> bool {
         matches!(self.state, WorkerState::Ready { .. }) && self.fault.is_none()
     }
+
+    /// Whether a new worker may take an old one's place in a reload. With `ready = "exec"` being
+    /// ready proves nothing about booting, so it must also outlive `min_uptime`: a deploy whose
+    /// code dies at start then aborts instead of replacing the old workers.
+    fn can_replace(&self, now: Instant) -> bool {
+        self.is_ready()
+            && (self.cfg.readiness() != Readiness::Exec
+                || now.saturating_duration_since(self.started) >= self.cfg.min_uptime)
+    }
+
+    /// For a worker that ended: was it ready, and up long enough not to be a failed start?
+    fn was_ready(&self, uptime: Duration) -> bool {
+        self.is_ready() && uptime >= self.cfg.min_uptime
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,10 +249,17 @@ pub struct Setup {
     pub runtime: RuntimeDir,
     pub relay: NotifyRelay,
     pub control: ControlServer,
+    /// Reads the configuration again, for reloads.
+    pub loader: Loader,
+    /// The sockets came from systemd, so `listen` cannot change on a reload.
+    pub socket_activated: bool,
 }
 
 pub struct Supervisor {
-    cfg: Config,
+    /// The current generation's configuration.
+    cfg: Rc<Config>,
+    loader: Loader,
+    socket_activated: bool,
     program: PathBuf,
     listeners: Vec<Listener>,
     /// preforkd's environment without the systemd protocol variables.
@@ -243,6 +274,15 @@ pub struct Supervisor {
     /// CPUs this process may use, for `cpu_affinity`.
     cpus: Vec<usize>,
     generation: u32,
+    /// The generation the next reload creates; never reused, even after an aborted reload.
+    next_generation: u32,
+    rollout: Option<Rollout>,
+    /// A reload arrived while one was under way or old workers still drained.
+    reload_queued: bool,
+    /// Control clients waiting for the outcome of the next reload.
+    reload_waiters: Vec<Token>,
+    /// Why the last reload failed, for STATUS= until one succeeds.
+    reload_error: Option<String>,
     slots: Vec<Slot>,
     workers: Vec<Worker>,
     crashes: CrashWindow,
@@ -287,6 +327,13 @@ impl Supervisor {
             control: setup.control,
             cpus: allowed_cpus(),
             generation: 1,
+            next_generation: 2,
+            rollout: None,
+            reload_queued: false,
+            reload_waiters: Vec::new(),
+            reload_error: None,
+            loader: setup.loader,
+            socket_activated: setup.socket_activated,
             slots: (0..workers).map(new_slot).collect(),
             workers: Vec::new(),
             crashes: CrashWindow::default(),
@@ -302,7 +349,7 @@ impl Supervisor {
             last_spawn_error: None,
             drops_unlogged: 0,
             drops_logged_at: None,
-            cfg: setup.cfg,
+            cfg: Rc::new(setup.cfg),
         }
     }
 
@@ -390,12 +437,8 @@ impl Supervisor {
         match event {
             Event::ChildExited => self.reap(now),
             Event::Stop(sig) => self.on_stop_signal(sig, now),
-            Event::Reload => {
-                warn!(
-                    self.log,
-                    "SIGHUP received: rolling reload is not implemented yet; nothing changed"
-                )
-            }
+            Event::Reload => self.reload(now, None),
+            Event::Control(token, Request::Reload) => self.reload(now, Some(token)),
             Event::AddWorker => self.add_worker(now),
             Event::RemoveWorker => self.remove_worker(now),
             Event::Notify { pid, bytes } => self.on_notify(pid, bytes, now),
@@ -406,6 +449,7 @@ impl Supervisor {
             }
             Event::Tick => self.on_deadlines(now),
         }
+        self.advance_rollout(now);
         self.report_status(now);
     }
 
@@ -418,7 +462,7 @@ impl Supervisor {
         let workers = self
             .workers
             .iter()
-            .filter_map(|w| w.next_timer(&self.cfg).map(|(at, _)| at));
+            .filter_map(|w| w.next_timer().map(|(at, _)| at));
         let collapse = self.collapse_deadline();
         let lingering = self.lingering.iter().map(|l| l.deadline);
         let orphans = match self.phase {
@@ -435,6 +479,7 @@ impl Supervisor {
             .chain(self.watchdog_due)
             .chain(collapse)
             .chain(self.control.next_deadline())
+            .chain(self.rollout_deadline())
             .chain(self.status_refresh_at)
             .min()
     }
@@ -444,7 +489,7 @@ impl Supervisor {
             self.start_due(now);
         }
         for i in 0..self.workers.len() {
-            while let Some((at, timer)) = self.workers[i].next_timer(&self.cfg) {
+            while let Some((at, timer)) = self.workers[i].next_timer() {
                 if at > now {
                     break;
                 }
@@ -468,8 +513,8 @@ impl Supervisor {
         if timer == Timer::BecomeReady {
             return self.mark_ready(i, now);
         }
-        let cfg = &self.cfg;
         let w = &mut self.workers[i];
+        let cfg = Rc::clone(&w.cfg);
         let (id, pid, generation) = (w.id, w.pid.as_raw(), w.generation);
         match timer {
             Timer::BecomeReady => {}
@@ -555,6 +600,7 @@ impl Supervisor {
                     id,
                     pid,
                     generation: self.generation,
+                    cfg: Rc::clone(&self.cfg),
                     started: now,
                     state: WorkerState::Starting,
                     fault: None,
@@ -703,7 +749,7 @@ impl Supervisor {
                 "worker" => id, "pid" => wpid, "gen" => generation);
             self.hang(i, now);
         }
-        if msg.ready && self.cfg.readiness() != Readiness::Exec {
+        if msg.ready && self.workers[i].cfg.readiness() != Readiness::Exec {
             self.mark_ready(i, now);
         }
     }
@@ -763,7 +809,7 @@ impl Supervisor {
                     killed,
                 });
             }
-            if is_clean_stop(&status, self.cfg.stop_signal) {
+            if is_clean_stop(&status, w.cfg.stop_signal) {
                 info!(self.log, "worker stopped"; "worker" => w.id, "pid" => pid.as_raw(),
                     "gen" => w.generation, "status" => how);
             } else {
@@ -775,6 +821,25 @@ impl Supervisor {
         // A dead worker's helpers go with it: its replacement starts clean.
         let _ = killpg(w.pid, Signal::SIGKILL);
         self.last_death = Some((format!("worker {} {how}", w.id), now));
+        if w.generation != self.generation {
+            // An old worker during a reload: the rollout replaces it, not its old slot.
+            warn!(self.log, "worker of the previous generation died during a reload: {}", how;
+                "worker" => w.id, "pid" => pid.as_raw(), "gen" => w.generation);
+            return;
+        }
+        if self.rollout.is_some() && !w.was_ready(uptime) {
+            let why = match w.fault {
+                Some(Fault::NotReady) => format!(
+                    "worker {} was not ready within {}",
+                    w.id,
+                    human(w.cfg.ready_timeout)
+                ),
+                _ => format!("worker {} {how} before it was ready", w.id),
+            };
+            if self.rollout_failed(why, now) {
+                return;
+            }
+        }
         let Some(slot) = self.slots.iter_mut().find(|s| s.id == w.id) else {
             return;
         };
@@ -807,7 +872,8 @@ impl Supervisor {
     }
 
     fn give_up_if_crash_looping(&mut self, now: Instant) {
-        if self.phase != Phase::Running {
+        // During a reload the old generation serves; a failing new one aborts the reload.
+        if self.phase != Phase::Running || self.rollout.is_some() {
             return;
         }
         let failures = self.crashes.count(now, self.policy.interval);
@@ -981,6 +1047,7 @@ impl Supervisor {
 
     /// Stops respawning and asks every worker to stop.
     fn begin_stop(&mut self, now: Instant, exit_code: i32) {
+        self.cancel_reloads("preforkd is stopping");
         self.phase = Phase::Draining {
             exit_code,
             forced: false,
@@ -995,16 +1062,22 @@ impl Supervisor {
         for slot in &mut self.slots {
             slot.start_at = None;
         }
-        let deadline = now + self.cfg.stop_timeout;
         for w in &mut self.workers {
             if !matches!(w.state, WorkerState::Stopping { .. }) {
-                stop_worker(w, self.cfg.stop_signal, deadline);
+                stop_worker(w, now);
             }
         }
     }
 
     fn add_worker(&mut self, now: Instant) {
         if self.phase != Phase::Running {
+            return;
+        }
+        if self.rollout.is_some() {
+            warn!(
+                self.log,
+                "SIGTTIN during a reload: ignored; change workers in the config instead"
+            );
             return;
         }
         let mut slot = new_slot(self.slots.len() as u32);
@@ -1018,6 +1091,13 @@ impl Supervisor {
         if self.phase != Phase::Running {
             return;
         }
+        if self.rollout.is_some() {
+            warn!(
+                self.log,
+                "SIGTTOU during a reload: ignored; change workers in the config instead"
+            );
+            return;
+        }
         if self.slots.len() <= 1 {
             warn!(
                 self.log,
@@ -1027,10 +1107,9 @@ impl Supervisor {
         }
         let Some(slot) = self.slots.pop() else { return };
         info!(self.log, "SIGTTOU: removing a worker"; "worker" => slot.id, "workers" => self.slots.len());
-        let deadline = now + self.cfg.stop_timeout;
         for w in self.workers.iter_mut().filter(|w| w.id == slot.id) {
             if !matches!(w.state, WorkerState::Stopping { .. }) {
-                stop_worker(w, self.cfg.stop_signal, deadline);
+                stop_worker(w, now);
             }
         }
     }
@@ -1040,6 +1119,9 @@ impl Supervisor {
     fn status_line(&self, now: Instant) -> String {
         if let Phase::Draining { .. } = self.phase {
             return format!("stopping: {} workers left", self.workers.len());
+        }
+        if let Some(line) = self.rollout_status() {
+            return line;
         }
         let ready = self.workers.iter().filter(|w| w.is_ready()).count();
         let restarts: u32 = self.slots.iter().map(|s| s.restarts).sum();
@@ -1064,6 +1146,9 @@ impl Supervisor {
         }
         if self.collapsed {
             line.push_str(" · no ready worker");
+        }
+        if let Some(e) = &self.reload_error {
+            line.push_str(&format!(" · {e}"));
         }
         line
     }
@@ -1095,6 +1180,7 @@ impl Supervisor {
             runtime_dir: self.runtime.path().display().to_string(),
             phase: match self.phase {
                 Phase::Draining { .. } => "stopping",
+                Phase::Running if self.rollout.is_some() => "reloading",
                 Phase::Running if self.ready_sent => "running",
                 Phase::Running => "starting",
             }
@@ -1146,8 +1232,10 @@ fn new_slot(id: u32) -> Slot {
     }
 }
 
-fn stop_worker(w: &mut Worker, sig: Signal, deadline: Instant) {
-    signal_worker(w.pid, sig);
+/// Asks a worker to stop with its own `stop_signal`, SIGKILL after its own `stop_timeout`.
+fn stop_worker(w: &mut Worker, now: Instant) {
+    let deadline = now + w.cfg.stop_timeout;
+    signal_worker(w.pid, w.cfg.stop_signal);
     // A stopped (SIGSTOP) worker would keep the stop signal pending until the SIGKILL.
     signal_worker(w.pid, Signal::SIGCONT);
     w.state = WorkerState::Stopping {

@@ -1,0 +1,182 @@
+//! A bounded HTTP load client that counts every failure: refused or reset connections, short or
+//! non-200 answers, timeouts. Used by the reload tests and by bench/.
+//!
+//! Keep-alive clients reuse their connection until the server answers `Connection: close`, as a
+//! well-behaved HTTP client does, and never retry: a request that fails is a failure.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the clients saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub failures: u64,
+    /// The first few failures, described.
+    pub examples: Vec<String>,
+    /// Latency of every successful request, in microseconds.
+    pub latencies_us: Vec<u64>,
+}
+
+impl LoadReport {
+    fn merge(&mut self, other: LoadReport) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        for e in other.examples {
+            if self.examples.len() < 10 {
+                self.examples.push(e);
+            }
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn fail(&mut self, what: String) {
+        self.failures += 1;
+        if self.examples.len() < 10 {
+            self.examples.push(what);
+        }
+    }
+
+    pub fn percentile_us(&mut self, p: f64) -> u64 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i]
+    }
+}
+
+/// Running clients; [`Load::stop`] ends them and sums up.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<LoadReport>>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// A hard bound so a client can never run away, whatever the test does.
+const MAX_RUNTIME: Duration = Duration::from_secs(300);
+
+impl Load {
+    /// Starts `keep_alive` clients that reuse connections and `one_shot` clients that open a
+    /// connection per request, all asking `GET path` of 127.0.0.1:`port`.
+    pub fn start(port: u16, keep_alive: usize, one_shot: usize, path: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for i in 0..keep_alive + one_shot {
+            let stop = Arc::clone(&stop);
+            let path = path.to_owned();
+            let reuse = i < keep_alive;
+            threads.push(std::thread::spawn(move || {
+                client(port, &path, reuse, &stop)
+            }));
+        }
+        Load { stop, threads }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = LoadReport::default();
+        for t in self.threads {
+            if let Ok(r) = t.join() {
+                total.merge(r);
+            }
+        }
+        total
+    }
+}
+
+fn client(port: u16, path: &str, reuse: bool, stop: &AtomicBool) -> LoadReport {
+    let mut report = LoadReport::default();
+    let started = Instant::now();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::SeqCst) && started.elapsed() < MAX_RUNTIME {
+        let t0 = Instant::now();
+        report.requests += 1;
+        let result = one_request(port, path, reuse, &mut conn);
+        match result {
+            Ok(keep) => {
+                report.latencies_us.push(t0.elapsed().as_micros() as u64);
+                if !keep {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                report.fail(format!(
+                    "{:?} after {:?}: {e}",
+                    if reuse { "keep-alive" } else { "one-shot" },
+                    t0.elapsed()
+                ));
+                conn = None;
+            }
+        }
+    }
+    report
+}
+
+/// One request; Ok(true) if the connection may be reused.
+fn one_request(
+    port: u16,
+    path: &str,
+    reuse: bool,
+    conn: &mut Option<BufReader<TcpStream>>,
+) -> Result<bool, String> {
+    if conn.is_none() {
+        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        *conn = Some(BufReader::new(s));
+    }
+    let Some(reader) = conn.as_mut() else {
+        return Err("no connection".into());
+    };
+    let connection = if reuse { "keep-alive" } else { "close" };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: load\r\nConnection: {connection}\r\n\r\n");
+    reader
+        .get_mut()
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => return Err("connection closed before the answer".into()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("read status: {e}")),
+    }
+    if !line.starts_with("HTTP/1.1 200") {
+        return Err(format!("status line {:?}", line.trim_end()));
+    }
+    let mut length = None;
+    let mut keep = reuse;
+    loop {
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read headers: {e}"))?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse::<usize>().ok();
+            }
+            if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                keep = false;
+            }
+        }
+    }
+    let length = length.ok_or("no Content-Length")?;
+    let mut body = vec![0; length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("short body: {e}"))?;
+    Ok(keep)
+}

@@ -1,0 +1,337 @@
+//! Rolling reload on SIGHUP and `preforkd reload`: new workers ready before old ones stop,
+//! nothing refused or dropped, a bad config or a bad deploy leaves the old generation serving.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::load::Load;
+use common::*;
+
+/// A demo instance driven by a config file the test rewrites.
+fn demo_with_config(dir: &Path, config: &str, systemd: Option<&FakeSystemd>) -> Preforkd {
+    let path = dir.join("app.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut start = Preforkd::demo_start(&["--config", path.to_str().unwrap()]);
+    if let Some(s) = systemd {
+        start = start.env("NOTIFY_SOCKET", s.address.clone());
+    }
+    start.spawn()
+}
+
+fn rewrite(dir: &Path, config: &str) {
+    std::fs::write(dir.join("app.toml"), config).unwrap();
+}
+
+/// Generations of the serving workers, per `preforkd status --json`; empty until it answers.
+/// Retired workers may still be finishing requests; they no longer serve new ones.
+fn generations(p: &Preforkd) -> Vec<u64> {
+    worker_generations(p, false)
+}
+
+fn worker_generations(p: &Preforkd, with_draining: bool) -> Vec<u64> {
+    let (code, json) = p.status(&["--json"]);
+    if code != 0 {
+        return Vec::new(); // not answering yet
+    }
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| with_draining || w["state"] != "draining")
+        .map(|w| w["generation"].as_u64().unwrap())
+        .collect()
+}
+
+fn reload(p: &Preforkd) -> (i32, String) {
+    p.status_like(&["reload"])
+}
+
+#[test]
+fn a_changed_env_reaches_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = demo_with_config(dir.path(), "workers = 2\n[env]\nVERSION = \"one\"\n", None);
+    let old = p.wait_workers(2);
+    rewrite(dir.path(), "workers = 2\n[env]\nVERSION = \"two\"\n");
+    let (code, out) = reload(&p);
+    assert_eq!(code, 0, "{out}\n{}", p.log());
+    assert!(out.contains("reloaded to generation 2"), "{out}");
+    let new = p.wait_workers(2);
+    assert!(
+        new.iter().all(|pid| !old.contains(pid)),
+        "old {old:?} new {new:?}"
+    );
+    for _ in 0..20 {
+        let r = get(p.port, "/env?name=VERSION").unwrap();
+        assert_eq!(r.body, "two\n");
+    }
+    for pid in new {
+        assert_eq!(environ(pid)["PREFORKD_GENERATION"], "2");
+        assert_eq!(environ(pid)["VERSION"], "two");
+    }
+}
+
+#[test]
+fn a_broken_config_keeps_the_old_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = demo_with_config(dir.path(), "workers = 2\n", None);
+    let before = p.wait_workers(2);
+    rewrite(dir.path(), "workers = 2\nstop_timeout = \"soon\"\n");
+    let (code, out) = reload(&p);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("app.toml:2:16: stop_timeout: invalid duration"),
+        "{out}"
+    );
+    let mut after = p.workers();
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(after, before, "the running workers were touched");
+    let (_, json) = p.status(&["--json"]);
+    assert!(json.contains("reload failed: "), "{json}");
+    assert!(get(p.port, "/").unwrap().status == 200);
+}
+
+#[test]
+fn a_deploy_that_dies_at_start_is_aborted_and_the_old_generation_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut systemd = FakeSystemd::new();
+    let mut p = demo_with_config(dir.path(), "workers = 2\n", Some(&systemd));
+    let before = p.wait_workers(2);
+    systemd
+        .wait_for(Duration::from_secs(10), |m| m.contains("READY=1"))
+        .unwrap();
+    rewrite(
+        dir.path(),
+        "workers = 2\ncommand = [\"sh\", \"-c\", \"exit 1\"]\n",
+    );
+    let (code, out) = reload(&p);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("reload to generation 2 aborted: worker 0 exited with status 1 before it was ready; generation 1 keeps serving"),
+        "{out}"
+    );
+    let seen = distinct_workers(p.port, 20);
+    assert!(
+        seen.keys().all(|pid| before.contains(pid)),
+        "{seen:?} vs {before:?}"
+    );
+    assert_eq!(generations(&p), vec![1, 1]);
+    let status = systemd
+        .wait_for(Duration::from_secs(5), |m| m.contains("aborted"))
+        .map(|_| systemd.statuses().last().cloned().unwrap_or_default());
+    assert!(status.unwrap().contains("reload to gen 2 aborted"));
+    // The old generation still heals: it is the current one again.
+    unsafe { libc::kill(before[0], libc::SIGKILL) };
+    p.wait_workers(2);
+    assert_eq!(generations(&p), vec![1, 1]);
+}
+
+#[test]
+fn ready_exec_deploys_must_survive_min_uptime_to_replace_old_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "workers = 2\nready = \"exec\"\ncommand = [\"sleep\", \"300\"]\n";
+    let mut p = demo_with_config(dir.path(), config, None);
+    let before = wait_for(Duration::from_secs(10), || {
+        let w = p.workers();
+        (w.len() == 2).then_some(w)
+    })
+    .unwrap();
+    rewrite(
+        dir.path(),
+        "workers = 2\nready = \"exec\"\ncommand = [\"sh\", \"-c\", \"sleep 0.2; exit 1\"]\n",
+    );
+    let (code, out) = reload(&p);
+    assert_eq!(code, 1, "{out}");
+    let mut after = p.workers();
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn reloading_then_ready_reach_systemd_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut systemd = FakeSystemd::new();
+    let mut p = demo_with_config(dir.path(), "workers = 2\n", Some(&systemd));
+    p.wait_workers(2);
+    let first_ready = systemd
+        .wait_for(Duration::from_secs(10), |m| {
+            m.lines().any(|l| l == "READY=1")
+        })
+        .unwrap();
+    p.signal(libc::SIGHUP);
+    let reloading = systemd
+        .wait_for(Duration::from_secs(10), |m| {
+            m.lines().any(|l| l == "RELOADING=1")
+        })
+        .expect("RELOADING=1");
+    let msg = systemd
+        .messages
+        .iter()
+        .find(|(t, _)| *t == reloading)
+        .map(|(_, m)| m.clone())
+        .unwrap();
+    let usec: u64 = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1")
+        .parse()
+        .unwrap();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now_usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+    assert!(
+        usec <= now_usec && now_usec - usec < 10_000_000,
+        "{usec} vs {now_usec}"
+    );
+    let ready = wait_for(Duration::from_secs(10), || {
+        systemd.collect(Duration::from_millis(20));
+        systemd
+            .with_line("READY=1")
+            .into_iter()
+            .find(|&t| t > reloading)
+    })
+    .expect("READY=1 after the reload");
+    assert!(first_ready < reloading && reloading < ready);
+    assert_eq!(generations(&p), vec![2, 2]);
+}
+
+#[test]
+fn two_sighups_in_a_row_end_in_one_consistent_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = demo_with_config(dir.path(), "workers = 2\n[env]\nV = \"a\"\n", None);
+    p.wait_workers(2);
+    rewrite(dir.path(), "workers = 3\n[env]\nV = \"b\"\n");
+    p.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(5));
+    rewrite(dir.path(), "workers = 3\n[env]\nV = \"c\"\n");
+    p.signal(libc::SIGHUP);
+    let settled = wait_for(Duration::from_secs(20), || {
+        let gens = generations(&p);
+        let one = gens.len() == 3 && gens.iter().all(|&g| g == gens[0]) && gens[0] >= 2;
+        (one && p.workers().len() == 3).then_some(gens[0])
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", generations(&p), p.log()));
+    for pid in p.workers() {
+        assert_eq!(environ(pid)["V"], "c", "the newest config wins");
+        assert_eq!(environ(pid)["PREFORKD_GENERATION"], settled.to_string());
+    }
+}
+
+#[test]
+fn never_more_than_two_generations_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = notify_worker();
+    let config = format!(
+        "workers = 2\nready = \"notify\"\ncommand = [\"python3\", \"{worker}\"]\n[env]\nREADY_DELAY_MS = \"150\"\n"
+    );
+    let mut p = demo_with_config(dir.path(), &config, None);
+    wait_for(Duration::from_secs(10), || {
+        (generations(&p).len() == 2).then_some(())
+    })
+    .unwrap();
+    let mut most = 0;
+    for _ in 0..3 {
+        p.signal(libc::SIGHUP);
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            let alive: BTreeSet<u64> = worker_generations(&p, true).into_iter().collect();
+            most = most.max(alive.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    wait_for(Duration::from_secs(20), || {
+        let gens = generations(&p);
+        (gens.len() == 2 && gens[0] == gens[1] && gens[0] >= 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", generations(&p), p.log()));
+    assert!(most <= 2, "{most} generations alive at once");
+    p.workers();
+}
+
+#[test]
+fn preforkd_reload_returns_when_the_new_generation_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = notify_worker();
+    let config = format!(
+        "workers = 2\nready = \"notify\"\ncommand = [\"python3\", \"{worker}\"]\n[env]\nREADY_DELAY_MS = \"300\"\n"
+    );
+    let p = demo_with_config(dir.path(), &config, None);
+    wait_for(Duration::from_secs(10), || {
+        (generations(&p) == vec![1, 1]).then_some(())
+    })
+    .unwrap();
+    let started = Instant::now();
+    let (code, out) = reload(&p);
+    // Worker 0 needs 300 ms, worker 1 600 ms, one after the other with reload_surge = 1.
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut gens = generations(&p);
+    gens.dedup();
+    assert_eq!(gens, vec![2], "{out}");
+}
+
+#[test]
+fn reloads_under_load_drop_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut systemd = FakeSystemd::new();
+    let mut p = demo_with_config(
+        dir.path(),
+        "workers = 2\nstop_timeout = \"10s\"\n",
+        Some(&systemd),
+    );
+    p.wait_workers(2);
+    systemd
+        .wait_for(Duration::from_secs(10), |m| m.contains("READY=1"))
+        .unwrap();
+    let load = Load::start(p.port, 4, 4, "/");
+    // A long request already being served when the reloads begin must complete.
+    let mut slow = Conn::open(p.port).unwrap();
+    assert_eq!(slow.get("/").unwrap().status, 200);
+    slow.send("/sleep?ms=2000", false).unwrap();
+    let mut readies = systemd.with_line("READY=1").len();
+    for _ in 0..10 {
+        p.signal(libc::SIGHUP);
+        let seen = readies;
+        wait_for(Duration::from_secs(20), || {
+            systemd.collect(Duration::from_millis(20));
+            let n = systemd.with_line("READY=1").len();
+            (n > seen).then_some(())
+        })
+        .unwrap_or_else(|| panic!("reload did not finish\n{}", p.log()));
+        readies = systemd.with_line("READY=1").len();
+    }
+    let report = load.stop();
+    let slept = slow
+        .read()
+        .expect("the in-flight request survived the reloads");
+    assert_eq!(slept.status, 200);
+    assert!(report.requests > 200, "only {} requests", report.requests);
+    assert_eq!(
+        report.failures,
+        0,
+        "{} of {} requests failed: {:?}\n{}",
+        report.failures,
+        report.requests,
+        report.examples,
+        p.log()
+    );
+    assert!(
+        generations(&p).iter().all(|&g| g == 11),
+        "{:?}",
+        generations(&p)
+    );
+}
