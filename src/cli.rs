@@ -39,7 +39,8 @@ way (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and accepts connections on them.
 Commands:
   (none)   run the supervisor
   check    validate the configuration and print the effective settings, start nothing
-  demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080)
+  demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080);
+           a command in the config or after -- replaces the built-in worker
   status   show the workers of a running instance (--json for machines)
   reload   roll a running instance to its current config (as SIGHUP does) and wait
            for the outcome: exit 0 when the new generation serves, 1 if it failed
@@ -78,17 +79,18 @@ Options (each also a key of the config file, with _ for -):
   --collapse-grace DURATION  with no ready worker this long, stop systemd's watchdog (30s)
   --reload-surge N|P%|all     new workers a reload starts at a time (1)
   --name NAME                instance name, for the runtime directory (preforkd)
-  --runtime-dir DIR          where the notify and control sockets live (default:
-                             $RUNTIME_DIRECTORY, /run/preforkd/NAME as root,
-                             $XDG_RUNTIME_DIR/preforkd/NAME otherwise)
+  --runtime-dir DIR          where the notify and control sockets live; $RUNTIME_DIRECTORY
+                             (set by systemd) wins over it; without either:
+                             /run/preforkd/NAME as root, $XDG_RUNTIME_DIR/preforkd/NAME
+                             otherwise
   -h, --help                 this text
   -V, --version              the version
 
 Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); HUP reloads: re-reads
 the config and rolls the workers, new ones ready before old ones stop; TTIN / TTOU add /
 remove a worker.
-Exit codes: 0 stopped, 64 usage, 69 workers kept failing, 71 cannot bind or fork,
-78 configuration error; preforkd status and reload: 3 when no instance is running;
+Exit codes: 0 stopped, 1 internal error, 64 usage, 69 workers kept failing, 71 cannot
+bind a socket or set up the runtime directory, 78 configuration error; preforkd status and reload: 3 when no instance is running;
 preforkd reload: 1 when the reload failed (the old generation keeps serving).";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

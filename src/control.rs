@@ -1,8 +1,7 @@
-//! The control socket: how `preforkd status` (and later `preforkd reload`) talk to a running
-//! instance.
+//! The control socket: how `preforkd status` and `preforkd reload` talk to a running instance.
 //!
 //! A unix stream socket, owner-only, next to the notify socket. A client sends one request
-//! line (`status`) and reads the answer, one JSON document, until the connection closes. The
+//! line (`status` or `reload`) and reads the answer, one JSON document, until the connection closes. The
 //! supervisor serves it from its event loop without ever blocking: every socket is
 //! non-blocking, a client that is too slow, too chatty or not the owner is dropped, and at most
 //! [`MAX_CLIENTS`] are served at once.

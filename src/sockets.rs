@@ -57,7 +57,8 @@ impl Drop for Listener {
 /// Why the sockets could not be had.
 #[derive(Debug)]
 pub enum SocketError {
-    /// The `LISTEN_*` variables are wrong: a configuration problem (exit 78).
+    /// The `LISTEN_*` variables are wrong, or a socket owner does not exist: a configuration
+    /// problem (exit 78).
     Activation(String),
     /// Binding failed: address in use, permission, missing directory (exit 71).
     Bind(String),
@@ -259,6 +260,7 @@ fn bind_one(addr: &ListenAddr, cfg: &Config) -> Result<Listener, SocketError> {
         }
         ListenAddr::Unix(path) => bind_unix(path, cfg, backlog).map_err(|e| match e {
             UnixBindError::Sys(what, errno) => fail(what, errno),
+            UnixBindError::Config(m) => SocketError::Activation(m),
             UnixBindError::Other(m) => SocketError::Bind(m),
         }),
     }
@@ -266,6 +268,8 @@ fn bind_one(addr: &ListenAddr, cfg: &Config) -> Result<Listener, SocketError> {
 
 enum UnixBindError {
     Sys(&'static str, nix::Error),
+    /// A configured owner that does not exist.
+    Config(String),
     Other(String),
 }
 
@@ -320,20 +324,24 @@ fn bind_unix(path: &Path, cfg: &Config, backlog: Backlog) -> Result<Listener, Un
         })?;
     }
     if cfg.socket_user.is_some() || cfg.socket_group.is_some() {
-        chown_socket(path, cfg).map_err(UnixBindError::Other)?;
+        chown_socket(path, cfg)?;
     }
     listen(&listener.fd, backlog).map_err(|e| UnixBindError::Sys("listen on", e))?;
     Ok(listener)
 }
 
-fn chown_socket(path: &Path, cfg: &Config) -> Result<(), String> {
+fn chown_socket(path: &Path, cfg: &Config) -> Result<(), UnixBindError> {
     use nix::unistd::{chown, Group, User};
     let uid = match &cfg.socket_user {
         Some(name) => Some(
             User::from_name(name)
                 .ok()
                 .flatten()
-                .ok_or_else(|| format!("socket_user: no user named \"{name}\" on this system"))?
+                .ok_or_else(|| {
+                    UnixBindError::Config(format!(
+                        "socket_user: no user named \"{name}\" on this system"
+                    ))
+                })?
                 .uid,
         ),
         None => None,
@@ -343,12 +351,22 @@ fn chown_socket(path: &Path, cfg: &Config) -> Result<(), String> {
             Group::from_name(name)
                 .ok()
                 .flatten()
-                .ok_or_else(|| format!("socket_group: no group named \"{name}\" on this system"))?
+                .ok_or_else(|| {
+                    UnixBindError::Config(format!(
+                        "socket_group: no group named \"{name}\" on this system"
+                    ))
+                })?
                 .gid,
         ),
         None => None,
     };
-    chown(path, uid, gid).map_err(|e| format!("cannot chown unix:{}: {}", path.display(), e.desc()))
+    chown(path, uid, gid).map_err(|e| {
+        UnixBindError::Other(format!(
+            "cannot chown unix:{}: {}",
+            path.display(),
+            e.desc()
+        ))
+    })
 }
 
 /// Names for `LISTEN_FDNAMES`, in fd order.

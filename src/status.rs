@@ -12,7 +12,7 @@ pub struct Snapshot {
     pub name: String,
     pub pid: u32,
     pub runtime_dir: String,
-    /// "starting", "running" or "stopping".
+    /// "starting", "running", "reloading" or "stopping".
     pub phase: String,
     pub generation: u32,
     pub workers_wanted: usize,
@@ -59,14 +59,28 @@ pub fn short(d: Duration) -> String {
     }
 }
 
+/// "just now", "5m ago", "3h ago", "2d ago": coarse on purpose, so STATUS= does not change on
+/// every wake-up.
+pub fn ago(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => "just now".to_owned(),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
 /// The table `preforkd status` prints.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "preforkd \"{}\" (pid {}), {}: {}",
-        s.name, s.pid, s.phase, s.status
-    );
+    // While reloading, the STATUS= line already starts with the phase.
+    let summary = if s.status.starts_with(&s.phase) {
+        s.status.clone()
+    } else {
+        format!("{}: {}", s.phase, s.status)
+    };
+    let _ = writeln!(out, "preforkd \"{}\" (pid {}), {summary}", s.name, s.pid);
     let _ = writeln!(
         out,
         "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} STATUS",
@@ -104,6 +118,14 @@ pub fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coarse_ages() {
+        assert_eq!(ago(Duration::from_secs(59)), "just now");
+        assert_eq!(ago(Duration::from_secs(300)), "5m ago");
+        assert_eq!(ago(Duration::from_secs(7300)), "2h ago");
+        assert_eq!(ago(Duration::from_secs(200_000)), "2d ago");
+    }
 
     #[test]
     fn short_durations() {

@@ -627,8 +627,14 @@ impl Supervisor {
                     error!(self.log, "worker failed to start"; "worker" => id,
                         "gen" => self.generation, "error" => &message, "retry_in" => human(delay));
                 }
-                self.last_spawn_error = Some(message);
                 self.crashes.record(now, self.policy.interval, id);
+                if self.rollout.is_some() {
+                    let why = format!("worker {id} could not start: {message}");
+                    self.last_spawn_error = Some(message);
+                    self.rollout_failed(why, now);
+                    return;
+                }
+                self.last_spawn_error = Some(message);
                 self.give_up_if_crash_looping(now);
             }
         }
@@ -1132,16 +1138,7 @@ impl Supervisor {
             if restarts == 1 { "" } else { "s" }
         );
         if let Some((what, at)) = &self.last_death {
-            let ago = now.saturating_duration_since(*at);
-            // Minutes suffice, and keep the line from changing on every wake-up.
-            let ago = if ago < Duration::from_secs(60) {
-                "just now".to_owned()
-            } else {
-                format!(
-                    "{} ago",
-                    status::short(Duration::from_secs(ago.as_secs() / 60 * 60))
-                )
-            };
+            let ago = status::ago(now.saturating_duration_since(*at));
             line.push_str(&format!(" · last: {what} {ago}"));
         }
         if self.collapsed {

@@ -140,7 +140,11 @@ impl Supervisor {
 
     /// Settings a reload cannot change while preforkd runs: said, not silently ignored.
     fn warn_unchangeable(&self, new: &Config) {
-        if new.listen != self.cfg.listen {
+        let socket_settings_changed = new.backlog != self.cfg.backlog
+            || new.socket_mode != self.cfg.socket_mode
+            || new.socket_user != self.cfg.socket_user
+            || new.socket_group != self.cfg.socket_group;
+        if new.listen != self.cfg.listen || socket_settings_changed {
             let how = if self.socket_activated {
                 "the sockets come from systemd: change the socket unit and run `systemctl restart <name>.socket`"
             } else {
@@ -148,7 +152,8 @@ impl Supervisor {
             };
             warn!(
                 self.log,
-                "listen changed, but a reload keeps the current sockets: {}", how
+                "listen or socket settings changed, but a reload keeps the current sockets: {}",
+                how
             );
         }
         if new.name != self.cfg.name || new.runtime_dir != self.cfg.runtime_dir {

@@ -1,0 +1,267 @@
+//! What ships: unit files systemd accepts, man pages without lint, and .deb / .rpm packages
+//! with the right files, conffiles and maintainer scripts.
+//!
+//! The packages are built by packaging/build-deb and packaging/build-rpm when missing or older
+//! than the binary's sources; the tools they need (cargo-deb, cargo-generate-rpm, dpkg-deb,
+//! rpm, lintian, mandoc) are installed by .ci/run.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Package builds share target/: one at a time.
+static BUILD: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Fails under CI when a tool is missing (CI installs them); elsewhere says it skips.
+fn require(name: &str) -> bool {
+    if tool(name) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name} is missing; .ci/run installs it"
+    );
+    eprintln!("SKIPPED: {name} is not installed (bash .ci/run installs it)");
+    false
+}
+
+#[test]
+fn unit_files_pass_systemd_analyze_verify() {
+    if !require("systemd-analyze") {
+        return;
+    }
+    // A scratch root with the binary the units name and the host's stock units, so verify
+    // checks ours without installing anything on this machine.
+    let scratch = tempfile::tempdir().unwrap();
+    let r = scratch.path();
+    for dir in ["usr/bin", "bin", "etc/systemd/system", "usr/lib/systemd"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_preforkd"), r.join("usr/bin/preforkd")).unwrap();
+    std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
+    let (ok, out) = run(Command::new("cp").args([
+        "-r",
+        "/lib/systemd/system",
+        r.join("usr/lib/systemd").to_str().unwrap(),
+    ]));
+    assert!(ok, "{out}");
+    let units = r.join("etc/systemd/system");
+    for unit in [
+        "myapp.socket",
+        "myapp.service",
+        "preforkd@.socket",
+        "preforkd@.service",
+    ] {
+        std::fs::copy(root().join("systemd").join(unit), units.join(unit)).unwrap();
+    }
+    // The documented drop-in that moves the template socket to TCP.
+    let dropin = units.join("preforkd@web.socket.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("tcp.conf"),
+        "[Socket]\nListenStream=\nListenStream=127.0.0.1:9000\n",
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .current_dir(&units)
+        .arg("verify")
+        .arg(format!("--root={}", r.display()))
+        .arg("--man=no")
+        .args([
+            "myapp.socket",
+            "myapp.service",
+            "preforkd@demo.socket",
+            "preforkd@demo.service",
+            "preforkd@web.socket",
+        ]));
+    assert!(
+        ok && out.trim().is_empty(),
+        "systemd-analyze verify:\n{out}"
+    );
+    // Every man page a unit points to exists.
+    for unit in ["myapp.service", "preforkd@.service"] {
+        let text = std::fs::read_to_string(root().join("systemd").join(unit)).unwrap();
+        assert!(text.contains("man:preforkd(8)"));
+    }
+    assert!(root().join("man/preforkd.8").exists());
+    assert!(root().join("man/preforkd.toml.5").exists());
+}
+
+#[test]
+fn man_pages_pass_lint() {
+    if !require("mandoc") || !require("groff") {
+        return;
+    }
+    let (ok, out) = run(&mut Command::new(root().join("man/lint")));
+    assert!(ok, "man/lint:\n{out}");
+}
+
+/// Whether a maintainer script starts or enables a unit (comments aside).
+fn starts_or_enables(script: &str) -> bool {
+    script
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .any(|l| {
+            [
+                "systemctl start",
+                "systemctl enable",
+                "systemctl restart",
+                "deb-systemd-invoke",
+                "deb-systemd-helper enable",
+            ]
+            .iter()
+            .any(|c| l.contains(c))
+        })
+}
+
+/// The newest file of the package's inputs.
+fn newest_input() -> std::time::SystemTime {
+    let mut newest = std::time::UNIX_EPOCH;
+    let mut stack = vec![
+        root().join("src"),
+        root().join("systemd"),
+        root().join("man"),
+        root().join("packaging"),
+        root().join("Cargo.toml"),
+    ];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                stack.push(e.path());
+            }
+        } else if let Ok(m) = p.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(m);
+        }
+    }
+    newest
+}
+
+/// The package built by `script` into `dir` (ending in `ext`), rebuilt if older than its inputs.
+fn package(script: &str, dir: &str, ext: &str) -> PathBuf {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let find = || -> Option<(PathBuf, std::time::SystemTime)> {
+        std::fs::read_dir(root().join(dir))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .filter_map(|p| Some((p.clone(), p.metadata().ok()?.modified().ok()?)))
+            .max_by_key(|(_, t)| *t)
+    };
+    if let Some((path, built)) = find() {
+        if built >= newest_input() {
+            return path;
+        }
+    }
+    let (ok, out) = run(&mut Command::new(root().join(script)));
+    assert!(ok, "{script}:\n{out}");
+    find().expect("the package was built").0
+}
+
+#[test]
+fn the_deb_installs_everything_and_passes_lintian() {
+    if !require("dpkg-deb") {
+        return;
+    }
+    let deb = package("packaging/build-deb", "target/debian", "deb");
+    let (ok, files) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    assert!(ok, "{files}");
+    for f in [
+        "./usr/bin/preforkd",
+        "./usr/lib/systemd/system/preforkd@.service",
+        "./usr/lib/systemd/system/preforkd@.socket",
+        "./etc/preforkd/demo.toml",
+        "./usr/share/man/man8/preforkd.8.gz",
+        "./usr/share/man/man5/preforkd.toml.5.gz",
+        "./usr/share/doc/preforkd/examples/myapp.service",
+        "./usr/share/doc/preforkd/copyright",
+    ] {
+        assert!(files.contains(f), "{f} missing from the .deb:\n{files}");
+    }
+    let control = tempfile::tempdir().unwrap();
+    let (ok, out) = run(Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(control.path()));
+    assert!(ok, "{out}");
+    let conffiles = std::fs::read_to_string(control.path().join("conffiles")).unwrap();
+    assert!(conffiles.contains("/etc/preforkd/demo.toml"), "{conffiles}");
+    let postinst = std::fs::read_to_string(control.path().join("postinst")).unwrap();
+    assert!(postinst.contains("systemctl daemon-reload"), "{postinst}");
+    for script in ["postinst", "postrm"] {
+        let text = std::fs::read_to_string(control.path().join(script)).unwrap();
+        assert!(
+            !starts_or_enables(&text),
+            "{script} must not start or enable anything:\n{text}"
+        );
+    }
+    if require("lintian") {
+        let (_, out) = run(Command::new("lintian")
+            .args(["--tag-display-limit", "0"])
+            .arg(&deb));
+        let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("E:")).collect();
+        assert!(errors.is_empty(), "lintian errors:\n{out}");
+    }
+}
+
+#[test]
+fn the_rpm_holds_the_files_config_and_scripts() {
+    if !require("rpm") {
+        return;
+    }
+    let rpm = package("packaging/build-rpm", "target/generate-rpm", "rpm");
+    let query = |args: &[&str]| {
+        let (ok, out) = run(Command::new("rpm").args(args).arg(&rpm));
+        assert!(ok, "rpm {args:?}:\n{out}");
+        out
+    };
+    let files = query(&["-qlp"]);
+    for f in [
+        "/usr/bin/preforkd",
+        "/usr/lib/systemd/system/preforkd@.service",
+        "/usr/lib/systemd/system/preforkd@.socket",
+        "/usr/share/man/man8/preforkd.8.gz",
+        "/usr/share/man/man5/preforkd.toml.5.gz",
+        "/etc/preforkd/demo.toml",
+    ] {
+        assert!(
+            files.lines().any(|l| l == f),
+            "{f} missing from the .rpm:\n{files}"
+        );
+    }
+    assert_eq!(query(&["-qcp"]).trim(), "/etc/preforkd/demo.toml");
+    let flags = query(&["--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", "-qp"]);
+    assert!(
+        flags.contains("/etc/preforkd/demo.toml cn"),
+        "config(noreplace): {flags}"
+    );
+    let scripts = query(&["--scripts", "-qp"]);
+    assert!(scripts.contains("systemctl daemon-reload"), "{scripts}");
+    assert!(!starts_or_enables(&scripts), "{scripts}");
+    let docs = query(&["-qdp"]);
+    assert!(docs.contains("preforkd.8.gz"), "{docs}");
+}
