@@ -755,7 +755,8 @@ impl Supervisor {
                 "worker" => id, "pid" => wpid, "gen" => generation);
             self.hang(i, now);
         }
-        if msg.ready && self.workers[i].cfg.readiness() != Readiness::Exec {
+        // Only "notify" listens to READY=1: a duration means "alive that long", exactly.
+        if msg.ready && self.workers[i].cfg.readiness() == Readiness::Notify {
             self.mark_ready(i, now);
         }
     }

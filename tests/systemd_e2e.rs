@@ -1,0 +1,306 @@
+//! preforkd under a real systemd: a Debian bookworm container booted with systemd-nspawn
+//! (tests/e2e/harness.sh), the freshly built .deb installed with dpkg, and every check made
+//! through systemctl, journalctl and curl inside the container, as an operator would.
+//!
+//! Skips, saying so, only where the machine cannot run a container at all (harness exit 77).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn harness() -> Command {
+    Command::new(root().join("tests/e2e/harness.sh"))
+}
+
+/// A booted container, shut down when dropped.
+struct Container {
+    name: String,
+}
+
+impl Container {
+    /// Runs `script` with sh inside the container: (exit code, stdout + stderr).
+    fn sh(&self, script: &str) -> (i32, String) {
+        let out = harness()
+            .args(["exec", &self.name, "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("harness exec");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Runs `script` and requires success; returns its output.
+    fn ok(&self, script: &str) -> String {
+        let (code, out) = self.sh(script);
+        assert_eq!(code, 0, "`{script}` failed in the container:\n{out}");
+        out
+    }
+
+    /// Polls `script` until it succeeds, within `limit`.
+    fn until(&self, limit: Duration, script: &str) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (code, out) = self.sh(script);
+            if code == 0 {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{script}` never succeeded:\n{out}\n{}",
+                self.journal()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn show(&self, unit: &str, property: &str) -> String {
+        self.ok(&format!("systemctl show -p {property} --value {unit}"))
+            .trim()
+            .to_owned()
+    }
+
+    fn journal(&self) -> String {
+        self.sh("journalctl -b --no-pager -n 60 -u myapp -u myapp.socket")
+            .1
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = harness().args(["down", &self.name]).status();
+    }
+}
+
+fn build_deb() -> PathBuf {
+    let out = Command::new(root().join("packaging/build-deb"))
+        .output()
+        .expect("packaging/build-deb");
+    assert!(
+        out.status.success(),
+        "build-deb:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_dir(root().join("target/debian"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .expect("a .deb")
+}
+
+const APP_CONFIG: &str = r#"command = ["/usr/bin/preforkd", "hello-worker"]
+workers = 2
+ready = "1500ms"
+stop_timeout = "10s"
+"#;
+
+/// Shortens the watchdog and restart delay so those checks take seconds.
+const TEST_DROPIN: &str =
+    "[Unit]\nStartLimitIntervalSec=0\n[Service]\nWatchdogSec=2\nRestartSec=2\n";
+
+/// Keeps 4 clients making one-request-per-connection requests until /tmp/stop exists (at most
+/// 3000 each), then writes "ok failed" per client to /tmp/result.N.
+const LOAD_SCRIPT: &str = r#"
+i=0; ok=0; failed=0
+while [ ! -e /tmp/stop ] && [ $i -lt 3000 ]; do
+  if curl -sf -m 10 -o /dev/null http://127.0.0.1:8080/; then ok=$((ok+1)); else failed=$((failed+1)); fi
+  i=$((i+1))
+done
+echo "$ok $failed" > /tmp/result.$1
+"#;
+
+#[test]
+fn preforkd_under_real_systemd() {
+    let deb = build_deb();
+    let prepare = harness().arg("prepare").output().expect("harness prepare");
+    if prepare.status.code() == Some(77) {
+        eprintln!(
+            "SKIPPED: this machine cannot run a systemd container: {}",
+            String::from_utf8_lossy(&prepare.stderr).trim()
+        );
+        return;
+    }
+    assert!(
+        prepare.status.success(),
+        "harness prepare:\n{}{}",
+        String::from_utf8_lossy(&prepare.stdout),
+        String::from_utf8_lossy(&prepare.stderr)
+    );
+    let name = format!("preforkd-e2e-{}", std::process::id());
+    let binds = format!("{}:/opt/debs", deb.parent().unwrap().display());
+    let up = harness()
+        .args(["up", &name])
+        .env("PREFORKD_E2E_BINDS", binds)
+        .output()
+        .expect("harness up");
+    let c = Container { name };
+    assert!(
+        up.status.success(),
+        "harness up:\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let deb_name = deb.file_name().unwrap().to_str().unwrap();
+
+    // Install the package and the operator's files.
+    c.ok(&format!("dpkg -i /opt/debs/{deb_name}"));
+    c.ok(&format!(
+        "cat > /etc/preforkd/myapp.toml <<'EOF'\n{APP_CONFIG}EOF\n\
+         cp /usr/share/doc/preforkd/examples/myapp.socket /usr/share/doc/preforkd/examples/myapp.service /etc/systemd/system/ && \
+         mkdir -p /etc/systemd/system/myapp.service.d && \
+         printf '{TEST_DROPIN}' > /etc/systemd/system/myapp.service.d/test.conf && \
+         systemctl daemon-reload"
+    ));
+
+    // The socket listens; the service starts on the first connection, and is active only once
+    // its workers are ready (ready = 1500ms here).
+    c.ok("systemctl start myapp.socket");
+    assert_eq!(c.show("myapp.socket", "ActiveState"), "active");
+    assert_eq!(c.show("myapp.service", "ActiveState"), "inactive");
+    c.ok("curl -sf -m 1 -o /dev/null http://127.0.0.1:8080/ || true");
+    let states = c.until(
+        Duration::from_secs(10),
+        "s=$(systemctl show -p ActiveState --value myapp); echo $s; [ $s = activating ]",
+    );
+    assert!(states.contains("activating"));
+    let r = c.ok("curl -sf -m 20 http://127.0.0.1:8080/");
+    assert!(r.starts_with("worker="), "{r}");
+    c.until(
+        Duration::from_secs(10),
+        "[ $(systemctl show -p ActiveState --value myapp) = active ]",
+    );
+    let status = c.ok("systemctl status --no-pager myapp");
+    assert!(status.contains("Status: \"2/2 ready · gen 1"), "{status}");
+    // preforkd and its two workers, all in the service's cgroup.
+    let procs = c.ok("cg=$(systemctl show -p ControlGroup --value myapp); \
+         for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do \
+           [ -f $h$cg/cgroup.procs ] && { wc -l < $h$cg/cgroup.procs; break; }; done");
+    assert_eq!(procs.trim(), "3", "processes in the cgroup");
+
+    // A crash is a warning in the journal; routine lines are not.
+    c.sh("curl -s -m 5 http://127.0.0.1:8080/crash");
+    let warnings = c.until(
+        Duration::from_secs(10),
+        "journalctl -b --no-pager -u myapp -p warning | grep 'exited with status 70'",
+    );
+    let all = c.ok("journalctl -b --no-pager -u myapp -p warning");
+    assert!(
+        !all.contains("worker started"),
+        "info lines at -p warning:\n{all}"
+    );
+    assert!(warnings.contains("worker="), "{warnings}");
+
+    // systemctl reload under load: nothing fails, new pids, returns when the new gen serves.
+    c.ok(&format!("cat > /tmp/load.sh <<'EOF'\n{LOAD_SCRIPT}EOF"));
+    c.ok("sed -i 's/ready = \"1500ms\"/ready = \"notify\"/' /etc/preforkd/myapp.toml");
+    let before = c.ok("preforkd status --name myapp --json");
+    let load_name = c.name.clone();
+    let load = std::thread::spawn(move || {
+        harness()
+            .args(["exec", &load_name, "--", "sh", "-c"])
+            .arg(
+                "rm -f /tmp/stop /tmp/result.*; for i in 1 2 3 4; do sh /tmp/load.sh $i & done; wait",
+            )
+            .output()
+    });
+    c.until(
+        Duration::from_secs(10),
+        "ls /tmp/load.sh >/dev/null && pgrep -c curl",
+    );
+    let started = Instant::now();
+    c.ok("systemctl reload myapp");
+    let took = started.elapsed();
+    let after = c.ok("preforkd status --name myapp --json");
+    c.ok("touch /tmp/stop");
+    let _ = load.join();
+    let results = c.ok("cat /tmp/result.1 /tmp/result.2 /tmp/result.3 /tmp/result.4");
+    let (mut ok, mut failed) = (0, 0);
+    for line in results.lines() {
+        let mut parts = line.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+        ok += parts.next().unwrap();
+        failed += parts.next().unwrap();
+    }
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the reload",
+        ok + failed
+    );
+    assert!(ok > 20, "only {ok} requests during the reload");
+    let v: serde_json::Value = serde_json::from_str(&after).unwrap();
+    let serving: Vec<&serde_json::Value> = v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "ready")
+        .collect();
+    assert_eq!(serving.len(), 2, "{after}");
+    for w in &serving {
+        assert_eq!(
+            w["generation"], 2,
+            "systemctl reload returned before gen 2 served: {after}"
+        );
+        assert!(
+            !before.contains(&format!("\"pid\":{},", w["pid"])),
+            "same pid: {before} / {after}"
+        );
+    }
+    eprintln!("systemctl reload took {took:?}; {ok} requests, 0 failed");
+
+    // systemctl stop with a request in flight: it completes, and nothing is left.
+    let stop_name = c.name.clone();
+    let slow = std::thread::spawn(move || {
+        harness()
+            .args(["exec", &stop_name, "--", "sh", "-c"])
+            .arg("curl -s -m 20 http://127.0.0.1:8080/ http://127.0.0.1:8080/sleep?ms=2000 > /tmp/slow")
+            .output()
+    });
+    // The first answer proves a worker holds the connection; the sleep is then in flight.
+    c.until(Duration::from_secs(10), "grep -q worker= /tmp/slow");
+    c.ok("systemctl stop myapp.service");
+    let _ = slow.join();
+    let slow_out = c.ok("cat /tmp/slow");
+    assert!(
+        slow_out.contains("slept 2000ms"),
+        "the in-flight request was cut: {slow_out}"
+    );
+    assert_eq!(c.show("myapp.service", "ActiveState"), "inactive");
+    let left = c.sh("pgrep -f 'preforkd [h]ello-worker' || true").1;
+    assert!(left.trim().is_empty(), "processes left after stop: {left}");
+
+    // Watchdog: a SIGSTOPped preforkd is killed by systemd and restarted; a request sent during
+    // the outage waits in the socket and is answered after the restart.
+    c.ok("curl -sf -m 20 -o /dev/null http://127.0.0.1:8080/");
+    let main = c.show("myapp.service", "MainPID");
+    c.ok(&format!("kill -STOP {main}"));
+    c.until(
+        Duration::from_secs(15),
+        "[ \"$(systemctl show -p SubState --value myapp)\" = auto-restart ]",
+    );
+    let during = c.ok("curl -sf -m 30 http://127.0.0.1:8080/");
+    assert!(during.starts_with("worker="), "{during}");
+    let restarted = c.show("myapp.service", "MainPID");
+    assert_ne!(restarted, main);
+    let restarts: u32 = c.show("myapp.service", "NRestarts").parse().unwrap();
+    assert!(restarts >= 1);
+    let journal = c.ok("journalctl -b --no-pager -u myapp");
+    assert!(journal.contains("Watchdog timeout"), "{journal}");
+
+    // The template serves a second app on its own socket at the same time.
+    c.ok("systemctl enable --now preforkd@demo.socket");
+    let second = c.ok("curl -sf -m 20 --unix-socket /run/preforkd/demo.sock http://localhost/");
+    assert!(second.starts_with("worker="), "{second}");
+    let first = c.ok("curl -sf -m 20 http://127.0.0.1:8080/");
+    assert!(first.starts_with("worker="), "{first}");
+    assert_eq!(c.show("preforkd@demo.service", "ActiveState"), "active");
+    let demo_status = c.ok("preforkd status --name demo");
+    assert!(demo_status.contains("ready"), "{demo_status}");
+}
