@@ -406,31 +406,22 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
             return exit::OSERR;
         }
     };
-    let runtime =
-        match RuntimeDir::prepare(runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref())) {
-            Ok(r) => r,
-            Err(e) => {
-                log::print_error(&e);
-                return exit::OSERR;
-            }
-        };
-    let relay = match NotifyRelay::bind(&runtime.notify_path()) {
-        Ok(r) => r,
+    // The runtime directory and its two sockets; any failure here is the system refusing.
+    let sockets = RuntimeDir::prepare(runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref()))
+        .and_then(|runtime| {
+            let what = |kind: &str, path: PathBuf, e: std::io::Error| {
+                format!("cannot create the {kind} socket {}: {e}", path.display())
+            };
+            let relay = NotifyRelay::bind(&runtime.notify_path())
+                .map_err(|e| what("notify", runtime.notify_path(), e))?;
+            let control = ControlServer::bind(&runtime.control_path())
+                .map_err(|e| what("control", runtime.control_path(), e))?;
+            Ok((runtime, relay, control))
+        });
+    let (runtime, relay, control) = match sockets {
+        Ok(s) => s,
         Err(e) => {
-            log::print_error(&format!(
-                "cannot create the notify socket {}: {e}",
-                runtime.notify_path().display()
-            ));
-            return exit::OSERR;
-        }
-    };
-    let control = match ControlServer::bind(&runtime.control_path()) {
-        Ok(c) => c,
-        Err(e) => {
-            log::print_error(&format!(
-                "cannot create the control socket {}: {e}",
-                runtime.control_path().display()
-            ));
+            log::print_error(&e);
             return exit::OSERR;
         }
     };

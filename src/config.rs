@@ -282,6 +282,16 @@ trait ParseValue: Sized {
     /// What a valid value looks like, for "expected …" in messages.
     const EXPECTED: &'static str;
     fn from_text(s: &str) -> Result<Self, String>;
+    /// A number written as text (as on the command line), taken as if written as an integer.
+    fn from_number_text(s: &str) -> Result<Self, String> {
+        match s.trim().parse::<i64>() {
+            Ok(n) => Self::from_int(n),
+            Err(_) => Err(format!(
+                "invalid value \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
     fn from_int(i: i64) -> Result<Self, String> {
         Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
     }
@@ -327,20 +337,19 @@ impl ParseValue for Workers {
         if s == "auto" {
             return Ok(Workers::Auto);
         }
-        match s.parse::<i64>() {
-            Ok(n) => Self::from_int(n),
-            Err(_) => Err(format!(
-                "invalid value \"{s}\": expected {}",
-                Self::EXPECTED
-            )),
-        }
+        Self::from_number_text(s)
     }
     fn from_int(i: i64) -> Result<Self, String> {
-        if (1..=MAX_WORKERS as i64).contains(&i) {
-            Ok(Workers::Count(i as u32))
-        } else {
-            Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
-        }
+        worker_count(i, Self::EXPECTED).map(Workers::Count)
+    }
+}
+
+/// A whole number of workers, 1 to [`MAX_WORKERS`].
+fn worker_count(i: i64, expected: &str) -> Result<u32, String> {
+    if (1..=MAX_WORKERS as i64).contains(&i) {
+        Ok(i as u32)
+    } else {
+        Err(format!("invalid value {i}: expected {expected}"))
     }
 }
 
@@ -491,20 +500,10 @@ impl ParseValue for Share {
                 )),
             };
         }
-        match s.parse::<i64>() {
-            Ok(n) => Self::from_int(n),
-            Err(_) => Err(format!(
-                "invalid value \"{s}\": expected {}",
-                Self::EXPECTED
-            )),
-        }
+        Self::from_number_text(s)
     }
     fn from_int(i: i64) -> Result<Self, String> {
-        if (1..=MAX_WORKERS as i64).contains(&i) {
-            Ok(Share::Count(i as u32))
-        } else {
-            Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
-        }
+        worker_count(i, Self::EXPECTED).map(Share::Count)
     }
 }
 
@@ -548,9 +547,7 @@ struct Int(i64);
 impl ParseValue for Int {
     const EXPECTED: &'static str = "a whole number";
     fn from_text(s: &str) -> Result<Self, String> {
-        s.parse()
-            .map(Int)
-            .map_err(|_| format!("invalid value \"{s}\": expected {}", Self::EXPECTED))
+        Self::from_number_text(s)
     }
     fn from_int(i: i64) -> Result<Self, String> {
         Ok(Int(i))

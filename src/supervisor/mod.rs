@@ -1060,8 +1060,14 @@ impl Supervisor {
             forced: false,
             orphans: None,
         };
-        // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short.
-        let extend = (self.cfg.stop_timeout + Duration::from_secs(5)).as_micros();
+        // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short;
+        // workers of an older generation keep their own stop_timeout.
+        let longest = self
+            .workers
+            .iter()
+            .map(|w| w.cfg.stop_timeout)
+            .fold(self.cfg.stop_timeout, Duration::max);
+        let extend = (longest + Duration::from_secs(5)).as_micros();
         self.notify_systemd(&[
             NotifyState::Stopping,
             NotifyState::ExtendTimeoutUsec(extend.min(u32::MAX as u128) as u32),
