@@ -27,11 +27,13 @@ fn a_graceful_stop_lets_a_workers_helpers_finish() {
         &script,
     ])
     .spawn();
+    let worker = wait_for(Duration::from_secs(10), || p.workers().first().copied()).unwrap();
+    // The subshell's loop runs `sleep` only after the line that sets its trap.
     wait_for(Duration::from_secs(10), || {
-        (!p.workers().is_empty()).then_some(())
+        let subshell = *children(worker).first()?;
+        (!children(subshell).is_empty()).then_some(())
     })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // let the subshell set its trap
+    .expect("the helper set its trap");
     let stopped = Instant::now();
     p.signal(libc::SIGTERM);
     assert_eq!(p.exit_code(Duration::from_secs(15)), 0, "{}", p.log());
