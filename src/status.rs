@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub restarts: u32,
     /// Datagrams on the notify socket that were not honoured (not from a worker, malformed).
     pub notify_dropped: u64,
+    /// Control connections refused (not the owner, too many, malformed, too slow).
+    pub control_rejected: u64,
     /// The STATUS= line preforkd last sent to systemd.
     pub status: String,
     pub workers: Vec<WorkerInfo>,
@@ -105,6 +107,13 @@ pub fn render(s: &Snapshot) -> String {
             w.status.as_deref().unwrap_or("-")
         );
     }
+    if s.control_rejected > 0 {
+        let _ = writeln!(
+            out,
+            "{} control connection(s) refused (not the owner, malformed or too slow)",
+            s.control_rejected
+        );
+    }
     if s.notify_dropped > 0 {
         let _ = writeln!(
             out,
@@ -148,6 +157,7 @@ mod tests {
             ready: 1,
             restarts: 0,
             notify_dropped: 3,
+            control_rejected: 0,
             status: "1/2 ready".into(),
             workers: vec![WorkerInfo {
                 id: 0,

@@ -1194,6 +1194,7 @@ impl Supervisor {
             ready: self.workers.iter().filter(|w| w.is_ready()).count(),
             restarts: self.slots.iter().map(|s| s.restarts).sum(),
             notify_dropped: self.notify_dropped,
+            control_rejected: self.control.rejected,
             status: self.last_status.clone(),
             workers: self
                 .workers
