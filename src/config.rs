@@ -50,6 +50,9 @@ pub const KEYS: &[&str] = &[
     "name",
     "runtime_dir",
     "reload_surge",
+    "rlimit_nofile",
+    "umask",
+    "oom_score_adj",
 ];
 
 /// A configuration problem, with where it was found.
@@ -236,6 +239,10 @@ pub struct Config {
     pub runtime_dir: Option<PathBuf>,
     /// New workers a reload starts before old ones are stopped.
     pub reload_surge: Share,
+    /// Workers' RLIMIT_NOFILE soft limit; None: raised to the hard limit (u64::MAX here).
+    pub rlimit_nofile: u64,
+    pub umask: u32,
+    pub oom_score_adj: Option<i32>,
 }
 
 impl Default for Config {
@@ -269,6 +276,9 @@ impl Default for Config {
             name: "preforkd".to_owned(),
             runtime_dir: None,
             reload_surge: Share::Count(1),
+            rlimit_nofile: u64::MAX,
+            umask: 0o022,
+            oom_score_adj: None,
         }
     }
 }
@@ -507,6 +517,37 @@ impl ParseValue for Share {
     }
 }
 
+/// A file descriptor limit: "max" (the hard limit) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NoFile(u64);
+
+impl ParseValue for NoFile {
+    const EXPECTED: &'static str = "\"max\" (the hard limit) or a number of files from 64 up";
+    fn from_text(s: &str) -> Result<Self, String> {
+        if s == "max" {
+            return Ok(NoFile(u64::MAX));
+        }
+        Self::from_number_text(s)
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        if i >= 64 {
+            Ok(NoFile(i as u64))
+        } else {
+            Err(format!("invalid value {i}: expected {}", Self::EXPECTED))
+        }
+    }
+}
+
+fn check_oom(v: i64) -> Result<i32, String> {
+    if (-1000..=1000).contains(&v) {
+        Ok(v as i32)
+    } else {
+        Err(format!(
+            "invalid value {v}: expected a number from -1000 to 1000 (higher: killed first when memory runs out)"
+        ))
+    }
+}
+
 /// A duration, or "off".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct OptDur(Option<Duration>);
@@ -575,7 +616,8 @@ impl ParseValue for Bool {
 }
 
 deserialize_via_parse!(
-    Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool, Readiness, Share, OptDur
+    Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool, Readiness, Share, OptDur,
+    NoFile
 );
 
 /// The keys holding a plain duration, with where each lives and its allowed range.
@@ -639,6 +681,9 @@ struct FileConfig {
     name: Option<Spanned<String>>,
     runtime_dir: Option<Spanned<PathBuf>>,
     reload_surge: Option<Spanned<Share>>,
+    rlimit_nofile: Option<Spanned<NoFile>>,
+    umask: Option<Spanned<Mode>>,
+    oom_score_adj: Option<Spanned<Int>>,
 }
 
 /// The text of a config file, for turning byte offsets into positions.
@@ -871,6 +916,16 @@ fn apply_file(cfg: &mut Config, f: FileConfig, src: &Source) -> Result<(), Confi
     if let Some(v) = f.reload_surge {
         cfg.reload_surge = v.into_inner();
     }
+    if let Some(v) = f.rlimit_nofile {
+        cfg.rlimit_nofile = v.into_inner().0;
+    }
+    if let Some(v) = f.umask {
+        cfg.umask = v.into_inner().0;
+    }
+    if let Some(v) = f.oom_score_adj {
+        cfg.oom_score_adj =
+            Some(check_oom(v.get_ref().0).map_err(|m| src.error_at(&v, "oom_score_adj", m))?);
+    }
     if let Some(v) = f.restart_burst {
         cfg.restart_burst = check_range(v.get_ref().0, 1, 10_000)
             .map_err(|m| src.error_at(&v, "restart_burst", m))?;
@@ -1040,6 +1095,11 @@ pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, Con
         }
         "runtime_dir" => cfg.runtime_dir = Some(PathBuf::from(value)),
         "reload_surge" => cfg.reload_surge = Share::from_text(value).map_err(err)?,
+        "rlimit_nofile" => cfg.rlimit_nofile = NoFile::from_text(value).map_err(err)?.0,
+        "umask" => cfg.umask = Mode::from_text(value).map_err(err)?.0,
+        "oom_score_adj" => {
+            cfg.oom_score_adj = Some(check_oom(Int::from_text(value).map_err(err)?.0).map_err(err)?)
+        }
         "restart_burst" => {
             cfg.restart_burst =
                 check_range(Int::from_text(value).map_err(err)?.0, 1, 10_000).map_err(err)?
@@ -1164,6 +1224,18 @@ impl Config {
         line("worker_watchdog_grace", dur(self.worker_watchdog_grace));
         line("collapse_grace", dur(self.collapse_grace));
         line("name", q(&self.name));
+        line(
+            "rlimit_nofile",
+            if self.rlimit_nofile == u64::MAX {
+                q("max")
+            } else {
+                self.rlimit_nofile.to_string()
+            },
+        );
+        line("umask", q(&format!("{:04o}", self.umask)));
+        if let Some(v) = self.oom_score_adj {
+            line("oom_score_adj", v.to_string());
+        }
         line(
             "reload_surge",
             match self.reload_surge {

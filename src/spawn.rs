@@ -40,6 +40,11 @@ pub struct WorkerSpec<'a> {
     pub working_directory: Option<&'a Path>,
     /// Pin the worker to this CPU.
     pub cpu: Option<usize>,
+    /// RLIMIT_NOFILE soft limit: None keeps preforkd's, u64::MAX means "the hard limit".
+    pub nofile: Option<u64>,
+    pub umask: u32,
+    /// Written to /proc/self/oom_score_adj.
+    pub oom_score_adj: Option<i32>,
 }
 
 /// The step of the child's setup that failed.
@@ -51,6 +56,7 @@ pub enum Step {
     Chdir = 3,
     Affinity = 4,
     Exec = 5,
+    Limits = 6,
 }
 
 impl Step {
@@ -60,6 +66,7 @@ impl Step {
             2 => Step::Sockets,
             3 => Step::Chdir,
             4 => Step::Affinity,
+            6 => Step::Limits,
             _ => Step::Exec,
         }
     }
@@ -104,6 +111,9 @@ impl fmt::Display for SpawnError {
                     Step::Stdin => "cannot open stdin for the worker".to_owned(),
                     Step::Sockets => "cannot pass the listen sockets to the worker".to_owned(),
                     Step::Affinity => "cannot set the worker's CPU affinity".to_owned(),
+                    Step::Limits => {
+                        "cannot set the worker's rlimit_nofile or oom_score_adj".to_owned()
+                    }
                 };
                 write!(f, "{what}: {} (errno {})", errno.desc(), *errno as i32)
             }
@@ -190,6 +200,10 @@ pub struct ExecPlan {
     dev_null: OwnedFd,
     working_directory: Option<CString>,
     cpu_set: Option<libc::cpu_set_t>,
+    nofile: Option<libc::rlimit>,
+    umask: libc::mode_t,
+    /// The value for /proc/self/oom_score_adj, as text.
+    oom_score_adj: Option<Vec<u8>>,
     parent: libc::pid_t,
     /// For the close-on-exec fallback loop on kernels without close_range.
     max_fd: RawFd,
@@ -262,9 +276,17 @@ impl ExecPlan {
                 set
             }
         });
-        let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        let limits = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE);
+        let max_fd = limits
             .map(|(soft, _)| soft.min(65536) as RawFd)
             .unwrap_or(1024);
+        let nofile = match (spec.nofile, limits) {
+            (Some(want), Ok((_, hard))) => Some(libc::rlimit {
+                rlim_cur: want.min(hard),
+                rlim_max: hard,
+            }),
+            _ => None,
+        };
         Ok(ExecPlan {
             program,
             _argv: argv,
@@ -278,6 +300,9 @@ impl ExecPlan {
             dev_null,
             working_directory,
             cpu_set,
+            nofile,
+            umask: spec.umask as libc::mode_t,
+            oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
             parent: std::process::id() as libc::pid_t,
             max_fd,
             program_path: spec.program.to_owned(),
@@ -417,6 +442,22 @@ impl ExecPlan {
                 fail(Step::Affinity);
             }
         }
+        if let Some(limit) = &self.nofile {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
+                fail(Step::Limits);
+            }
+        }
+        if let Some(value) = &self.oom_score_adj {
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
+                fail(Step::Limits);
+            }
+            libc::close(fd);
+        }
+        libc::umask(self.umask);
 
         // exec keeps SIG_IGN and the mask: reset all of them, as systemd does for a service.
         // The raw syscall, because glibc's sigaction refuses the signals it reserves (32, 33),

@@ -57,6 +57,12 @@ const BAD_FILES: &[(&str, &[&str])] = &[
         "min_uptime = \"0s\"\n",
         &["min_uptime:", "expected from 10ms"],
     ),
+    ("rlimit_nofile = 10\n", &["rlimit_nofile:", "from 64 up"]),
+    ("umask = \"0888\"\n", &["umask:", "invalid mode"]),
+    (
+        "oom_score_adj = 5000\n",
+        &["oom_score_adj:", "from -1000 to 1000"],
+    ),
     (
         "restart_delay = \"0ms\"\n",
         &["restart_delay:", "expected from 10ms"],

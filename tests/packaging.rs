@@ -265,3 +265,28 @@ fn the_rpm_holds_the_files_config_and_scripts() {
     let docs = query(&["-qdp"]);
     assert!(docs.contains("preforkd.8.gz"), "{docs}");
 }
+
+#[test]
+fn every_config_key_and_flag_is_documented() {
+    let page = std::fs::read_to_string(root().join("man/preforkd.toml.5")).unwrap();
+    let manual = std::fs::read_to_string(root().join("man/preforkd.8")).unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_preforkd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for key in preforkd::config::KEYS {
+        assert!(
+            page.contains(&format!(".B {key}\n")),
+            "{key} is not documented in preforkd.toml(5)"
+        );
+        if *key != "command" {
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert!(help.contains(&flag), "{flag} is missing from --help");
+            assert!(
+                manual.contains(&flag.replace('-', "\\-")),
+                "{flag} is missing from preforkd(8)"
+            );
+        }
+    }
+}

@@ -256,3 +256,55 @@ fn every_passed_socket_reaches_workers_with_its_name() {
     assert_eq!(fds[&4], common::fds(p.pid)[&4], "fd 4 is the UDP socket");
     assert!(p.log().contains("udp 127.0.0.1:"), "{}", p.log());
 }
+
+#[test]
+fn workers_get_their_file_limit_umask_and_oom_score() {
+    let read_limit = |pid: i32| -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_owned();
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        (parts[3].to_owned(), parts[4].to_owned())
+    };
+    let exec_sleep = |p: &mut Preforkd| {
+        wait_for(Duration::from_secs(10), || {
+            p.workers()
+                .into_iter()
+                .find(|&w| proc_status(w, "Name").as_deref() == Some("sleep"))
+        })
+        .expect("a worker")
+    };
+    // Defaults: soft limit raised to the hard limit, umask 0022.
+    let mut p = sleeper("1").spawn();
+    let pid = exec_sleep(&mut p);
+    let (soft, hard) = read_limit(pid);
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    assert_eq!(proc_status(pid, "Umask").unwrap(), "0022");
+    drop(p);
+
+    let mut p = Start::activated(&[
+        "--workers",
+        "1",
+        "--rlimit-nofile",
+        "1000",
+        "--umask",
+        "0077",
+        "--oom-score-adj",
+        "500",
+        "--",
+        "sleep",
+        "300",
+    ])
+    .spawn();
+    let pid = exec_sleep(&mut p);
+    assert_eq!(read_limit(pid).0, "1000");
+    assert_eq!(proc_status(pid, "Umask").unwrap(), "0077");
+    let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(oom.trim(), "500");
+    // preforkd itself keeps its own score: the workers go first when memory runs out.
+    let own = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", p.pid)).unwrap();
+    assert_ne!(own.trim(), "500");
+}

@@ -682,6 +682,9 @@ impl Supervisor {
             listen_fds: &fds,
             working_directory: self.cfg.working_directory.as_deref(),
             cpu,
+            nofile: Some(self.cfg.rlimit_nofile),
+            umask: self.cfg.umask,
+            oom_score_adj: self.cfg.oom_score_adj,
         })
     }
 
