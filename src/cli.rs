@@ -82,6 +82,14 @@ Options (each also a key of the config file, with _ for -):
   --umask MODE               workers' umask (0022)
   --oom-score-adj N          workers' OOM score, -1000..1000, e.g. 500 so the kernel
                              kills a worker before preforkd (unset: inherited)
+  --user USER                run workers as this user (needs preforkd to run as root)
+  --group GROUP              their group (default: the user's own)
+  --supplementary-groups G1,G2
+                             groups added to the user's own
+  --ambient-capabilities CAP1,CAP2
+                             capabilities workers keep, e.g. CAP_NET_BIND_SERVICE
+  --no-new-privileges BOOL   workers can never gain privileges, e.g. by setuid (true)
+  --allow-root-workers BOOL  false: refuse to run workers as root (true: only warn)
   --name NAME                instance name, for the runtime directory (preforkd)
   --runtime-dir DIR          where the notify and control sockets live; $RUNTIME_DIRECTORY
                              (set by systemd) wins over it; without either:
@@ -429,6 +437,28 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
             return exit::OSERR;
         }
     };
+    if let Some(id) = &cfg.identity {
+        if let Err(e) = runtime.admit_workers(id.uid, id.gid) {
+            log::print_error(&format!(
+                "cannot give user \"{}\" the notify socket {}: {e}",
+                id.user,
+                runtime.notify_path().display()
+            ));
+            return exit::OSERR;
+        }
+    } else if nix::unistd::geteuid().is_root() {
+        slog::warn!(logger, "workers run as root: set user = \"...\" in the config (or run preforkd under systemd's User= or DynamicUser=) so that the app never has root's privileges");
+    }
+    match crate::privileges::drop_own(&cfg) {
+        Ok(0) => {}
+        Ok(n) => {
+            slog::debug!(logger, "dropped capabilities preforkd no longer needs"; "dropped" => n)
+        }
+        Err(e) => {
+            log::print_error(&format!("cannot drop capabilities: {e}"));
+            return exit::OSERR;
+        }
+    }
     // Orphans of workers' children come to preforkd rather than to PID 1, to be reaped.
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let signals = match Signals::install() {

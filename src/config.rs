@@ -53,6 +53,12 @@ pub const KEYS: &[&str] = &[
     "rlimit_nofile",
     "umask",
     "oom_score_adj",
+    "user",
+    "group",
+    "supplementary_groups",
+    "ambient_capabilities",
+    "no_new_privileges",
+    "allow_root_workers",
 ];
 
 /// A configuration problem, with where it was found.
@@ -243,6 +249,19 @@ pub struct Config {
     pub rlimit_nofile: u64,
     pub umask: u32,
     pub oom_score_adj: Option<i32>,
+    /// Run workers as this user (name or number), when preforkd runs as root.
+    pub user: Option<String>,
+    /// Their group; default: the user's primary group.
+    pub group: Option<String>,
+    /// Groups added to the user's own (initgroups semantics).
+    pub supplementary_groups: Vec<String>,
+    /// Capabilities workers keep across the user switch and exec, e.g. CAP_NET_BIND_SERVICE.
+    pub ambient_capabilities: Vec<caps::Capability>,
+    pub no_new_privileges: bool,
+    /// false: refuse to start workers as root; true: only warn.
+    pub allow_root_workers: bool,
+    /// `user`, `group` and `supplementary_groups` resolved to ids (by [`finish`]).
+    pub identity: Option<Identity>,
 }
 
 impl Default for Config {
@@ -279,6 +298,13 @@ impl Default for Config {
             rlimit_nofile: u64::MAX,
             umask: 0o022,
             oom_score_adj: None,
+            user: None,
+            group: None,
+            supplementary_groups: Vec::new(),
+            ambient_capabilities: Vec::new(),
+            no_new_privileges: true,
+            allow_root_workers: true,
+            identity: None,
         }
     }
 }
@@ -517,6 +543,26 @@ impl ParseValue for Share {
     }
 }
 
+/// A capability name such as "CAP_NET_BIND_SERVICE" (or "net_bind_service").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Capability(caps::Capability);
+
+impl ParseValue for Capability {
+    const EXPECTED: &'static str =
+        "a capability name such as \"CAP_NET_BIND_SERVICE\" (see capabilities(7))";
+    fn from_text(s: &str) -> Result<Self, String> {
+        let upper = s.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        full.parse::<caps::Capability>()
+            .map(Capability)
+            .map_err(|_| format!("unknown capability \"{s}\": expected {}", Self::EXPECTED))
+    }
+}
+
 /// A file descriptor limit: "max" (the hard limit) or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NoFile(u64);
@@ -617,7 +663,7 @@ impl ParseValue for Bool {
 
 deserialize_via_parse!(
     Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool, Readiness, Share, OptDur,
-    NoFile
+    NoFile, Capability
 );
 
 /// The keys holding a plain duration, with where each lives and its allowed range.
@@ -684,6 +730,12 @@ struct FileConfig {
     rlimit_nofile: Option<Spanned<NoFile>>,
     umask: Option<Spanned<Mode>>,
     oom_score_adj: Option<Spanned<Int>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    supplementary_groups: Option<Spanned<Vec<String>>>,
+    ambient_capabilities: Option<Spanned<Vec<Capability>>>,
+    no_new_privileges: Option<Spanned<Bool>>,
+    allow_root_workers: Option<Spanned<Bool>>,
 }
 
 /// The text of a config file, for turning byte offsets into positions.
@@ -922,6 +974,30 @@ fn apply_file(cfg: &mut Config, f: FileConfig, src: &Source) -> Result<(), Confi
     if let Some(v) = f.umask {
         cfg.umask = v.into_inner().0;
     }
+    for (field, value, slot) in [
+        ("user", f.user, &mut cfg.user),
+        ("group", f.group, &mut cfg.group),
+    ] {
+        if let Some(v) = value {
+            check_name(v.get_ref()).map_err(|m| src.error_at(&v, field, m))?;
+            *slot = Some(v.into_inner());
+        }
+    }
+    if let Some(v) = f.supplementary_groups {
+        for g in v.get_ref() {
+            check_name(g).map_err(|m| src.error_at(&v, "supplementary_groups", m))?;
+        }
+        cfg.supplementary_groups = v.into_inner();
+    }
+    if let Some(v) = f.ambient_capabilities {
+        cfg.ambient_capabilities = v.into_inner().into_iter().map(|c| c.0).collect();
+    }
+    if let Some(v) = f.no_new_privileges {
+        cfg.no_new_privileges = v.into_inner().0;
+    }
+    if let Some(v) = f.allow_root_workers {
+        cfg.allow_root_workers = v.into_inner().0;
+    }
     if let Some(v) = f.oom_score_adj {
         cfg.oom_score_adj =
             Some(check_oom(v.get_ref().0).map_err(|m| src.error_at(&v, "oom_score_adj", m))?);
@@ -972,6 +1048,80 @@ fn check_duration(field: &str, d: Duration) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// The uid, gid and groups workers run with, resolved before any fork (NSS lookups are not
+/// safe in a forked child).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub user: String,
+}
+
+/// Looks up `user`, `group` and `supplementary_groups`; errors name the field.
+pub fn resolve_identity(cfg: &Config) -> Result<Option<Identity>, (&'static str, String)> {
+    use nix::unistd::{getgrouplist, Gid, Group, Uid, User};
+    let Some(name) = &cfg.user else {
+        if cfg.group.is_some() || !cfg.supplementary_groups.is_empty() {
+            return Err((
+                "group",
+                "group and supplementary_groups need user as well".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let user = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)).ok().flatten(),
+        Err(_) => User::from_name(name).ok().flatten(),
+    }
+    .ok_or_else(|| {
+        (
+            "user",
+            format!("no user \"{name}\" on this system: create it or name another"),
+        )
+    })?;
+    let group_by = |g: &str| -> Result<u32, (&'static str, String)> {
+        match g.parse::<u32>() {
+            Ok(gid) => Ok(gid),
+            Err(_) => Group::from_name(g)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+                .ok_or_else(|| ("group", format!("no group \"{g}\" on this system"))),
+        }
+    };
+    let gid = match &cfg.group {
+        Some(g) => group_by(g)?,
+        None => user.gid.as_raw(),
+    };
+    let cname = std::ffi::CString::new(user.name.clone())
+        .map_err(|_| ("user", format!("invalid user name \"{name}\"")))?;
+    let mut groups: Vec<u32> = getgrouplist(&cname, Gid::from_raw(gid))
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![gid]);
+    for g in &cfg.supplementary_groups {
+        let id = group_by(g).map_err(|(_, m)| ("supplementary_groups", m))?;
+        if !groups.contains(&id) {
+            groups.push(id);
+        }
+    }
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && me.as_raw() != user.uid.as_raw() {
+        return Err((
+            "user",
+            format!(
+                "preforkd runs as uid {me}, and only root can start workers as \"{name}\": run preforkd as root, or drop the user setting and use systemd's User="
+            ),
+        ));
+    }
+    Ok(Some(Identity {
+        uid: user.uid.as_raw(),
+        gid,
+        groups,
+        user: user.name,
+    }))
 }
 
 fn check_watchdog(d: Option<Duration>) -> Result<Option<Duration>, String> {
@@ -1097,6 +1247,33 @@ pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, Con
         "reload_surge" => cfg.reload_surge = Share::from_text(value).map_err(err)?,
         "rlimit_nofile" => cfg.rlimit_nofile = NoFile::from_text(value).map_err(err)?.0,
         "umask" => cfg.umask = Mode::from_text(value).map_err(err)?.0,
+        "user" | "group" => {
+            check_name(value).map_err(err)?;
+            let slot = if key == "user" {
+                &mut cfg.user
+            } else {
+                &mut cfg.group
+            };
+            *slot = Some(value.to_owned());
+        }
+        "supplementary_groups" => {
+            cfg.supplementary_groups = value
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(|g| check_name(g).map(|()| g.to_owned()))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+        }
+        "ambient_capabilities" => {
+            cfg.ambient_capabilities = value
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(|c| Capability::from_text(c).map(|c| c.0))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+        }
+        "no_new_privileges" => cfg.no_new_privileges = Bool::from_text(value).map_err(err)?.0,
+        "allow_root_workers" => cfg.allow_root_workers = Bool::from_text(value).map_err(err)?.0,
         "oom_score_adj" => {
             cfg.oom_score_adj = Some(check_oom(Int::from_text(value).map_err(err)?.0).map_err(err)?)
         }
@@ -1134,9 +1311,17 @@ pub fn finish(cfg: &mut Config) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if cfg.command.is_empty() {
+    cfg.identity = resolve_identity(cfg)
+        .map_err(|(field, m)| ConfigError::new(origin.clone(), Some(field), m))?;
+    if !cfg.allow_root_workers && cfg.identity.is_none() && nix::unistd::geteuid().is_root() {
         return Err(ConfigError::new(
             origin,
+            Some("allow_root_workers"),
+            "workers would run as root and allow_root_workers = false: set user = \"...\" (or run preforkd under systemd's User= / DynamicUser=)",
+        ));
+    }
+    if cfg.command.is_empty() {
+        return Err(ConfigError::new(origin,
             Some("command"),
             "no command to run: set command = [\"program\", \"arg\"] in the config file, or put it after --, like: preforkd --listen 127.0.0.1:8080 -- node app.js",
         ));
@@ -1233,6 +1418,31 @@ impl Config {
             },
         );
         line("umask", q(&format!("{:04o}", self.umask)));
+        if let Some(u) = &self.user {
+            line("user", q(u));
+        }
+        if let Some(g) = &self.group {
+            line("group", q(g));
+        }
+        if !self.supplementary_groups.is_empty() {
+            line(
+                "supplementary_groups",
+                list(self.supplementary_groups.iter().map(|g| q(g)).collect()),
+            );
+        }
+        if !self.ambient_capabilities.is_empty() {
+            line(
+                "ambient_capabilities",
+                list(
+                    self.ambient_capabilities
+                        .iter()
+                        .map(|c| q(&c.to_string()))
+                        .collect(),
+                ),
+            );
+        }
+        line("no_new_privileges", self.no_new_privileges.to_string());
+        line("allow_root_workers", self.allow_root_workers.to_string());
         if let Some(v) = self.oom_score_adj {
             line("oom_score_adj", v.to_string());
         }

@@ -17,6 +17,7 @@ pub mod control;
 pub mod http_worker;
 pub mod log;
 pub mod notify;
+pub mod privileges;
 pub mod relay;
 pub mod restart;
 pub mod runtime_dir;

@@ -95,6 +95,21 @@ impl RuntimeDir {
         self.path.join(CONTROL_SOCKET)
     }
 
+    /// Lets workers running as `uid`:`gid` reach the notify socket: it becomes theirs, and a
+    /// directory preforkd created becomes traversable (0711; nothing in it can be listed).
+    pub fn admit_workers(&self, uid: u32, gid: u32) -> io::Result<()> {
+        use nix::unistd::{chown, Gid, Uid};
+        chown(
+            &self.notify_path(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )?;
+        if self.created {
+            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711))?;
+        }
+        Ok(())
+    }
+
     /// Restricts a socket file to its owner.
     pub fn owner_only(path: &Path) -> io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

@@ -45,6 +45,11 @@ pub struct WorkerSpec<'a> {
     pub umask: u32,
     /// Written to /proc/self/oom_score_adj.
     pub oom_score_adj: Option<i32>,
+    /// The user and groups to switch to, resolved by the caller.
+    pub identity: Option<&'a crate::config::Identity>,
+    /// Capabilities kept across the switch and exec, as ambient capabilities.
+    pub ambient_capabilities: &'a [caps::Capability],
+    pub no_new_privileges: bool,
 }
 
 /// The step of the child's setup that failed.
@@ -57,6 +62,7 @@ pub enum Step {
     Affinity = 4,
     Exec = 5,
     Limits = 6,
+    Identity = 7,
 }
 
 impl Step {
@@ -67,6 +73,7 @@ impl Step {
             3 => Step::Chdir,
             4 => Step::Affinity,
             6 => Step::Limits,
+            7 => Step::Identity,
             _ => Step::Exec,
         }
     }
@@ -113,6 +120,9 @@ impl fmt::Display for SpawnError {
                     Step::Affinity => "cannot set the worker's CPU affinity".to_owned(),
                     Step::Limits => {
                         "cannot set the worker's rlimit_nofile or oom_score_adj".to_owned()
+                    }
+                    Step::Identity => {
+                        "cannot switch the worker to its user, groups and capabilities".to_owned()
                     }
                 };
                 write!(f, "{what}: {} (errno {})", errno.desc(), *errno as i32)
@@ -204,6 +214,8 @@ pub struct ExecPlan {
     umask: libc::mode_t,
     /// The value for /proc/self/oom_score_adj, as text.
     oom_score_adj: Option<Vec<u8>>,
+    identity: Option<IdentityPlan>,
+    no_new_privileges: bool,
     parent: libc::pid_t,
     /// For the close-on-exec fallback loop on kernels without close_range.
     max_fd: RawFd,
@@ -303,6 +315,10 @@ impl ExecPlan {
             nofile,
             umask: spec.umask as libc::mode_t,
             oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
+            identity: spec
+                .identity
+                .map(|id| IdentityPlan::new(id, spec.ambient_capabilities)),
+            no_new_privileges: spec.no_new_privileges,
             parent: std::process::id() as libc::pid_t,
             max_fd,
             program_path: spec.program.to_owned(),
@@ -373,22 +389,10 @@ impl ExecPlan {
     /// Must be called only in the child, right after `fork()`, with all signals blocked.
     unsafe fn child_after_fork(&mut self, err_fd: RawFd) -> ! {
         let n = self.listen_fds.len() as RawFd;
-
-        // Die with the parent, and close the race where it died before prctl.
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != self.parent {
-            libc::_exit(1);
-        }
         libc::setpgid(0, 0);
 
         // The error pipe and the sockets may sit anywhere, including at 3..3+n where the sockets
-        // must end up: move them all above that range first (these copies are close-on-exec).
+        // must end up: move the pipe above that range first (the copy is close-on-exec).
         let err_fd = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, 3 + n);
         if err_fd < 0 {
             libc::_exit(127);
@@ -401,6 +405,47 @@ impl ExecPlan {
             libc::write(err_fd, msg.as_ptr().cast(), msg.len());
             libc::_exit(127)
         };
+
+        // What may need preforkd's privileges comes before the switch to the workers' user.
+        if let Some(value) = &self.oom_score_adj {
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
+                fail(Step::Limits);
+            }
+            libc::close(fd);
+        }
+        if let Some(limit) = &self.nofile {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
+                fail(Step::Limits);
+            }
+        }
+        if let Some(set) = &self.cpu_set {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                fail(Step::Affinity);
+            }
+        }
+        if let Some(id) = &self.identity {
+            if !switch_identity(id) {
+                fail(Step::Identity);
+            }
+        }
+
+        // Die with the parent, and close the race where it died before prctl. After the user
+        // switch, because a change of effective uid clears the parent-death signal.
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != self.parent {
+            libc::_exit(1);
+        }
+
         if libc::dup2(self.dev_null.as_raw_fd(), 0) < 0 {
             fail(Step::Stdin);
         }
@@ -432,32 +477,18 @@ impl ExecPlan {
             }
         }
 
+        // As the workers' user: a directory only they may enter is still reachable.
         if let Some(dir) = &self.working_directory {
             if libc::chdir(dir.as_ptr()) != 0 {
                 fail(Step::Chdir);
             }
         }
-        if let Some(set) = &self.cpu_set {
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-                fail(Step::Affinity);
-            }
-        }
-        if let Some(limit) = &self.nofile {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
-                fail(Step::Limits);
-            }
-        }
-        if let Some(value) = &self.oom_score_adj {
-            let fd = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
-                fail(Step::Limits);
-            }
-            libc::close(fd);
-        }
         libc::umask(self.umask);
+        if self.no_new_privileges
+            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0
+        {
+            fail(Step::Identity);
+        }
 
         // exec keeps SIG_IGN and the mask: reset all of them, as systemd does for a service.
         // The raw syscall, because glibc's sigaction refuses the signals it reserves (32, 33),
@@ -492,6 +523,118 @@ impl ExecPlan {
         );
         fail(Step::Exec)
     }
+}
+
+/// The user switch, prepared: ids, groups, and capability masks for raw syscalls.
+struct IdentityPlan {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    /// Bit per capability to keep, as ambient capabilities.
+    keep: u64,
+    /// The highest capability this kernel knows (/proc/sys/kernel/cap_last_cap).
+    cap_last: u32,
+}
+
+impl IdentityPlan {
+    fn new(id: &crate::config::Identity, ambient: &[caps::Capability]) -> IdentityPlan {
+        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        IdentityPlan {
+            uid: id.uid,
+            gid: id.gid,
+            groups: id.groups.clone(),
+            keep: ambient.iter().fold(0u64, |m, c| m | c.bitmask()),
+            cap_last,
+        }
+    }
+}
+
+/// The kernel's capability header and data for capget/capset (version 3: two 32-bit halves).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Becomes the workers' user keeping only `keep` (as ambient capabilities, so they survive
+/// exec). Raw syscalls only: it runs between fork and exec. False on any failure.
+///
+/// # Safety
+/// Only in the forked child.
+unsafe fn switch_identity(id: &IdentityPlan) -> bool {
+    // The bounding set first, while CAP_SETPCAP is still there: nothing else can come back.
+    for cap in 0..=id.cap_last {
+        if id.keep & (1u64 << cap) == 0 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+        }
+    }
+    if id.keep != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+        return false;
+    }
+    if libc::setgroups(id.groups.len(), id.groups.as_ptr()) != 0
+        || libc::setresgid(id.gid, id.gid, id.gid) != 0
+        || libc::setresuid(id.uid, id.uid, id.uid) != 0
+    {
+        return false;
+    }
+    // Always set all three sets: setuid clears permitted and effective, but inheritable would
+    // come over from preforkd. Ambient capabilities must be both permitted and inheritable.
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |shift: u32| (id.keep >> shift) as u32;
+    let data = [
+        CapData {
+            effective: half(0),
+            permitted: half(0),
+            inheritable: half(0),
+        },
+        CapData {
+            effective: half(32),
+            permitted: half(32),
+            inheritable: half(32),
+        },
+    ];
+    if libc::syscall(
+        libc::SYS_capset,
+        &mut header as *mut CapHeader,
+        data.as_ptr(),
+    ) != 0
+    {
+        return false;
+    }
+    if id.keep == 0 {
+        return true;
+    }
+    for cap in 0..=id.cap_last {
+        if id.keep & (1u64 << cap) != 0
+            && libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+        {
+            return false;
+        }
+    }
+    libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0);
+    true
 }
 
 /// Writes `pid` in decimal followed by a NUL into `buf`, without allocating.

@@ -57,6 +57,18 @@ const BAD_FILES: &[(&str, &[&str])] = &[
         "min_uptime = \"0s\"\n",
         &["min_uptime:", "expected from 10ms"],
     ),
+    (
+        "command = [\"sleep\"]\nuser = \"no-such-user-xyz\"\n",
+        &["user:", "no user \"no-such-user-xyz\""],
+    ),
+    (
+        "command = [\"sleep\"]\nuser = \"nobody\"\ngroup = \"no-such-group-xyz\"\n",
+        &["group:", "no group \"no-such-group-xyz\""],
+    ),
+    (
+        "ambient_capabilities = [\"CAP_FLY\"]\n",
+        &["ambient_capabilities:", "unknown capability \"CAP_FLY\""],
+    ),
     ("rlimit_nofile = 10\n", &["rlimit_nofile:", "from 64 up"]),
     ("umask = \"0888\"\n", &["umask:", "invalid mode"]),
     (

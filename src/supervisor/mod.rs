@@ -685,6 +685,9 @@ impl Supervisor {
             nofile: Some(self.cfg.rlimit_nofile),
             umask: self.cfg.umask,
             oom_score_adj: self.cfg.oom_score_adj,
+            identity: self.cfg.identity.as_ref(),
+            ambient_capabilities: &self.cfg.ambient_capabilities,
+            no_new_privileges: self.cfg.no_new_privileges,
         })
     }
 

@@ -1,0 +1,136 @@
+//! Least privilege: workers as another user with only their ambient capabilities, and a root
+//! preforkd that keeps only what it needs. These need root; elsewhere they say they skip.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn root_or_skip() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("SKIPPED: switching users needs root");
+    false
+}
+
+fn exec_sleep(p: &mut Preforkd, n: usize) -> Vec<i32> {
+    wait_for(Duration::from_secs(10), || {
+        let w: Vec<i32> = p
+            .workers()
+            .into_iter()
+            .filter(|&w| proc_status(w, "Name").as_deref() == Some("sleep"))
+            .collect();
+        (w.len() == n).then_some(w)
+    })
+    .unwrap_or_else(|| panic!("{}", p.log()))
+}
+
+#[test]
+fn workers_run_as_their_user_with_no_capabilities() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut p =
+        Start::activated(&["--workers", "2", "--user", "nobody", "--", "sleep", "300"]).spawn();
+    for pid in exec_sleep(&mut p, 2) {
+        let uid = proc_status(pid, "Uid").unwrap();
+        assert!(uid.split_whitespace().all(|u| u == "65534"), "Uid: {uid}");
+        let gid = proc_status(pid, "Gid").unwrap();
+        assert!(gid.split_whitespace().all(|g| g == "65534"), "Gid: {gid}");
+        assert_eq!(proc_status(pid, "Groups").unwrap(), "65534");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(proc_status(pid, set).unwrap(), "0000000000000000", "{set}");
+        }
+        assert_eq!(proc_status(pid, "NoNewPrivs").unwrap(), "1");
+    }
+    assert!(!p.log().contains("workers run as root"), "{}", p.log());
+    // preforkd keeps only what starting and signalling workers needs: no CAP_SYS_ADMIN (21),
+    // no CAP_DAC_OVERRIDE (1), no CAP_NET_ADMIN (12).
+    let eff = u64::from_str_radix(&proc_status(p.pid, "CapEff").unwrap(), 16).unwrap();
+    for cap in [1, 12, 21] {
+        assert_eq!(
+            eff & (1 << cap),
+            0,
+            "preforkd kept capability {cap}: {eff:x}"
+        );
+    }
+    for cap in [5, 6, 7, 8] {
+        // CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP
+        assert_ne!(
+            eff & (1 << cap),
+            0,
+            "preforkd lost capability {cap}: {eff:x}"
+        );
+    }
+    // It can still stop workers that are no longer root.
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.exit_code(Duration::from_secs(10)), 0, "{}", p.log());
+    p.assert_no_worker_left();
+}
+
+#[test]
+fn ambient_capabilities_are_all_a_worker_keeps() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut p = Start::activated(&[
+        "--workers",
+        "1",
+        "--user",
+        "nobody",
+        "--ambient-capabilities",
+        "CAP_NET_BIND_SERVICE",
+        "--",
+        "sleep",
+        "300",
+    ])
+    .spawn();
+    let pid = exec_sleep(&mut p, 1)[0];
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(proc_status(pid, set).unwrap(), "0000000000000400", "{set}");
+    }
+}
+
+#[test]
+fn a_worker_of_another_user_still_reaches_the_notify_socket() {
+    if !root_or_skip() {
+        return;
+    }
+    // The demo worker says READY=1; with ready = notify it must get through.
+    let mut p = Preforkd::demo(&["--workers", "2", "--user", "nobody"]);
+    let pids = p.wait_workers(2);
+    let (code, json) = p.status(&["--json"]);
+    assert_eq!(code, 0, "{json}");
+    assert!(json.contains("\"ready\":2"), "{json}");
+    for pid in &pids {
+        assert!(proc_status(*pid, "Uid").unwrap().starts_with("65534"));
+    }
+    // And it still dies with preforkd.
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(5)).unwrap();
+    let gone = wait_for(Duration::from_secs(2), || {
+        pids.iter().all(|&w| !is_alive(w)).then_some(())
+    });
+    assert!(gone.is_some(), "workers of another user outlived preforkd");
+}
+
+#[test]
+fn root_workers_are_warned_about_or_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut p = Start::activated(&["--workers", "1", "--", "sleep", "300"]).spawn();
+    exec_sleep(&mut p, 1);
+    assert!(p.log().contains("workers run as root"), "{}", p.log());
+    let (code, out) = run_to_end(
+        &["check", "--allow-root-workers", "false", "--", "sleep", "1"],
+        &[],
+    );
+    assert_eq!(code, 78, "{out}");
+    assert!(
+        out.contains("allow_root_workers: workers would run as root"),
+        "{out}"
+    );
+}
