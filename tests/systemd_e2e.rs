@@ -160,6 +160,16 @@ fn preforkd_under_real_systemd() {
          systemctl daemon-reload"
     ));
 
+    // The shipped units are sandboxed: systemd rates their exposure 2.5 or lower ("OK").
+    for unit in ["myapp.service", "preforkd@demo.service"] {
+        let score = c.ok(&format!(
+            "systemd-analyze security --no-pager {unit} | sed -n 's/.*Overall exposure level for .*: \\([0-9.]*\\).*/\\1/p'"
+        ));
+        let score: f64 = score.trim().parse().unwrap_or(99.0);
+        assert!(score <= 2.5, "{unit}: exposure {score}");
+        eprintln!("{unit}: exposure {score}");
+    }
+
     // The socket listens; the service starts on the first connection, and is active only once
     // its workers are ready (ready = 1500ms here).
     c.ok("systemctl start myapp.socket");
