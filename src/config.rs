@@ -881,8 +881,14 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     };
-    let src = Source { path, text: &text };
-    let file: FileConfig = toml::from_str(&text).map_err(|e| src.error_from_toml(&e))?;
+    parse(&text, path)
+}
+
+/// Parses the text of a config file named `path` (for messages), layered over the defaults.
+/// Pure: no I/O, so it can be fuzzed.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let src = Source { path, text };
+    let file: FileConfig = toml::from_str(text).map_err(|e| src.error_from_toml(&e))?;
     let mut cfg = Config {
         file: Some(path.to_owned()),
         ..Config::default()
