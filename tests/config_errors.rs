@@ -2,168 +2,11 @@
 
 mod common;
 
+use common::bad_configs::BAD_FILES;
+
 use std::net::TcpListener;
 
 use common::*;
-
-/// (file contents, fragments the error must contain)
-const BAD_FILES: &[(&str, &[&str])] = &[
-    (
-        "command = [\"sleep\"]\nworkers = \"eight\"\n",
-        &[
-            "app.toml:2:11",
-            "workers:",
-            "\"auto\" or a whole number of workers from 1 to 4096",
-        ],
-    ),
-    (
-        "workers = 0\n",
-        &["app.toml:1:11", "workers:", "invalid value 0"],
-    ),
-    ("workers = 100000\n", &["workers:", "invalid value 100000"]),
-    (
-        "wrokers = 4\n",
-        &[
-            "app.toml:1:1",
-            "unknown field `wrokers`",
-            "did you mean `workers`?",
-        ],
-    ),
-    (
-        "stop_timeout = 30\n",
-        &["stop_timeout:", "a bare number has no unit; write \"30s\""],
-    ),
-    (
-        "stop_timeout = \"30 parsecs\"\n",
-        &["stop_timeout:", "invalid duration \"30 parsecs\""],
-    ),
-    (
-        "stop_timeout = \"0s\"\n",
-        &["stop_timeout:", "expected from 1ms"],
-    ),
-    (
-        "stop_signal = \"SIGFOO\"\n",
-        &["stop_signal:", "unknown signal \"SIGFOO\"", "\"SIGTERM\""],
-    ),
-    (
-        "stop_signal = \"KILL\"\n",
-        &["stop_signal:", "cannot be caught"],
-    ),
-    (
-        "stop_signal = \"SIGCHLD\"\n",
-        &["stop_signal:", "does not end a program"],
-    ),
-    (
-        "min_uptime = \"0s\"\n",
-        &["min_uptime:", "expected from 10ms"],
-    ),
-    (
-        "command = [\"sleep\"]\nuser = \"no-such-user-xyz\"\n",
-        &["user:", "no user \"no-such-user-xyz\""],
-    ),
-    (
-        "command = [\"sleep\"]\nuser = \"nobody\"\ngroup = \"no-such-group-xyz\"\n",
-        &["group:", "no group \"no-such-group-xyz\""],
-    ),
-    (
-        "ambient_capabilities = [\"CAP_FLY\"]\n",
-        &["ambient_capabilities:", "unknown capability \"CAP_FLY\""],
-    ),
-    ("rlimit_nofile = 10\n", &["rlimit_nofile:", "from 64 up"]),
-    ("umask = \"0888\"\n", &["umask:", "invalid mode"]),
-    (
-        "oom_score_adj = 5000\n",
-        &["oom_score_adj:", "from -1000 to 1000"],
-    ),
-    (
-        "restart_delay = \"0ms\"\n",
-        &["restart_delay:", "expected from 10ms"],
-    ),
-    ("ready = \"soon\"\n", &["ready:", "\"notify\""]),
-    (
-        "ready_quorum = \"150%\"\n",
-        &["ready_quorum:", "from 1% to 100%"],
-    ),
-    (
-        "worker_watchdog = \"1ms\"\n",
-        &["worker_watchdog:", "at least 10ms"],
-    ),
-    ("name = \"../etc\"\n", &["name:", "it names a directory"]),
-    (
-        "listen = [\"localhost\"]\n",
-        &[
-            "app.toml:1:11",
-            "listen:",
-            "invalid listen address \"localhost\"",
-            "unix:/run/app.sock",
-        ],
-    ),
-    (
-        "listen = [\"unix:relative.sock\"]\n",
-        &["listen:", "must be absolute"],
-    ),
-    ("listen = [\"127.0.0.1:0\"]\n", &["listen:", "port 0"]),
-    (
-        "listen = \"127.0.0.1:80\"\n",
-        &["listen:", "invalid type: string"],
-    ),
-    ("command = []\n", &["command:", "the command is empty"]),
-    (
-        "command = \"node app.js\"\n",
-        &["command:", "invalid type: string \"node app.js\""],
-    ),
-    ("backlog = 0\n", &["backlog:", "from 1 to 65535"]),
-    (
-        "socket_mode = \"0999\"\n",
-        &["socket_mode:", "invalid mode \"0999\"", "octal"],
-    ),
-    (
-        "[env]\nOK = \"1\"\n1BAD = \"x\"\n",
-        &[
-            "app.toml:3:1",
-            "env.1BAD:",
-            "invalid variable name \"1BAD\"",
-        ],
-    ),
-    (
-        "env = { LISTEN_FDS = \"3\" }\n",
-        &["env.LISTEN_FDS:", "LISTEN_FDS is set by preforkd"],
-    ),
-    ("env = { PORT = 8080 }\n", &["invalid type: integer"]),
-    (
-        "log_level = \"verbose\"\n",
-        &["log_level:", "\"error\", \"warning\", \"info\", \"debug\""],
-    ),
-    (
-        "cpu_affinity = \"maybe\"\n",
-        &["cpu_affinity:", "true or false"],
-    ),
-    (
-        "restart_burst = -1\n",
-        &["restart_burst:", "from 1 to 10000"],
-    ),
-    (
-        "command = [\"sleep\"]\nrestart_delay = \"20s\"\n",
-        &["restart_delay:", "longer than restart_delay_max (10s)"],
-    ),
-    ("workers = \n", &["app.toml:1:"]),
-    ("[server]\nport = 1\n", &["unknown field `server`"]),
-    (
-        "command = [\"no-such-program-xyz\"]\n",
-        &[
-            "command:",
-            "program \"no-such-program-xyz\" not found in PATH",
-        ],
-    ),
-    (
-        "command = [\"sleep\"]\nworking_directory = \"/no/such/dir\"\n",
-        &[
-            "working_directory:",
-            "\"/no/such/dir\" is not an existing directory",
-        ],
-    ),
-    ("workers = 2\n", &["command:", "no command to run"]),
-];
 
 #[test]
 fn each_bad_file_gets_its_message_and_exit_78() {
@@ -340,4 +183,23 @@ fn an_address_in_use_is_reported_with_exit_71() {
     assert_eq!(code, 71, "{out}");
     assert!(out.contains(&format!("cannot bind {addr}")), "{out}");
     assert!(out.contains("another process is listening there"), "{out}");
+}
+
+#[test]
+fn a_unix_socket_in_a_missing_directory_is_reported_with_exit_71() {
+    let (code, out) = run_to_end(
+        &[
+            "--listen",
+            "unix:/no/such/dir/app.sock",
+            "--",
+            "sleep",
+            "300",
+        ],
+        &[],
+    );
+    assert_eq!(code, 71, "{out}");
+    assert!(
+        out.contains("cannot bind unix:/no/such/dir/app.sock: No such file or directory: the directory does not exist; create it first"),
+        "{out}"
+    );
 }

@@ -342,3 +342,35 @@ fn reloads_under_load_drop_nothing() {
         generations(&p)
     );
 }
+
+#[test]
+fn every_bad_config_is_refused_on_reload_and_the_old_generation_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    // Not `demo`: there the built-in command would fill in for a file without one.
+    let good =
+        format!("command = [\"{BIN}\", \"hello-worker\"]\nready = \"notify\"\nworkers = 2\n");
+    std::fs::write(&path, &good).unwrap();
+    let mut p = Start::activated(&["--config", path.to_str().unwrap()]).spawn();
+    let mut before = p.wait_workers(2);
+    before.sort();
+    let mut failures = Vec::new();
+    for (text, wanted) in common::bad_configs::BAD_FILES {
+        std::fs::write(&path, text).unwrap();
+        let (code, out) = reload(&p);
+        let out = out.replace(path.to_str().unwrap(), "app.toml");
+        let missing: Vec<_> = wanted.iter().filter(|w| !out.contains(*w)).collect();
+        if code != 1 || !missing.is_empty() {
+            failures.push(format!("{text:?}: exit {code}, missing {missing:?}\n{out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+    let mut after = p.workers();
+    after.sort();
+    assert_eq!(after, before, "a refused reload touched the workers");
+    assert_eq!(generations(&p), vec![1, 1]);
+    // And a good config still reloads afterwards.
+    std::fs::write(&path, &good).unwrap();
+    let (code, out) = reload(&p);
+    assert_eq!(code, 0, "{out}");
+}

@@ -5,6 +5,7 @@
 //! workers follow through PR_SET_PDEATHSIG) and then any worker pid it saw, by pid.
 #![allow(dead_code)]
 
+pub mod bad_configs;
 pub mod load;
 
 use std::collections::{BTreeMap, BTreeSet};
