@@ -1,0 +1,64 @@
+"""One healing trial: kills VICTIM, then measures what a client sees.
+
+Prints "MS HUNG": MS is the time from the kill until a worker not in OLD_PIDS answers
+GET /pid on a fresh connection (probed every millisecond; "-" after 5 s); HUNG is how many
+of PROBES connections opened right after the kill got no answer and no close within 3 s.
+The kill happens here, once Python has started, so its start-up is not in the figure.
+
+usage: probe.py PORT VICTIM PROBES OLD_PID...
+"""
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+port, victim, probes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+old = set(sys.argv[4:])
+
+t0 = time.monotonic()
+os.kill(victim, signal.SIGKILL)
+
+# Connections opened right after the kill; each must get an answer or a close.
+sel = selectors.DefaultSelector()
+waiting = 0
+for _ in range(probes):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=1)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        waiting += 1
+    except OSError:
+        pass  # refused: a failure, but not a hang
+
+ms = "-"
+deadline = t0 + 5
+while time.monotonic() < deadline:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as s:
+            s.sendall(b"GET /pid HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        body = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
+        pid = body.split("pid=", 1)[1].split()[0] if "pid=" in body else body.strip()
+        if pid and pid not in old:
+            ms = str(int((time.monotonic() - t0) * 1000))
+            break
+    except OSError:
+        pass
+    time.sleep(0.001)
+
+hung_deadline = t0 + 3
+while waiting and time.monotonic() < hung_deadline:
+    for key, _ in sel.select(timeout=max(0, hung_deadline - time.monotonic())):
+        try:
+            key.fileobj.recv(4096)
+        except OSError:
+            pass  # reset: answered with a failure, not hanging
+        sel.unregister(key.fileobj)
+        key.fileobj.close()
+        waiting -= 1
+print(ms, waiting)
