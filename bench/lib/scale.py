@@ -1,0 +1,72 @@
+"""Scale: preforkd's demo with N workers. For each N prints start -> READY=1, preforkd's RSS
+once ready, and how long a reload takes to roll every worker (SIGHUP -> READY=1), as
+Markdown table rows: | N | ready ms | RSS MiB | reload ms |
+
+usage: scale.py PREFORKD_BIN N...
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+binary, counts = sys.argv[1], [int(n) for n in sys.argv[2:]]
+
+
+def wait_ready(sock, limit):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            msg = sock.recv(4096).decode(errors="replace")
+        except socket.timeout:
+            break
+        if "READY=1" in msg.split("\n"):
+            return time.monotonic()
+    return None
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+for n in counts:
+    with tempfile.TemporaryDirectory() as tmp:
+        notify = os.path.join(tmp, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(notify)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        env = dict(os.environ, NOTIFY_SOCKET=notify)
+        env.pop("RUNTIME_DIRECTORY", None)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [binary, "demo", "--workers", str(n), "--listen", f"127.0.0.1:{port}",
+             "--runtime-dir", os.path.join(tmp, "run"), "--stop-timeout", "10s"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            ready = wait_ready(sock, 120)
+            ready_ms = f"{(ready - t0) * 1000:.0f}" if ready else "-"
+            rss = f"{rss_kib(proc.pid) / 1024:.1f}"
+            t1 = time.monotonic()
+            proc.send_signal(signal.SIGHUP)
+            rolled = wait_ready(sock, 300)
+            reload_ms = f"{(rolled - t1) * 1000:.0f}" if rolled else "-"
+            print(f"| {n} | {ready_ms} | {rss} | {reload_ms} |", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            sock.close()
