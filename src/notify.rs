@@ -103,12 +103,16 @@ impl SystemdNotify {
         for var in NOTIFY_VARS {
             std::env::remove_var(var);
         }
-        let target = addr.and_then(|a| UnixDatagram::unbound().ok().map(|s| (s, a)));
+        // Non-blocking: a service manager that is slow to read (its queue holds only
+        // net.unix.max_dgram_qlen datagrams) must never stall preforkd's event loop.
+        let sock = UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let target = addr.and_then(|a| sock.ok().map(|s| (s, a)));
         SystemdNotify { target, watchdog }
     }
 
-    /// Sends the states as one datagram; a no-op when not run by systemd. Errors are returned
-    /// for logging, never fatal: systemd being away must not stop the service.
+    /// Sends the states as one datagram; a no-op when not run by systemd. Errors (including a
+    /// full queue: the send never waits) are returned for logging, never fatal: systemd being
+    /// away or slow must not stop the service.
     pub fn send(&self, states: &[NotifyState]) -> std::io::Result<()> {
         let Some((sock, addr)) = &self.target else {
             return Ok(());

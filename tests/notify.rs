@@ -373,3 +373,18 @@ fn the_runtime_directory_is_private_and_removed_at_exit() {
     assert_eq!(p.exit_code(Duration::from_secs(10)), 0);
     assert!(!run.exists(), "runtime directory left behind");
 }
+
+#[test]
+fn a_systemd_that_stops_reading_never_stalls_preforkd() {
+    // Its queue holds net.unix.max_dgram_qlen datagrams (10 by default); 8 workers getting
+    // ready, then stopping, send more STATUS= lines than that.
+    let systemd = FakeSystemd::new();
+    let mut p = with_systemd(Preforkd::demo_start(&["--workers", "8"]), &systemd).spawn();
+    p.wait_workers(8);
+    unsafe { libc::kill(p.workers()[0], libc::SIGKILL) };
+    p.wait_workers(8);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.exit_code(Duration::from_secs(10)), 0, "{}", p.log());
+    p.assert_no_worker_left();
+    drop(systemd);
+}
