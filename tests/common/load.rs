@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,6 +55,8 @@ impl LoadReport {
 /// Running clients; [`Load::stop`] ends them and sums up.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Requests answered so far, across all clients, for throughput over a window.
+    done: Arc<AtomicU64>,
     threads: Vec<JoinHandle<LoadReport>>,
 }
 
@@ -67,16 +69,27 @@ impl Load {
     /// connection per request, all asking `GET path` of 127.0.0.1:`port`.
     pub fn start(port: u16, keep_alive: usize, one_shot: usize, path: &str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         for i in 0..keep_alive + one_shot {
             let stop = Arc::clone(&stop);
+            let counter = Arc::clone(&done);
             let path = path.to_owned();
             let reuse = i < keep_alive;
             threads.push(std::thread::spawn(move || {
-                client(port, &path, reuse, &stop)
+                client(port, &path, reuse, &stop, &counter)
             }));
         }
-        Load { stop, threads }
+        Load {
+            stop,
+            done,
+            threads,
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn completed(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
     }
 
     pub fn stop(self) -> LoadReport {
@@ -91,7 +104,7 @@ impl Load {
     }
 }
 
-fn client(port: u16, path: &str, reuse: bool, stop: &AtomicBool) -> LoadReport {
+fn client(port: u16, path: &str, reuse: bool, stop: &AtomicBool, done: &AtomicU64) -> LoadReport {
     let mut report = LoadReport::default();
     let started = Instant::now();
     let mut conn: Option<BufReader<TcpStream>> = None;
@@ -101,6 +114,7 @@ fn client(port: u16, path: &str, reuse: bool, stop: &AtomicBool) -> LoadReport {
         let result = one_request(port, path, reuse, &mut conn);
         match result {
             Ok(keep) => {
+                done.fetch_add(1, Ordering::Relaxed);
                 report.latencies_us.push(t0.elapsed().as_micros() as u64);
                 if !keep {
                     conn = None;
