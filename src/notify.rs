@@ -76,9 +76,16 @@ pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) ->
     }
 }
 
+/// preforkd's line to systemd. The socket is connected and non-blocking: a service manager
+/// slow to read (its queue holds only net.unix.max_dgram_qlen datagrams, 10 by default) must
+/// never stall the event loop, and no message may be lost either (a lost READY=1 would leave
+/// the unit "activating" until its start timeout). What cannot be queued waits in `outbox`, in
+/// order, and goes out when the event loop sees the socket writable; of the STATUS= lines only
+/// the newest waits.
 #[derive(Debug, Default)]
 pub struct SystemdNotify {
     target: Option<(UnixDatagram, SocketAddr)>,
+    outbox: std::collections::VecDeque<String>,
     /// systemd's watchdog interval for preforkd, if enabled.
     pub watchdog: Option<Duration>,
 }
@@ -103,23 +110,81 @@ impl SystemdNotify {
         for var in NOTIFY_VARS {
             std::env::remove_var(var);
         }
-        // Non-blocking: a service manager that is slow to read (its queue holds only
-        // net.unix.max_dgram_qlen datagrams) must never stall preforkd's event loop.
-        let sock = UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s));
-        let target = addr.and_then(|a| sock.ok().map(|s| (s, a)));
-        SystemdNotify { target, watchdog }
+        let target = addr.and_then(|a| connect(&a).ok().map(|s| (s, a)));
+        SystemdNotify {
+            target,
+            outbox: Default::default(),
+            watchdog,
+        }
     }
 
-    /// Sends the states as one datagram; a no-op when not run by systemd. Errors (including a
-    /// full queue: the send never waits) are returned for logging, never fatal: systemd being
-    /// away or slow must not stop the service.
-    pub fn send(&self, states: &[NotifyState]) -> std::io::Result<()> {
-        let Some((sock, addr)) = &self.target else {
+    /// Sends the states as one datagram, now or, if systemd's queue is full, as soon as it
+    /// has room (see [`SystemdNotify::flush`]); a no-op when not run by systemd. Errors are
+    /// returned for logging, never fatal: systemd being away must not stop the service.
+    pub fn send(&mut self, states: &[NotifyState]) -> std::io::Result<()> {
+        if self.target.is_none() {
+            return Ok(());
+        }
+        let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+        let status_only = |m: &String| m.lines().all(|l| l.starts_with("STATUS="));
+        if status_only(&msg) {
+            // Only the newest STATUS= line is worth sending.
+            self.outbox.retain(|m| !status_only(m));
+        }
+        self.outbox.push_back(msg);
+        self.flush()
+    }
+
+    /// Sends what waits, in order, until systemd's queue is full again.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        let Some((sock, addr)) = &mut self.target else {
             return Ok(());
         };
-        let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
-        sock.send_to_addr(msg.as_bytes(), addr).map(|_| ())
+        while let Some(msg) = self.outbox.front() {
+            match sock.send(msg.as_bytes()) {
+                Ok(_) => {
+                    self.outbox.pop_front();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // systemd re-created its socket (daemon-reexec): connect to the new one once.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    *sock = connect(addr)?;
+                    if let Err(e) = sock.send(msg.as_bytes()) {
+                        if e.kind() == std::io::ErrorKind::WouldBlock {
+                            return Ok(());
+                        }
+                        self.outbox.pop_front();
+                        return Err(e);
+                    }
+                    self.outbox.pop_front();
+                }
+                Err(e) => {
+                    self.outbox.pop_front();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
+
+    /// The socket to poll for writability while messages wait.
+    pub fn waiting_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match &self.target {
+            Some((sock, _)) if !self.outbox.is_empty() => Some(sock.as_fd()),
+            _ => None,
+        }
+    }
+}
+
+/// A connected, non-blocking datagram socket: connected, so that poll() says when the
+/// receiver's queue has room.
+fn connect(addr: &SocketAddr) -> std::io::Result<UnixDatagram> {
+    let sock = UnixDatagram::unbound()?;
+    sock.connect_addr(addr)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock)
 }
 
 #[cfg(test)]
@@ -189,6 +254,45 @@ mod tests {
                 .collect();
             let _ = parse(&bytes);
         }
+    }
+
+    #[test]
+    fn nothing_is_lost_when_systemds_queue_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let systemd = UnixDatagram::bind(&path).unwrap();
+        let mut n = SystemdNotify {
+            target: Some((
+                connect(&SocketAddr::from_pathname(&path).unwrap()).unwrap(),
+                SocketAddr::from_pathname(&path).unwrap(),
+            )),
+            outbox: Default::default(),
+            watchdog: None,
+        };
+        // Far more than the queue holds, never blocking; then READY=1 last.
+        for i in 0..200 {
+            n.send(&[NotifyState::Status(&format!("{i}"))]).unwrap();
+        }
+        n.send(&[NotifyState::Ready]).unwrap();
+        assert!(n.waiting_fd().is_some());
+        systemd.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..1000 {
+            while let Ok(len) = systemd.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+            }
+            n.flush().unwrap();
+            if n.waiting_fd().is_none() {
+                while let Ok(len) = systemd.recv(&mut buf) {
+                    got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+                }
+                break;
+            }
+        }
+        assert_eq!(got.last().map(String::as_str), Some("READY=1\n"), "{got:?}");
+        // The newest status went out before READY=1; stale ones were skipped.
+        assert!(got.contains(&"STATUS=199\n".to_owned()), "{got:?}");
     }
 
     #[test]

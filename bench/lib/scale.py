@@ -54,12 +54,12 @@ for n in counts:
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            ready = wait_ready(sock, 120)
+            ready = wait_ready(sock, 60)
             ready_ms = f"{(ready - t0) * 1000:.0f}" if ready else "-"
             rss = f"{rss_kib(proc.pid) / 1024:.1f}"
             t1 = time.monotonic()
             proc.send_signal(signal.SIGHUP)
-            rolled = wait_ready(sock, 300)
+            rolled = wait_ready(sock, 120) if ready else None
             reload_ms = f"{(rolled - t1) * 1000:.0f}" if rolled else "-"
             print(f"| {n} | {ready_ms} | {rss} | {reload_ms} |", flush=True)
         finally:

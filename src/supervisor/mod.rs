@@ -390,6 +390,9 @@ impl Supervisor {
                 };
                 self.handle(event, Instant::now());
             }
+            if let Err(e) = self.systemd.flush() {
+                debug!(self.log, "cannot notify systemd"; "error" => e.to_string());
+            }
             for (token, request) in self.control.service(Instant::now()) {
                 self.handle(Event::Control(token, request), Instant::now());
             }
@@ -417,6 +420,12 @@ impl Supervisor {
                 .poll_interest()
                 .into_iter()
                 .map(|(fd, flags)| PollFd::new(fd, flags)),
+        );
+        // Messages to systemd waiting for room in its queue.
+        fds.extend(
+            self.systemd
+                .waiting_fd()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLOUT)),
         );
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -1226,7 +1235,7 @@ impl Supervisor {
         }
     }
 
-    fn notify_systemd(&self, states: &[NotifyState]) {
+    fn notify_systemd(&mut self, states: &[NotifyState]) {
         if let Err(e) = self.systemd.send(states) {
             debug!(self.log, "cannot notify systemd"; "error" => e.to_string());
         }
