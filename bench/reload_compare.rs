@@ -44,6 +44,28 @@ fn main() {
     std::thread::sleep(settle);
     let before = (count(&load) - before_start) as f64 / settle.as_secs_f64();
 
+    // Sample the answered count every 10 ms: the longest stretch without one answer is how
+    // long the service was down.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = std::sync::Arc::clone(&sampling);
+        let done = load.counter();
+        std::thread::spawn(move || {
+            let mut last = done.load(std::sync::atomic::Ordering::Relaxed);
+            let mut since = Instant::now();
+            let mut longest = Duration::ZERO;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                let now = done.load(std::sync::atomic::Ordering::Relaxed);
+                if now != last {
+                    last = now;
+                    since = Instant::now();
+                }
+                longest = longest.max(since.elapsed());
+            }
+            longest
+        })
+    };
     let started = Instant::now();
     let at_start = count(&load);
     let mut durations = Vec::with_capacity(reloads);
@@ -61,11 +83,14 @@ fn main() {
         durations.push(t0.elapsed());
     }
     let window = started.elapsed();
+    // The service must come back (or never have left) within the settle time to count.
     let during = (count(&load) - at_start) as f64 / window.as_secs_f64();
 
     let after_start = count(&load);
     std::thread::sleep(settle);
     let after = (count(&load) - after_start) as f64 / settle.as_secs_f64();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let outage = sampler.join().unwrap_or_default();
     let mut report = load.stop();
 
     durations.sort();
@@ -77,7 +102,7 @@ fn main() {
     let p50 = report.percentile_us(0.50) as f64 / 1000.0;
     let p99 = report.percentile_us(0.99) as f64 / 1000.0;
     println!(
-        "requests={} failures={} reload_cmd_failures={} reload_s_median={:.2} reload_s_max={:.2} p50_ms={:.2} p99_ms={:.2} rps_before={:.0} rps_during={:.0} rps_after={:.0}",
+        "requests={} failures={} reload_cmd_failures={} reload_s_median={:.2} reload_s_max={:.2} p50_ms={:.2} p99_ms={:.2} rps_before={:.0} rps_during={:.0} rps_after={:.0} longest_outage_s={:.2}",
         report.requests,
         report.failures,
         failed_reloads,
@@ -88,6 +113,7 @@ fn main() {
         before,
         during,
         after,
+        outage.as_secs_f64(),
     );
     for e in report.examples.iter().take(3) {
         eprintln!("  failure: {e}");

@@ -7,7 +7,9 @@ arbiter=$1 port=$2
 workers() { cat /proc/"$arbiter"/task/*/children 2>/dev/null | tr ' ' '\n' | sed '/^$/d' | sort; }
 old=$(workers)
 kill -HUP "$arbiter" || exit 1
-for _ in $(seq 1 3000); do
+for _ in $(seq 1 1000); do
+  # gunicorn halts when new workers cannot load the app: nothing left to wait for.
+  kill -0 "$arbiter" 2>/dev/null || exit 1
   now=$(workers)
   if [ -n "$now" ] && [ -z "$(comm -12 <(echo "$old") <(echo "$now"))" ] &&
     [ "$(wc -l <<<"$now")" -ge "$(wc -l <<<"$old")" ]; then

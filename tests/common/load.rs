@@ -92,6 +92,11 @@ impl Load {
         self.done.load(Ordering::Relaxed)
     }
 
+    /// The shared counter behind [`Load::completed`], for sampling from another thread.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.done)
+    }
+
     pub fn stop(self) -> LoadReport {
         self.stop.store(true, Ordering::SeqCst);
         let mut total = LoadReport::default();
@@ -127,6 +132,11 @@ fn client(port: u16, path: &str, reuse: bool, stop: &AtomicBool, done: &AtomicU6
                     t0.elapsed()
                 ));
                 conn = None;
+                // A refused connection fails at once: pause a little, as a client would,
+                // rather than spin a core that the server needs.
+                if e.starts_with("connect") {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
     }
