@@ -4,7 +4,7 @@
 #  - the time until a new worker (a pid not seen before the kill) answers `GET /pid` on a
 #    fresh connection (median of $heal_trials trials);
 #  - how many of $heal_probes connections opened right after the kill get no answer at all
-#    within 3 s: a round-robin master that hands a connection to the dead worker leaves it
+#    within 2 s: a round-robin master that hands a connection to the dead worker leaves it
 #    hanging; with a shared socket the kernel gives it to a live worker.
 # bench/lib/probe.py does the kill and the probing from one already-running process.
 

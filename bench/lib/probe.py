@@ -2,7 +2,7 @@
 
 Prints "MS HUNG": MS is the time from the kill until a worker not in OLD_PIDS answers
 GET /pid on a fresh connection (probed every millisecond; "-" after 5 s); HUNG is how many
-of PROBES connections opened right after the kill got no answer and no close within 3 s.
+of PROBES connections opened right after the kill got no answer and no close within 2 s.
 The kill happens here, once Python has started, so its start-up is not in the figure.
 
 usage: probe.py PORT VICTIM PROBES OLD_PID...
@@ -51,7 +51,7 @@ while time.monotonic() < deadline:
         pass
     time.sleep(0.001)
 
-hung_deadline = t0 + 3
+hung_deadline = t0 + 2
 while waiting and time.monotonic() < hung_deadline:
     for key, _ in sel.select(timeout=max(0, hung_deadline - time.monotonic())):
         try:
