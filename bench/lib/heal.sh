@@ -29,11 +29,14 @@ heal_one() {
     hung=$((hung + h))
     [ "$ms" = "-" ] && ms=""
     [ -n "$ms" ] && times+=("$ms")
-    # Let the pool settle back to its size before the next kill.
+    # Let the pool settle back to its size before the next kill, and let the replacement
+    # outlive preforkd's min_uptime (1 s): killing it sooner counts as a failed start, and
+    # enough of those in a row make preforkd give up, as it should for a real crash loop.
     for _ in $(seq 1 500); do
       [ "$(workers_of "$sup" | wc -l)" -ge "$(wc -l <<<"$before")" ] && break
       sleep 0.01
     done
+    sleep 1.1
   done
   local median="-"
   if [ ${#times[@]} -gt 0 ]; then
