@@ -54,13 +54,7 @@ fn floods_of_junk_change_nothing_but_the_counters() {
     .unwrap_or_else(|| panic!("counters never caught up: {}", p.status(&["--json"]).1));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     // Nothing forged took: the same workers, all ready, no status from outside.
-    let mut listed: Vec<i32> = v["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_i64().unwrap() as i32)
-        .collect();
-    listed.sort();
+    let listed = listed_pids(&v);
     let mut pids = pids;
     pids.sort();
     assert_eq!(listed, pids);

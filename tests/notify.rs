@@ -303,13 +303,7 @@ fn status_lists_every_worker() {
     let (code, json) = p.status(&["--json"]);
     assert_eq!(code, 0, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let mut listed: Vec<i32> = v["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_i64().unwrap() as i32)
-        .collect();
-    listed.sort();
+    let listed = listed_pids(&v);
     assert_eq!(listed, pids);
     assert_eq!(v["pid"].as_i64().unwrap() as i32, p.pid);
     assert_eq!(v["ready"], 3);

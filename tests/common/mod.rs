@@ -629,3 +629,18 @@ pub fn notify_worker() -> String {
         env!("CARGO_MANIFEST_DIR")
     )
 }
+
+/// The worker pids in a `preforkd status --json` answer, sorted.
+pub fn listed_pids(status: &serde_json::Value) -> Vec<i32> {
+    let mut pids: Vec<i32> = status["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter_map(|w| w["pid"].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort();
+    pids
+}
