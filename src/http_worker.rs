@@ -160,34 +160,19 @@ fn take_listener(env: &HashMap<OsString, OsString>) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(LISTEN_FD) })
 }
 
-/// Checks `LISTEN_FDS` / `LISTEN_PID` strictly; returns the number of fds.
+/// Checks `LISTEN_FDS` / `LISTEN_PID` with preforkd's own parser; returns the number of fds.
 fn listen_fd_count(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<u32, String> {
-    const HINT: &str = "(run me under preforkd or systemd socket activation)";
-    let var = |name: &str| {
+    let vars = crate::sockets::ActivationEnv::from_lookup(|name| {
         env.get(OsStr::new(name))
             .map(|v| v.to_string_lossy().into_owned())
-    };
-
-    let Some(fds) = var("LISTEN_FDS") else {
-        return Err(format!("no socket passed: LISTEN_FDS is not set {HINT}"));
-    };
-    let count = match parse_decimal(fds.as_bytes()) {
-        Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
-        _ => {
-            return Err(format!(
-                "no socket passed: LISTEN_FDS={fds:?} is not a positive number {HINT}"
-            ))
-        }
-    };
-    let Some(pid) = var("LISTEN_PID") else {
-        return Err(format!("no socket passed: LISTEN_PID is not set {HINT}"));
-    };
-    match parse_decimal(pid.as_bytes()) {
-        Some(n) if n == u64::from(own_pid) => Ok(count),
-        Some(_) => Err(format!(
-            "no socket passed: LISTEN_PID={pid} is not my pid {own_pid} (the sockets were meant for another process)"
-        )),
-        None => Err(format!("no socket passed: LISTEN_PID={pid:?} is not a number {HINT}")),
+    });
+    match vars.parse(own_pid, "hello-worker") {
+        Ok(Some(names)) => Ok(names.len() as u32),
+        Ok(None) => Err(
+            "no socket passed: LISTEN_FDS is not set, or is 0 (run me under preforkd or systemd socket activation)"
+                .to_owned(),
+        ),
+        Err(e) => Err(format!("no socket passed: {e}")),
     }
 }
 
@@ -1500,10 +1485,12 @@ mod tests {
         let err = |pairs: &[(&str, &str)]| listen_fd_count(&vars(pairs), 42).unwrap_err();
         assert!(err(&[]).contains("LISTEN_FDS is not set"));
         assert!(err(&[("LISTEN_FDS", "1")]).contains("LISTEN_PID is not set"));
-        assert!(err(&[("LISTEN_FDS", "1"), ("LISTEN_PID", "43")]).contains("not my pid 42"));
+        assert!(
+            err(&[("LISTEN_FDS", "1"), ("LISTEN_PID", "43")]).contains("not hello-worker's pid 42")
+        );
         assert!(err(&[("LISTEN_FDS", "1"), ("LISTEN_PID", "x")]).contains("not a number"));
-        assert!(err(&[("LISTEN_FDS", "0"), ("LISTEN_PID", "42")]).contains("positive"));
-        assert!(err(&[("LISTEN_FDS", " 1"), ("LISTEN_PID", "42")]).contains("positive"));
+        assert!(err(&[("LISTEN_FDS", "0"), ("LISTEN_PID", "42")]).contains("or is 0"));
+        assert!(err(&[("LISTEN_FDS", " 1"), ("LISTEN_PID", "42")]).contains("not a number"));
     }
 
     #[test]
@@ -2076,7 +2063,7 @@ mod tests {
                     activation: "export LISTEN_PID=1 LISTEN_FDS=1;",
                     ..Default::default()
                 },
-                "is not my pid",
+                "is not hello-worker's pid",
             ),
             (
                 ChildSetup {

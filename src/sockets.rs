@@ -82,7 +82,11 @@ pub struct ActivationEnv {
 
 impl ActivationEnv {
     pub fn from_process() -> Self {
-        let get = |k| std::env::var(k).ok();
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// From any environment: a snapshot taken earlier, a test's table.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
         ActivationEnv {
             pid: get("LISTEN_PID"),
             fds: get("LISTEN_FDS"),
@@ -90,32 +94,34 @@ impl ActivationEnv {
         }
     }
 
-    /// Checks the variables against `own_pid`: how many fds, with which names. `Ok(None)` when
-    /// preforkd was not socket activated.
-    pub fn parse(&self, own_pid: u32) -> Result<Option<Vec<String>>, String> {
+    /// Checks the variables, strictly as libsystemd does, against `own_pid`, the pid of
+    /// `program` (named in messages): how many fds, with which names. `Ok(None)` when the
+    /// process was not socket activated. Both preforkd and its demo worker use it.
+    pub fn parse(&self, own_pid: u32, program: &str) -> Result<Option<Vec<String>>, String> {
         let Some(fds) = &self.fds else {
             if let Some(pid) = &self.pid {
                 return Err(format!(
-                    "LISTEN_PID={pid} is set but LISTEN_FDS is not: unset LISTEN_PID, or start preforkd from a socket unit"
+                    "LISTEN_PID={pid} is set but LISTEN_FDS is not: unset LISTEN_PID, or start {program} from a socket unit"
                 ));
             }
             return Ok(None);
         };
-        let count: usize = fds.trim().parse().map_err(|_| {
+        let count: usize = fds.parse().map_err(|_| {
             format!("LISTEN_FDS={fds:?} is not a number: it must count the sockets passed at fd 3 and up")
         })?;
-        match &self.pid {
-            None => {
+        let Some(pid) = &self.pid else {
+            return Err(format!(
+                "LISTEN_FDS={fds} is set but LISTEN_PID is not set: the sockets cannot be proven to be meant for {program} (pid {own_pid})"
+            ));
+        };
+        match pid.parse::<u32>() {
+            Err(_) => return Err(format!("LISTEN_PID={pid:?} is not a number")),
+            Ok(p) if p != own_pid => {
                 return Err(format!(
-                    "LISTEN_FDS={fds} is set but LISTEN_PID is not: the sockets cannot be proven to be meant for preforkd (pid {own_pid})"
+                    "LISTEN_PID={pid} is not {program}'s pid {own_pid}: these sockets were passed to another process; unset LISTEN_PID and LISTEN_FDS, or start {program} directly from the socket unit"
                 ))
             }
-            Some(pid) if pid.trim().parse::<u32>().ok() != Some(own_pid) => {
-                return Err(format!(
-                    "LISTEN_PID={pid} is not preforkd's pid {own_pid}: these sockets were passed to another process; unset LISTEN_PID and LISTEN_FDS, or start preforkd directly from the socket unit"
-                ))
-            }
-            Some(_) => {}
+            Ok(_) => {}
         }
         if count == 0 {
             return Ok(None);
@@ -142,7 +148,7 @@ impl ActivationEnv {
 /// Must run while the process is single-threaded (it changes the environment).
 pub fn take_from_systemd() -> Result<Option<Vec<Listener>>, SocketError> {
     let env = ActivationEnv::from_process();
-    let parsed = env.parse(std::process::id());
+    let parsed = env.parse(std::process::id(), "preforkd");
     for var in LISTEN_VARS {
         std::env::remove_var(var);
     }
@@ -398,23 +404,37 @@ mod tests {
 
     #[test]
     fn activation_env_is_checked() {
-        assert_eq!(env(None, None, None).parse(10), Ok(None));
+        assert_eq!(env(None, None, None).parse(10, "preforkd"), Ok(None));
         assert_eq!(
-            env(Some("10"), Some("2"), Some("http:admin")).parse(10),
+            env(Some("10"), Some("2"), Some("http:admin")).parse(10, "preforkd"),
             Ok(Some(vec!["http".into(), "admin".into()]))
         );
         assert_eq!(
-            env(Some("10"), Some("1"), None).parse(10),
+            env(Some("10"), Some("1"), None).parse(10, "preforkd"),
             Ok(Some(vec!["unknown".into()]))
         );
-        let e = env(Some("11"), Some("1"), None).parse(10).unwrap_err();
+        let e = env(Some("11"), Some("1"), None)
+            .parse(10, "preforkd")
+            .unwrap_err();
         assert!(e.contains("not preforkd's pid 10"), "{e}");
-        let e = env(Some("10"), Some("x"), None).parse(10).unwrap_err();
+        let e = env(Some("10"), Some("x"), None)
+            .parse(10, "preforkd")
+            .unwrap_err();
         assert!(e.contains("not a number"), "{e}");
-        let e = env(Some("10"), Some("2"), Some("a")).parse(10).unwrap_err();
+        let e = env(Some("10"), Some("2"), Some("a"))
+            .parse(10, "preforkd")
+            .unwrap_err();
         assert!(e.contains("names 1 sockets"), "{e}");
-        assert!(env(None, Some("1"), None).parse(10).is_err());
-        assert!(env(Some("10"), None, None).parse(10).is_err());
+        assert!(env(None, Some("1"), None).parse(10, "preforkd").is_err());
+        // Strict, as libsystemd: systemd never pads these.
+        assert!(env(Some("10"), Some(" 1"), None)
+            .parse(10, "preforkd")
+            .is_err());
+        let e = env(Some("ten"), Some("1"), None)
+            .parse(10, "preforkd")
+            .unwrap_err();
+        assert!(e.contains("LISTEN_PID=\"ten\" is not a number"), "{e}");
+        assert!(env(Some("10"), None, None).parse(10, "preforkd").is_err());
     }
 
     #[test]

@@ -86,10 +86,11 @@ fn a_program_that_disappears_is_reported_once_then_preforkd_gives_up() {
     let app = dir.path().join("app");
     std::fs::copy("/bin/sleep", &app).unwrap();
     let app_str = app.display().to_string();
-    let mut p = Start::activated(&["--workers", "2", "--", &app_str, "300"]).spawn();
+    // Three workers: the error must be reported once for the pool, not once per worker.
+    let mut p = Start::activated(&["--workers", "3", "--", &app_str, "300"]).spawn();
     let pids = wait_for(Duration::from_secs(10), || {
         let w = p.workers();
-        (w.len() == 2).then_some(w)
+        (w.len() == 3).then_some(w)
     })
     .unwrap();
     // A deploy removed the binary; then the workers die.

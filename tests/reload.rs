@@ -212,7 +212,6 @@ fn two_sighups_in_a_row_end_in_one_consistent_generation() {
     p.wait_workers(2);
     rewrite(dir.path(), "workers = 3\n[env]\nV = \"b\"\n");
     p.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(5));
     rewrite(dir.path(), "workers = 3\n[env]\nV = \"c\"\n");
     p.signal(libc::SIGHUP);
     // The second SIGHUP is queued behind the first reload, or merged with it if both arrive

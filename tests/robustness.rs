@@ -133,27 +133,6 @@ fn some_slots_failing_at_start_do_not_end_the_service() {
 }
 
 #[test]
-fn exec_failures_are_logged_once_for_the_whole_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("app");
-    std::fs::copy("/bin/sleep", &app).unwrap();
-    let app = app.display().to_string();
-    let mut p = Start::activated(&["--workers", "3", "--", &app, "300"]).spawn();
-    let pids = wait_for(Duration::from_secs(10), || {
-        let w = p.workers();
-        (w.len() == 3).then_some(w)
-    })
-    .unwrap();
-    std::fs::remove_file(&app).unwrap();
-    for pid in pids {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    assert_eq!(p.exit_code(Duration::from_secs(30)), 69, "{}", p.log());
-    let errors = p.log().matches("ERROR   worker failed to start").count();
-    assert_eq!(errors, 1, "{}", p.log());
-}
-
-#[test]
 fn a_relative_working_directory_and_program_resolve_to_absolute_paths() {
     let (code, out) = run_to_end(
         &[
