@@ -5,6 +5,10 @@ GET /pid on a fresh connection (probed every millisecond; "-" after 5 s); HUNG i
 of PROBES connections opened right after the kill got no answer and no close within 2 s.
 The kill happens here, once Python has started, so its start-up is not in the figure.
 
+The PROBES connections are read and closed by a thread the moment their answer comes, as
+a real client would: gunicorn's sync worker lingers after its answer until the client
+closes, so a client that left them unread would stall it (and this figure).
+
 usage: probe.py PORT VICTIM PROBES OLD_PID...
 """
 import os
@@ -12,10 +16,29 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 
 port, victim, probes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 old = set(sys.argv[4:])
+hung = 0
+
+
+def watch(sel, waiting, deadline):
+    """Reads each connection until its answer ends; counts those still silent at the deadline."""
+    global hung
+    while waiting and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=max(0, deadline - time.monotonic())):
+            try:
+                if key.fileobj.recv(4096):
+                    continue  # more of the answer may follow; the close ends it
+            except OSError:
+                pass  # reset: answered with a failure, not hanging
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            waiting -= 1
+    hung = waiting
+
 
 t0 = time.monotonic()
 os.kill(victim, signal.SIGKILL)
@@ -32,6 +55,8 @@ for _ in range(probes):
         waiting += 1
     except OSError:
         pass  # refused: a failure, but not a hang
+watcher = threading.Thread(target=watch, args=(sel, waiting, t0 + 2))
+watcher.start()
 
 ms = "-"
 deadline = t0 + 5
@@ -50,15 +75,5 @@ while time.monotonic() < deadline:
     except OSError:
         pass
     time.sleep(0.001)
-
-hung_deadline = t0 + 2
-while waiting and time.monotonic() < hung_deadline:
-    for key, _ in sel.select(timeout=max(0, hung_deadline - time.monotonic())):
-        try:
-            key.fileobj.recv(4096)
-        except OSError:
-            pass  # reset: answered with a failure, not hanging
-        sel.unregister(key.fileobj)
-        key.fileobj.close()
-        waiting -= 1
-print(ms, waiting)
+watcher.join()
+print(ms, hung)
