@@ -267,6 +267,37 @@ fn a_datagram_from_a_process_that_is_not_a_worker_changes_nothing() {
 }
 
 #[test]
+fn a_child_of_a_worker_speaks_for_it() {
+    // `npm start` runs node as npm's child; a start script calls systemd-notify. The sender is
+    // then not the worker but a process in the worker's process group.
+    let mut systemd = FakeSystemd::new();
+    let worker = notify_worker();
+    let start = Start::activated(&[
+        "--workers",
+        "2",
+        "--ready",
+        "notify",
+        "--",
+        "sh",
+        "-c",
+        "python3 \"$0\" & wait",
+        &worker,
+    ]);
+    let mut p = with_systemd(start, &systemd).spawn();
+    systemd
+        .wait_for(Duration::from_secs(15), |m| {
+            m.lines().any(|l| l == "READY=1")
+        })
+        .unwrap_or_else(|| panic!("no READY=1 from the workers' children\n{}", p.log()));
+    let (code, json) = p.status(&["--json"]);
+    assert_eq!(code, 0, "{json}");
+    assert!(json.contains("\"status\":\"worker 0 ready\""), "{json}");
+    assert!(json.contains("\"status\":\"worker 1 ready\""), "{json}");
+    assert!(json.contains("\"notify_dropped\":0"), "{json}");
+    p.workers();
+}
+
+#[test]
 fn stopping_is_announced_with_time_to_drain() {
     let mut systemd = FakeSystemd::new();
     let mut p = with_systemd(

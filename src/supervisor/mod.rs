@@ -731,9 +731,10 @@ impl Supervisor {
         env
     }
 
-    /// A datagram on the notify socket: honoured only from a live worker.
+    /// A datagram on the notify socket: honoured only from a live worker or a process in its
+    /// process group (`npm start` running node, a start script calling `systemd-notify`).
     fn on_notify(&mut self, pid: Option<Pid>, bytes: Option<Vec<u8>>, now: Instant) {
-        let index = pid.and_then(|p| self.workers.iter().position(|w| w.pid == p));
+        let index = pid.and_then(|p| self.worker_of(p));
         let (Some(i), Some(bytes)) = (index, bytes) else {
             let why = if index.is_none() {
                 "not from a worker"
@@ -774,6 +775,18 @@ impl Supervisor {
         if msg.ready && self.workers[i].cfg.readiness() == Readiness::Notify {
             self.mark_ready(i, now);
         }
+    }
+
+    /// The worker a notify sender speaks for: the worker itself, or a descendant still in the
+    /// process group preforkd made for that worker (each worker leads its own). Like systemd's
+    /// NotifyAccess=all, but per worker. A sender that has already exited cannot be placed, as
+    /// with systemd; `systemd-notify` waits on a barrier until its message has been read.
+    fn worker_of(&self, pid: Pid) -> Option<usize> {
+        if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+            return Some(i);
+        }
+        let group = nix::unistd::getpgid(Some(pid)).ok()?;
+        self.workers.iter().position(|w| w.pid == group)
     }
 
     /// Counts a dropped datagram; logs at debug, at most once a second.
