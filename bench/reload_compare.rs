@@ -4,8 +4,9 @@
 //! [--settle SECS]` puts 127.0.0.1:P under load (tests/common/load.rs: no retries; refused,
 //! reset, short, non-200 and timed-out requests are failures), runs COMMAND with `sh -c` N
 //! times, each to its end, and prints one line of `key=value` figures: requests, failures,
-//! reload seconds (median and max), latency p50/p99 over the whole run, and requests per
-//! second before, during and after the reloads. bench/run calls it for each peer.
+//! reload seconds (median and max), latency p50/p99 over the whole run, p99 and max of the
+//! requests in flight during the reloads, and requests per second before, during and after
+//! the reloads. bench/run calls it for each peer.
 
 #[path = "../tests/common/load.rs"]
 mod load;
@@ -67,6 +68,7 @@ fn main() {
         })
     };
     let started = Instant::now();
+    let window_from = load.now_us();
     let at_start = count(&load);
     let mut durations = Vec::with_capacity(reloads);
     let mut failed_reloads = 0;
@@ -83,6 +85,7 @@ fn main() {
         durations.push(t0.elapsed());
     }
     let window = started.elapsed();
+    let window_to = load.now_us();
     // The service must come back (or never have left) within the settle time to count.
     let during = (count(&load) - at_start) as f64 / window.as_secs_f64();
 
@@ -101,8 +104,9 @@ fn main() {
     let max = durations.last().copied().unwrap_or_default();
     let p50 = report.percentile_us(0.50) as f64 / 1000.0;
     let p99 = report.percentile_us(0.99) as f64 / 1000.0;
+    let (window_p99, window_max) = report.window_us(window_from, window_to, 0.99);
     println!(
-        "requests={} failures={} reload_cmd_failures={} reload_s_median={:.2} reload_s_max={:.2} p50_ms={:.2} p99_ms={:.2} rps_before={:.0} rps_during={:.0} rps_after={:.0} longest_outage_s={:.2}",
+        "requests={} failures={} reload_cmd_failures={} reload_s_median={:.2} reload_s_max={:.2} p50_ms={:.2} p99_ms={:.2} window_p99_ms={:.2} window_max_ms={:.2} rps_before={:.0} rps_during={:.0} rps_after={:.0} longest_outage_s={:.2}",
         report.requests,
         report.failures,
         failed_reloads,
@@ -110,6 +114,8 @@ fn main() {
         max.as_secs_f64(),
         p50,
         p99,
+        window_p99 as f64 / 1000.0,
+        window_max as f64 / 1000.0,
         before,
         during,
         after,

@@ -2,6 +2,7 @@
 // systemd), else on $PORT. SIGTERM/SIGINT: stop accepting, drain politely, exit.
 'use strict';
 const http = require('http');
+const { execFile } = require('child_process');
 const body = 'Hello, World!\n';
 let draining = false;
 const server = http.createServer((req, res) => {
@@ -38,8 +39,18 @@ server.on('connection', (s) => {
 });
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
-if (process.env.LISTEN_FDS) {
-  server.listen({ fd: 3 });
-} else {
-  server.listen(Number(process.env.PORT), '127.0.0.1');
-}
+// How long this code takes to boot before it listens: bench/run rewrites it to deploy a slow
+// version.
+const BOOT_MS = 0;
+// Under preforkd (or systemd), say READY=1 once listening: node cannot send a datagram on a
+// unix socket itself, so systemd-notify does, as a child in this worker's process group.
+const listening = () => {
+  if (process.env.NOTIFY_SOCKET) execFile('systemd-notify', ['--ready'], () => {});
+};
+setTimeout(() => {
+  if (process.env.LISTEN_FDS) {
+    server.listen({ fd: 3 }, listening);
+  } else {
+    server.listen(Number(process.env.PORT), '127.0.0.1', listening);
+  }
+}, BOOT_MS);

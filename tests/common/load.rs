@@ -21,6 +21,8 @@ pub struct LoadReport {
     pub examples: Vec<String>,
     /// Latency of every successful request, in microseconds.
     pub latencies_us: Vec<u64>,
+    /// When each of those requests ended, in microseconds since the load started (same order).
+    pub finished_us: Vec<u64>,
 }
 
 impl LoadReport {
@@ -33,6 +35,7 @@ impl LoadReport {
             }
         }
         self.latencies_us.extend(other.latencies_us);
+        self.finished_us.extend(other.finished_us);
     }
 
     fn fail(&mut self, what: String) {
@@ -40,6 +43,25 @@ impl LoadReport {
         if self.examples.len() < 10 {
             self.examples.push(what);
         }
+    }
+
+    /// The p-quantile and the maximum latency of the requests in flight at any time within
+    /// [from, to) (microseconds since the load started): what clients saw during a window,
+    /// including a request that waited through it and was answered just after.
+    pub fn window_us(&self, from: u64, to: u64, p: f64) -> (u64, u64) {
+        let mut inside: Vec<u64> = self
+            .finished_us
+            .iter()
+            .zip(&self.latencies_us)
+            .filter(|(&end, &latency)| end >= from && end.saturating_sub(latency) < to)
+            .map(|(_, &l)| l)
+            .collect();
+        if inside.is_empty() {
+            return (0, 0);
+        }
+        inside.sort_unstable();
+        let i = ((inside.len() - 1) as f64 * p).round() as usize;
+        (inside[i], inside[inside.len() - 1])
     }
 
     pub fn percentile_us(&mut self, p: f64) -> u64 {
@@ -58,6 +80,7 @@ pub struct Load {
     /// Requests answered so far, across all clients, for throughput over a window.
     done: Arc<AtomicU64>,
     threads: Vec<JoinHandle<LoadReport>>,
+    epoch: Instant,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +93,7 @@ impl Load {
     pub fn start(port: u16, keep_alive: usize, one_shot: usize, path: &str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
         let mut threads = Vec::new();
         for i in 0..keep_alive + one_shot {
             let stop = Arc::clone(&stop);
@@ -77,14 +101,20 @@ impl Load {
             let path = path.to_owned();
             let reuse = i < keep_alive;
             threads.push(std::thread::spawn(move || {
-                client(port, &path, reuse, &stop, &counter)
+                client(port, &path, reuse, &stop, &counter, epoch)
             }));
         }
         Load {
             stop,
             done,
             threads,
+            epoch,
         }
+    }
+
+    /// Microseconds since the load started, on the clock of [`LoadReport::finished_us`].
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 
     /// Requests answered so far.
@@ -109,7 +139,14 @@ impl Load {
     }
 }
 
-fn client(port: u16, path: &str, reuse: bool, stop: &AtomicBool, done: &AtomicU64) -> LoadReport {
+fn client(
+    port: u16,
+    path: &str,
+    reuse: bool,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+    epoch: Instant,
+) -> LoadReport {
     let mut report = LoadReport::default();
     let started = Instant::now();
     let mut conn: Option<BufReader<TcpStream>> = None;
@@ -121,6 +158,7 @@ fn client(port: u16, path: &str, reuse: bool, stop: &AtomicBool, done: &AtomicU6
             Ok(keep) => {
                 done.fetch_add(1, Ordering::Relaxed);
                 report.latencies_us.push(t0.elapsed().as_micros() as u64);
+                report.finished_us.push(epoch.elapsed().as_micros() as u64);
                 if !keep {
                     conn = None;
                 }

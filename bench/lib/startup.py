@@ -1,0 +1,116 @@
+"""Start-up: from running a setup's command to its first answer, and to READY=1.
+
+usage: startup.py TRIALS PORT NOTIFY STOP -- COMMAND...
+
+Runs COMMAND (in its own session) TRIALS times. Each time, from just before the command is
+spawned: the time until `GET /` on 127.0.0.1:PORT first answers 200 (a fresh connection every
+2 ms; refused connections are retried, a connection the kernel queued waits for its answer),
+and, when NOTIFY is 1, the time until READY=1 arrives on a NOTIFY_SOCKET this script binds,
+as systemd would see it. Then the setup is stopped: with STOP (a shell command) if it is not
+"-", else SIGTERM to the session's process group, then SIGKILL to what is left of it after
+10 s; the next trial waits until the port refuses connections again.
+
+Prints "FIRST_MS READY_MS" (medians; "-" for none).
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+trials, port, notify, stop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+command = sys.argv[sys.argv.index("--") + 1 :]
+
+
+def answers():
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            status = s.recv(64)
+            return status.startswith(b"HTTP/1.") and status[9:12] == b"200"
+    except OSError:
+        return False
+
+
+def port_free(deadline):
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    return str(values[(len(values) - 1) // 2]) if values else "-"
+
+
+firsts, readies = [], []
+for _ in range(trials):
+    port_free(time.monotonic() + 15)
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        ready_at = []
+        listener = None
+        if notify:
+            path = os.path.join(tmp, "notify")
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            listener.bind(path)
+            listener.settimeout(0.2)
+            env["NOTIFY_SOCKET"] = path
+        else:
+            env.pop("NOTIFY_SOCKET", None)
+        done = threading.Event()
+
+        def listen():
+            while not done.is_set():
+                try:
+                    msg = listener.recv(4096)
+                except OSError:
+                    continue
+                if b"READY=1" in msg.split(b"\n") and not ready_at:
+                    ready_at.append(time.monotonic())
+
+        if listener:
+            threading.Thread(target=listen, daemon=True).start()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(command, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = None
+        while time.monotonic() < t0 + 30:
+            if answers():
+                first = time.monotonic()
+                break
+            time.sleep(0.002)
+        if notify:
+            wait_until = time.monotonic() + 10
+            while not ready_at and time.monotonic() < wait_until:
+                time.sleep(0.002)
+        firsts.append(round((first - t0) * 1000) if first else None)
+        readies.append(round((ready_at[0] - t0) * 1000) if ready_at else None)
+        done.set()
+        if stop != "-":
+            subprocess.run(["sh", "-c", stop], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left in the group
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        if listener:
+            listener.close()
+print(median(firsts), median(readies))
