@@ -1,6 +1,7 @@
 """Scale: preforkd's demo with N workers. For each N prints start -> READY=1, preforkd's RSS
 once ready, and how long a reload takes to roll every worker (SIGHUP -> READY=1), as
-Markdown table rows: | N | ready ms | RSS MiB | reload ms |
+Markdown table rows: | N | ready ms | RSS MiB | reload ms |, then, after a blank line, how each
+cost grows from the smallest N of at least 8 (below that, fixed costs dominate) to the largest.
 
 usage: scale.py PREFORKD_BIN N...
 """
@@ -36,6 +37,7 @@ def rss_kib(pid):
     return 0
 
 
+rows = {}
 for n in counts:
     with tempfile.TemporaryDirectory() as tmp:
         notify = os.path.join(tmp, "notify")
@@ -62,6 +64,8 @@ for n in counts:
             rolled = wait_ready(sock, 120) if ready else None
             reload_ms = f"{(rolled - t1) * 1000:.0f}" if rolled else "-"
             print(f"| {n} | {ready_ms} | {rss} | {reload_ms} |", flush=True)
+            if ready and rolled:
+                rows[n] = ((ready - t0) * 1000, rss_kib(proc.pid) / 1024, (rolled - t1) * 1000)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -70,3 +74,23 @@ for n in counts:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             sock.close()
+
+big = sorted(n for n in rows if n >= 8)
+if len(big) >= 2:
+    lo, hi = big[0], big[-1]
+
+    def shape(growth):
+        """How a cost that grew by `growth` while N grew hi/lo times scales."""
+        if growth < 1.25:
+            return "flat"
+        if growth <= 2 * hi / lo:
+            return "linear in N or better"
+        return "worse than linear in N"
+
+    (r0, m0, l0), (r1, m1, l1) = rows[lo], rows[hi]
+    print()
+    print(f"From {lo} to {hi} workers ({hi / lo:.0f}x): start -> READY=1 grows {r1 / r0:.1f}x "
+          f"({(r1 - r0) / (hi - lo):.2f} ms per added worker), a reload rolling every worker "
+          f"{l1 / l0:.1f}x ({(l1 - l0) / (hi - lo):.2f} ms per added worker), preforkd's RSS "
+          f"{m1 / m0:.2f}x: {shape(r1 / r0)} for start-up, {shape(l1 / l0)} for a reload, "
+          f"{shape(m1 / m0)} for memory.")
