@@ -86,7 +86,7 @@ fn main() {
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    let mut report = load.stop();
+    let report = load.stop();
     let elapsed = started.elapsed();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -94,7 +94,7 @@ fn main() {
     let after = (count(&load) - after_start) as f64 / settle.as_secs_f64();
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let outage = sampler.join().unwrap_or_default();
-    let mut report = load.stop();
+    let report = load.stop();
 
     durations.sort();
     let median = durations

@@ -56,22 +56,25 @@ impl LoadReport {
             .filter(|(&end, &latency)| end >= from && end.saturating_sub(latency) < to)
             .map(|(_, &l)| l)
             .collect();
-        if inside.is_empty() {
-            return (0, 0);
-        }
         inside.sort_unstable();
-        let i = ((inside.len() - 1) as f64 * p).round() as usize;
-        (inside[i], inside[inside.len() - 1])
+        (quantile(&inside, p), inside.last().copied().unwrap_or(0))
     }
 
-    pub fn percentile_us(&mut self, p: f64) -> u64 {
-        if self.latencies_us.is_empty() {
-            return 0;
-        }
-        self.latencies_us.sort_unstable();
-        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        self.latencies_us[i]
+    /// The p-quantile of every latency. Sorts a copy: `finished_us` pairs with the recorded
+    /// order, which `window_us` needs.
+    pub fn percentile_us(&self, p: f64) -> u64 {
+        let mut all = self.latencies_us.clone();
+        all.sort_unstable();
+        quantile(&all, p)
     }
+}
+
+/// The p-quantile of sorted values (0 for none).
+fn quantile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Running clients; [`Load::stop`] ends them and sums up.
