@@ -97,10 +97,11 @@ fn main() {
     let report = load.stop();
 
     durations.sort();
-    let median = durations
-        .get(durations.len() / 2)
-        .copied()
-        .unwrap_or_default();
+    let median = match durations.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => durations[n / 2],
+        n => (durations[n / 2 - 1] + durations[n / 2]) / 2,
+    };
     let max = durations.last().copied().unwrap_or_default();
     let p50 = report.percentile_us(0.50) as f64 / 1000.0;
     let p99 = report.percentile_us(0.99) as f64 / 1000.0;

@@ -298,6 +298,33 @@ fn a_child_of_a_worker_speaks_for_it() {
 }
 
 #[test]
+fn a_child_that_left_the_worker_s_process_group_speaks_for_no_one() {
+    let mut systemd = FakeSystemd::new();
+    let worker = notify_worker();
+    let start = Start::activated(&[
+        "--workers",
+        "1",
+        "--ready",
+        "notify",
+        "--",
+        "sh",
+        "-c",
+        "setsid python3 \"$0\" & wait",
+        &worker,
+    ]);
+    let p = with_systemd(start, &systemd).spawn();
+    wait_for(Duration::from_secs(15), || {
+        let (_, json) = p.status(&["--json"]);
+        json.contains("\"notify_dropped\":1").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the datagram was not dropped\n{}", p.log()));
+    systemd.collect(Duration::from_millis(200));
+    assert!(systemd.with_line("READY=1").is_empty());
+    let (_, json) = p.status(&["--json"]);
+    assert!(json.contains("\"state\":\"starting\""), "{json}");
+}
+
+#[test]
 fn stopping_is_announced_with_time_to_drain() {
     let mut systemd = FakeSystemd::new();
     let mut p = with_systemd(

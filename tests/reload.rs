@@ -373,3 +373,19 @@ fn every_bad_config_is_refused_on_reload_and_the_old_generation_keeps_serving() 
     let (code, out) = reload(&p);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_load_window_pairs_each_latency_with_its_own_end() {
+    // (end, latency) in microseconds since the load started.
+    let mut report = common::load::LoadReport::default();
+    for (end, latency) in [(50, 10), (210, 150), (300, 5), (90, 1)] {
+        report.finished_us.push(end);
+        report.latencies_us.push(latency);
+    }
+    assert_eq!(report.percentile_us(1.0), 150);
+    // In flight during [100, 200): only the slow one, answered after the window.
+    assert_eq!(report.window_us(100, 200, 0.99), (150, 150));
+    // Asking for a percentile first must not have reordered anything.
+    assert_eq!(report.window_us(0, 55, 1.0), (10, 10));
+    assert_eq!(report.window_us(400, 500, 0.99), (0, 0));
+}

@@ -16,7 +16,7 @@ charts() {
       for (i = 2; i <= 11; i++) gsub(/^ +| +$/, "", $i)
       split($10, rss, " / ")
       printf "\"%s\" %s %s %s %s %s %s\n", $2, $3, $4, $5, $6, rss[1], rss[2] }' "$report" >"$data"
-  gnuplot <<GP
+  gnuplot <<GP || { rm -f "$data"; return 1; }
 set terminal pngcairo size 1100,520 font "sans,10"
 set datafile missing "-"
 set style data histograms

@@ -1,25 +1,21 @@
+# shellcheck shell=bash
 # Healing figures, sourced by bench/run once the throughput rounds are done.
 #
 # For each setup that replaces dead workers: SIGKILL one worker, then
 #  - the time until a new worker (a pid not seen before the kill) answers `GET /pid` on a
 #    fresh connection (median of $heal_trials trials);
-#  - how many of $heal_probes connections opened right after the kill get no answer at all
-#    within 2 s: a round-robin master that hands a connection to the dead worker leaves it
+#  - how many of $heal_probes connections opened right after the kill get neither an answer
+#    nor a close within 2 s: a round-robin master that hands a connection to the dead worker leaves it
 #    hanging; with a shared socket the kernel gives it to a live worker.
 # bench/lib/probe.py does the kill and the probing from one already-running process.
 
 heal_trials=${heal_trials:-20}
 heal_probes=${heal_probes:-20}
 
-# Worker pids of a setup: the direct children of its supervising process.
-workers_of() {
-  cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | sed '/^$/d' | sort -n
-}
-
 # heal_one ID PORT SUPERVISOR_PID -> "median_ms hung_total trials"
 heal_one() {
-  local id=$1 p=$2 sup=$3 times=() hung=0 trial before victim ms
-  for trial in $(seq 1 "$heal_trials"); do
+  local p=$2 sup=$3 times=() hung=0 before victim ms
+  for _ in $(seq 1 "$heal_trials"); do
     before=$(workers_of "$sup")
     victim=$(head -1 <<<"$before")
     [ -n "$victim" ] || break
@@ -40,7 +36,7 @@ heal_one() {
   done
   local median="-"
   if [ ${#times[@]} -gt 0 ]; then
-    median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+    median=$(printf '%s\n' "${times[@]}" | mid)
   fi
   echo "$median $hung ${#times[@]}"
 }

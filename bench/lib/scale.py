@@ -1,10 +1,12 @@
 """Scale: preforkd's demo with N workers. For each N prints start -> READY=1, preforkd's RSS
 once ready, and how long a reload takes to roll every worker (SIGHUP -> READY=1), as
 Markdown table rows: | N | ready ms | RSS MiB | reload ms |, then, after a blank line, how each
-cost grows from the smallest N of at least 8 (below that, fixed costs dominate) to the largest.
+cost grows from the smallest N of at least 8 (below that, fixed costs dominate) to the largest,
+as a power of N (1 = linear, 0 = flat).
 
 usage: scale.py PREFORKD_BIN N...
 """
+import math
 import os
 import signal
 import socket
@@ -58,14 +60,15 @@ for n in counts:
         try:
             ready = wait_ready(sock, 60)
             ready_ms = f"{(ready - t0) * 1000:.0f}" if ready else "-"
-            rss = f"{rss_kib(proc.pid) / 1024:.1f}"
+            rss_mib = rss_kib(proc.pid) / 1024
+            rss = f"{rss_mib:.1f}"
             t1 = time.monotonic()
             proc.send_signal(signal.SIGHUP)
             rolled = wait_ready(sock, 120) if ready else None
             reload_ms = f"{(rolled - t1) * 1000:.0f}" if rolled else "-"
             print(f"| {n} | {ready_ms} | {rss} | {reload_ms} |", flush=True)
             if ready and rolled:
-                rows[n] = ((ready - t0) * 1000, rss_kib(proc.pid) / 1024, (rolled - t1) * 1000)
+                rows[n] = ((ready - t0) * 1000, rss_mib, (rolled - t1) * 1000)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -78,19 +81,15 @@ for n in counts:
 big = sorted(n for n in rows if n >= 8)
 if len(big) >= 2:
     lo, hi = big[0], big[-1]
-
-    def shape(growth):
-        """How a cost that grew by `growth` while N grew hi/lo times scales."""
-        if growth < 1.25:
-            return "flat"
-        if growth <= 2 * hi / lo:
-            return "linear in N or better"
-        return "worse than linear in N"
-
     (r0, m0, l0), (r1, m1, l1) = rows[lo], rows[hi]
+
+    def power(growth):
+        """k such that the cost grew as N^k while N grew hi/lo times: 1 is linear, 0 flat."""
+        return math.log(growth) / math.log(hi / lo)
+
     print()
     print(f"From {lo} to {hi} workers ({hi / lo:.0f}x): start -> READY=1 grows {r1 / r0:.1f}x "
-          f"({(r1 - r0) / (hi - lo):.2f} ms per added worker), a reload rolling every worker "
-          f"{l1 / l0:.1f}x ({(l1 - l0) / (hi - lo):.2f} ms per added worker), preforkd's RSS "
-          f"{m1 / m0:.2f}x: {shape(r1 / r0)} for start-up, {shape(l1 / l0)} for a reload, "
-          f"{shape(m1 / m0)} for memory.")
+          f"(as N^{power(r1 / r0):.2f}; {(r1 - r0) / (hi - lo):.2f} ms per added worker), a reload "
+          f"rolling every worker {l1 / l0:.1f}x (as N^{power(l1 / l0):.2f}; "
+          f"{(l1 - l0) / (hi - lo):.2f} ms per added worker), preforkd's RSS {m1 / m0:.2f}x "
+          f"(as N^{power(m1 / m0):.2f}).")

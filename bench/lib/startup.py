@@ -7,8 +7,9 @@ spawned: the time until `GET /` on 127.0.0.1:PORT first answers 200 (a fresh con
 2 ms; refused connections are retried, a connection the kernel queued waits for its answer),
 and, when NOTIFY is 1, the time until READY=1 arrives on a NOTIFY_SOCKET this script binds,
 as systemd would see it. Then the setup is stopped: with STOP (a shell command) if it is not
-"-", else SIGTERM to the session's process group, then SIGKILL to what is left of it after
-10 s; the next trial waits until the port refuses connections again.
+"-", and SIGTERM to the session's leader; after 10 s, SIGKILL to every process left in the
+session (preforkd's workers lead process groups of their own, so a group kill would miss
+them). A trial starts only once the port refuses connections again.
 
 Prints "FIRST_MS READY_MS" (medians; "-" for none).
 """
@@ -35,7 +36,8 @@ def answers():
         return False
 
 
-def port_free(deadline):
+def port_free(limit):
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -47,17 +49,49 @@ def port_free(deadline):
     return False
 
 
+def session_members(sid):
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
+
+
+def listen(sock, ready_at, done):
+    """Records when READY=1 first arrives on sock, until done is set."""
+    while not done.is_set():
+        try:
+            msg = sock.recv(4096)
+        except OSError:
+            continue
+        if b"READY=1" in msg.split(b"\n") and not ready_at:
+            ready_at.append(time.monotonic())
+
+
 def median(values):
     values = sorted(v for v in values if v is not None)
-    return str(values[(len(values) - 1) // 2]) if values else "-"
+    if not values:
+        return "-"
+    n = len(values)
+    return str(values[n // 2] if n % 2 else round((values[n // 2 - 1] + values[n // 2]) / 2))
 
 
 firsts, readies = [], []
 for _ in range(trials):
-    port_free(time.monotonic() + 15)
+    if not port_free(15):
+        print(f"startup.py: port {port} still answers; trial skipped", file=sys.stderr)
+        continue
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         ready_at = []
+        done = threading.Event()
         listener = None
         if notify:
             path = os.path.join(tmp, "notify")
@@ -65,21 +99,9 @@ for _ in range(trials):
             listener.bind(path)
             listener.settimeout(0.2)
             env["NOTIFY_SOCKET"] = path
+            threading.Thread(target=listen, args=(listener, ready_at, done), daemon=True).start()
         else:
             env.pop("NOTIFY_SOCKET", None)
-        done = threading.Event()
-
-        def listen():
-            while not done.is_set():
-                try:
-                    msg = listener.recv(4096)
-                except OSError:
-                    continue
-                if b"READY=1" in msg.split(b"\n") and not ready_at:
-                    ready_at.append(time.monotonic())
-
-        if listener:
-            threading.Thread(target=listen, daemon=True).start()
         t0 = time.monotonic()
         proc = subprocess.Popen(command, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,17 +121,15 @@ for _ in range(trials):
         if stop != "-":
             subprocess.run(["sh", "-c", stop], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+            proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything left in the group
-        except ProcessLookupError:
-            pass
+        for pid in session_members(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
         if listener:
             listener.close()

@@ -779,8 +779,10 @@ impl Supervisor {
 
     /// The worker a notify sender speaks for: the worker itself, or a descendant still in the
     /// process group preforkd made for that worker (each worker leads its own). Like systemd's
-    /// NotifyAccess=all, but per worker. A sender that has already exited cannot be placed, as
-    /// with systemd; `systemd-notify` waits on a barrier until its message has been read.
+    /// NotifyAccess=all, but attributed to one worker: an identification, not a wall (workers
+    /// run the same code as the same user, and a process may join another worker's group).
+    /// A sender that has already exited cannot be placed, as with systemd; `systemd-notify`
+    /// waits on a barrier until its message has been read.
     fn worker_of(&self, pid: Pid) -> Option<usize> {
         if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
             return Some(i);
