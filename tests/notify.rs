@@ -266,24 +266,32 @@ fn a_datagram_from_a_process_that_is_not_a_worker_changes_nothing() {
     assert!(!json.contains("forged"), "{json}");
 }
 
-#[test]
-fn a_child_of_a_worker_speaks_for_it() {
-    // `npm start` runs node as npm's child; a start script calls systemd-notify. The sender is
-    // then not the worker but a process in the worker's process group.
-    let mut systemd = FakeSystemd::new();
+/// `workers` workers, each `sh -c SCRIPT` with the Python notify worker as `$0`, ready = notify.
+fn notify_worker_under_sh(workers: &str, script: &str) -> Start<'static> {
     let worker = notify_worker();
-    let start = Start::activated(&[
+    Start::activated(&[
         "--workers",
-        "2",
+        workers,
         "--ready",
         "notify",
         "--",
         "sh",
         "-c",
-        "python3 \"$0\" & wait",
+        script,
         &worker,
-    ]);
-    let mut p = with_systemd(start, &systemd).spawn();
+    ])
+}
+
+#[test]
+fn a_child_of_a_worker_speaks_for_it() {
+    // `npm start` runs node as npm's child; a start script calls systemd-notify. The sender is
+    // then not the worker but a process in the worker's process group.
+    let mut systemd = FakeSystemd::new();
+    let mut p = with_systemd(
+        notify_worker_under_sh("2", "python3 \"$0\" & wait"),
+        &systemd,
+    )
+    .spawn();
     systemd
         .wait_for(Duration::from_secs(15), |m| {
             m.lines().any(|l| l == "READY=1")
@@ -300,18 +308,7 @@ fn a_child_of_a_worker_speaks_for_it() {
 #[test]
 fn a_child_that_left_the_worker_s_process_group_speaks_for_no_one() {
     let mut systemd = FakeSystemd::new();
-    let worker = notify_worker();
-    let start = Start::activated(&[
-        "--workers",
-        "1",
-        "--ready",
-        "notify",
-        "--",
-        "sh",
-        "-c",
-        "setsid python3 \"$0\" & wait",
-        &worker,
-    ]);
+    let start = notify_worker_under_sh("1", "setsid python3 \"$0\" & wait");
     let p = with_systemd(start, &systemd).spawn();
     wait_for(Duration::from_secs(15), || {
         let (_, json) = p.status(&["--json"]);
