@@ -140,6 +140,7 @@ impl SystemdNotify {
         let Some((sock, addr)) = &mut self.target else {
             return Ok(());
         };
+        let mut reconnected = false;
         while let Some(msg) = self.outbox.front() {
             match sock.send(msg.as_bytes()) {
                 Ok(_) => {
@@ -147,17 +148,10 @@ impl SystemdNotify {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // systemd re-created its socket (daemon-reexec): connect to the new one once.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // systemd re-created its socket (daemon-reexec): connect to the new one, once.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && !reconnected => {
                     *sock = connect(addr)?;
-                    if let Err(e) = sock.send(msg.as_bytes()) {
-                        if e.kind() == std::io::ErrorKind::WouldBlock {
-                            return Ok(());
-                        }
-                        self.outbox.pop_front();
-                        return Err(e);
-                    }
-                    self.outbox.pop_front();
+                    reconnected = true;
                 }
                 Err(e) => {
                     self.outbox.pop_front();

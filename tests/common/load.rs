@@ -160,8 +160,10 @@ fn client(
         match result {
             Ok(keep) => {
                 done.fetch_add(1, Ordering::Relaxed);
-                report.latencies_us.push(t0.elapsed().as_micros() as u64);
-                report.finished_us.push(epoch.elapsed().as_micros() as u64);
+                // One clock read, so that finished - latency is exactly when the request began.
+                let end = Instant::now();
+                report.latencies_us.push((end - t0).as_micros() as u64);
+                report.finished_us.push((end - epoch).as_micros() as u64);
                 if !keep {
                     conn = None;
                 }
