@@ -851,23 +851,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// The largest config file preforkd reads. Real ones are a few KiB; the bound keeps a wrong
+/// path (a log, a disk image) from costing memory and time before it is refused.
+pub const MAX_CONFIG_BYTES: u64 = 1_048_576;
+
 /// Reads and parses a config file, layering it over the defaults.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let display = path.display().to_string();
-    if path.is_dir() {
-        return Err(ConfigError::new(
-            display,
-            None,
-            "is a directory, not a config file: give the path of a .toml file",
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| {
-        ConfigError::new(
-            display.clone(),
-            None,
-            format!("cannot read the config file: {e}"),
-        )
-    })?;
+    let bytes = read_bounded(path).map_err(|m| ConfigError::new(display.clone(), None, m))?;
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -882,6 +873,82 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         }
     };
     parse(&text, path)
+}
+
+/// The bytes of the regular file at `path` (symlinks followed), at most [`MAX_CONFIG_BYTES`].
+/// Never blocks: this also runs on a reload, inside the supervisor's event loop.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO for reading otherwise waits until a writer comes. O_NOCTTY:
+    // preforkd is a session leader under systemd, and opening a terminal would make it its
+    // controlling terminal.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        // Opening a unix socket fails (ENXIO); stat says what it is.
+        Err(e) => {
+            return Err(match std::fs::metadata(path) {
+                Ok(meta) if !meta.is_file() => not_a_file(&meta.file_type()),
+                _ => format!("cannot read the config file: {e}"),
+            })
+        }
+    };
+    // The opened file, not the path: the path may have been swapped meanwhile.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the config file: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_a_file(&meta.file_type()));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(&format!("{} bytes", meta.len())));
+    }
+    read_at_most(file, meta.len() as usize)
+}
+
+/// All of `reader` if it holds at most [`MAX_CONFIG_BYTES`]. The size stat gave is not
+/// trusted: a file may grow while it is read, and files in /proc say 0.
+fn read_at_most(reader: impl std::io::Read, size_hint: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(size_hint);
+    // One byte past the bound tells a file at the bound from a larger one.
+    reader
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the config file: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(&format!("more than {MAX_CONFIG_BYTES} bytes")));
+    }
+    Ok(bytes)
+}
+
+fn too_large(size: &str) -> String {
+    format!(
+        "is larger than 1 MiB ({size}): a preforkd config is a few KiB; is this the right file?"
+    )
+}
+
+/// Why a path that is no regular file cannot be the config, in words.
+fn not_a_file(kind: &std::fs::FileType) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        return "is a directory, not a config file: give the path of a .toml file".into();
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    format!("is not a regular file ({what}): give the path of a .toml file")
 }
 
 /// Parses the text of a config file named `path` (for messages), layered over the defaults.
@@ -1541,6 +1608,34 @@ NODE_ENV = "production"
         let e = apply_flag(&mut cfg, "stop-timeout", "soon").unwrap_err();
         assert_eq!(e.origin, "--stop-timeout");
         assert!(!apply_flag(&mut cfg, "nonsense", "1").unwrap());
+    }
+
+    #[test]
+    fn special_files_are_refused_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = load_file(&fifo).unwrap_err();
+        assert_eq!(e.origin, fifo.display().to_string());
+        assert_eq!(
+            e.message,
+            "is not a regular file (a FIFO): give the path of a .toml file"
+        );
+        let e = load_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.message.contains("(a character device)"), "{e}");
+        let e = load_file(dir.path()).unwrap_err();
+        assert!(e.message.starts_with("is a directory"), "{e}");
+    }
+
+    #[test]
+    fn reading_stops_one_byte_past_the_bound() {
+        // An endless reader stands for a file that grows while it is read.
+        let e = read_at_most(std::io::repeat(b'#'), 0).unwrap_err();
+        assert!(e.contains("(more than 1048576 bytes)"), "{e}");
+        let exact = vec![b'#'; MAX_CONFIG_BYTES as usize];
+        assert_eq!(read_at_most(&exact[..], 0).unwrap().len(), exact.len());
+        let over = vec![b'#'; MAX_CONFIG_BYTES as usize + 1];
+        assert!(read_at_most(&over[..], 0).is_err());
     }
 
     #[test]
