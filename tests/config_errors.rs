@@ -2,9 +2,10 @@
 
 mod common;
 
-use common::bad_configs::BAD_FILES;
+use common::bad_configs::{bad_paths, BAD_FILES, BIG_FILE_FILLER};
 
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -52,6 +53,28 @@ fn unreadable_files_are_config_errors() {
         assert_eq!(code, 78, "{out}");
         assert!(out.contains(wanted), "{wanted}: {out}");
     }
+}
+
+#[test]
+fn paths_that_are_no_config_file_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (path, wanted) in bad_paths(dir.path()) {
+        let started = Instant::now();
+        let (code, out) = run_to_end(&["check", "--config", path_str(&path)], &[]);
+        let took = started.elapsed();
+        let missing: Vec<_> = wanted.iter().filter(|w| !out.contains(*w)).collect();
+        // A message made from the path alone stays short; anything longer echoes the file.
+        let echoes = out.len() > 1024 || out.contains(BIG_FILE_FILLER.trim());
+        if code != 78 || !missing.is_empty() || echoes || took > Duration::from_secs(1) {
+            failures.push(format!(
+                "{}: exit {code} after {took:?}, missing {missing:?}\n{}",
+                path.display(),
+                out.chars().take(2000).collect::<String>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
 
 #[test]

@@ -389,3 +389,39 @@ fn a_load_window_pairs_each_latency_with_its_own_end() {
     assert_eq!(report.window_us(0, 55, 1.0), (10, 10));
     assert_eq!(report.window_us(400, 500, 0.99), (0, 0));
 }
+
+#[test]
+fn a_config_replaced_by_a_fifo_is_refused_at_once_and_the_instance_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    let good =
+        format!("command = [\"{BIN}\", \"hello-worker\"]\nready = \"notify\"\nworkers = 2\n");
+    std::fs::write(&path, &good).unwrap();
+    let mut p = Start::activated(&["--config", path.to_str().unwrap()]).spawn();
+    let mut before = p.wait_workers(2);
+    before.sort();
+    // Opening a FIFO nobody writes to waits for a writer: read that way, the reload would
+    // stall preforkd's event loop for good.
+    let fifo = dir.path().join("next.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::rename(&fifo, &path).unwrap();
+    let started = Instant::now();
+    let (code, out) = reload(&p);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{out}\n{}", p.log());
+    assert!(took < Duration::from_secs(5), "the reload took {took:?}");
+    assert!(
+        out.contains(&format!(
+            "{}: is not a regular file (a FIFO)",
+            path.display()
+        )),
+        "{out}"
+    );
+    let (code, status) = p.status(&[]);
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(get(p.port, "/").unwrap().status, 200);
+    let mut after = p.workers();
+    after.sort();
+    assert_eq!(after, before, "a refused reload touched the workers");
+    assert_eq!(generations(&p), vec![1, 1]);
+}

@@ -1,5 +1,7 @@
 //! Bad config files and what the error about each must say: used at start and on reload.
 
+use std::path::{Path, PathBuf};
+
 /// (file contents, fragments the error must contain)
 pub const BAD_FILES: &[(&str, &[&str])] = &[
     (
@@ -158,3 +160,56 @@ pub const BAD_FILES: &[(&str, &[&str])] = &[
     ),
     ("workers = 2\n", &["command:", "no command to run"]),
 ];
+
+/// Filler for the oversized file: it must never show up in a message.
+pub const BIG_FILE_FILLER: &str = "# filler that no error message may echo\n";
+
+/// Paths that are no config file at all, made in `dir` where they need making: (path,
+/// fragments the error must contain). Reading any of them must neither block (a FIFO without
+/// a writer) nor fill memory (/dev/zero), so each must be refused at once.
+pub fn bad_paths(dir: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
+    let fifo = dir.join("x.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let link = dir.join("link.toml");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let zero_link = dir.join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero_link).unwrap();
+    let big = dir.join("big.toml");
+    std::fs::write(
+        &big,
+        BIG_FILE_FILLER.repeat(2 * 1024 * 1024 / BIG_FILE_FILLER.len() + 1),
+    )
+    .unwrap();
+    let socket = dir.join("s.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    vec![
+        (
+            fifo,
+            &[
+                "x.fifo: is not a regular file (a FIFO)",
+                "give the path of a .toml file",
+            ],
+        ),
+        (link, &["link.toml: is not a regular file (a FIFO)"]),
+        (
+            "/dev/zero".into(),
+            &["/dev/zero: is not a regular file (a character device)"],
+        ),
+        (
+            "/dev/urandom".into(),
+            &["/dev/urandom: is not a regular file (a character device)"],
+        ),
+        (
+            zero_link,
+            &["zero.toml: is not a regular file (a character device)"],
+        ),
+        (
+            big,
+            &[
+                "big.toml: is larger than 1 MiB (2097160 bytes)",
+                "a preforkd config is a few KiB; is this the right file?",
+            ],
+        ),
+        (socket, &["s.sock: is not a regular file (a socket)"]),
+    ]
+}
