@@ -78,6 +78,8 @@ Options (each also a key of the config file, with _ for -):
                              from SIGABRT to SIGKILL for a hung worker (5s)
   --collapse-grace DURATION  with no ready worker this long, stop systemd's watchdog (30s)
   --reload-surge N|P%|all     new workers a reload starts at a time (1)
+  --reload-canary DURATION   a reload's first new worker must stay ready this long before
+                             old ones retire (1s; 0: none)
   --rlimit-nofile max|N      workers' open-files soft limit (max: their hard limit)
   --umask MODE               workers' umask (0022)
   --oom-score-adj N          workers' OOM score, -1000..1000, e.g. 500 so the kernel

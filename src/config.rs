@@ -50,6 +50,7 @@ pub const KEYS: &[&str] = &[
     "name",
     "runtime_dir",
     "reload_surge",
+    "reload_canary",
     "rlimit_nofile",
     "umask",
     "oom_score_adj",
@@ -245,6 +246,9 @@ pub struct Config {
     pub runtime_dir: Option<PathBuf>,
     /// New workers a reload starts before old ones are stopped.
     pub reload_surge: Share,
+    /// How long a reload's first new worker must stay ready before an old one is retired;
+    /// zero: no such wait.
+    pub reload_canary: Duration,
     /// Workers' RLIMIT_NOFILE soft limit; None: raised to the hard limit (u64::MAX here).
     pub rlimit_nofile: u64,
     pub umask: u32,
@@ -295,6 +299,7 @@ impl Default for Config {
             name: "preforkd".to_owned(),
             runtime_dir: None,
             reload_surge: Share::Count(1),
+            reload_canary: Duration::from_secs(1),
             rlimit_nofile: u64::MAX,
             umask: 0o022,
             oom_score_adj: None,
@@ -410,6 +415,26 @@ impl ParseValue for Dur {
         Err(format!(
             "invalid duration {i}: a bare number has no unit; write \"{i}s\" or \"{i}ms\""
         ))
+    }
+}
+
+/// A duration where a bare 0 is allowed and means none: zero needs no unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DurOrZero(Duration);
+
+impl ParseValue for DurOrZero {
+    const EXPECTED: &'static str = "\"0\" (none) or a duration such as \"500ms\" or \"2s\"";
+    fn from_text(s: &str) -> Result<Self, String> {
+        if s.trim() == "0" {
+            return Ok(DurOrZero(Duration::ZERO));
+        }
+        Dur::from_text(s).map(|d| DurOrZero(d.0))
+    }
+    fn from_int(i: i64) -> Result<Self, String> {
+        if i == 0 {
+            return Ok(DurOrZero(Duration::ZERO));
+        }
+        Dur::from_int(i).map(|d| DurOrZero(d.0))
     }
 }
 
@@ -663,7 +688,7 @@ impl ParseValue for Bool {
 
 deserialize_via_parse!(
     Workers, Dur, SignalName, ListenAddr, Mode, LogLevel, Int, Bool, Readiness, Share, OptDur,
-    NoFile, Capability
+    NoFile, Capability, DurOrZero
 );
 
 /// The keys holding a plain duration, with where each lives and its allowed range.
@@ -687,6 +712,7 @@ const DURATION_FIELDS: &[DurationField] = &[
         ms(0),
     ),
     ("collapse_grace", |c| &mut c.collapse_grace, ms(0)),
+    ("reload_canary", |c| &mut c.reload_canary, ms(0)),
 ];
 
 fn duration_field(key: &str) -> Option<&'static DurationField> {
@@ -727,6 +753,7 @@ struct FileConfig {
     name: Option<Spanned<String>>,
     runtime_dir: Option<Spanned<PathBuf>>,
     reload_surge: Option<Spanned<Share>>,
+    reload_canary: Option<Spanned<DurOrZero>>,
     rlimit_nofile: Option<Spanned<NoFile>>,
     umask: Option<Spanned<Mode>>,
     oom_score_adj: Option<Spanned<Int>>,
@@ -1012,6 +1039,11 @@ fn apply_file(cfg: &mut Config, f: FileConfig, src: &Source) -> Result<(), Confi
         ("ready_timeout", f.ready_timeout),
         ("worker_watchdog_grace", f.worker_watchdog_grace),
         ("collapse_grace", f.collapse_grace),
+        (
+            "reload_canary",
+            f.reload_canary
+                .map(|v| Spanned::new(v.span(), Dur(v.get_ref().0))),
+        ),
     ];
     for (field, value) in durations {
         if let Some(v) = value {
@@ -1301,7 +1333,12 @@ pub fn apply_flag(cfg: &mut Config, flag: &str, value: &str) -> Result<bool, Con
         "working_directory" => cfg.working_directory = Some(PathBuf::from(value)),
         "stop_signal" => cfg.stop_signal = SignalName::from_text(value).map_err(err)?.0,
         k if duration_field(k).is_some() => {
-            let d = check_duration(k, Dur::from_text(value).map_err(err)?.0).map_err(err)?;
+            let d = if k == "reload_canary" {
+                DurOrZero::from_text(value).map_err(err)?.0
+            } else {
+                Dur::from_text(value).map_err(err)?.0
+            };
+            let d = check_duration(k, d).map_err(err)?;
             if let Some((_, slot, _)) = duration_field(k) {
                 *slot(cfg) = d;
             }
@@ -1526,6 +1563,7 @@ impl Config {
                 other => q(&other.to_string()),
             },
         );
+        line("reload_canary", dur(self.reload_canary));
         if let Some(d) = &self.runtime_dir {
             line("runtime_dir", q(&d.display().to_string()));
         }
@@ -1608,6 +1646,36 @@ NODE_ENV = "production"
         let e = apply_flag(&mut cfg, "stop-timeout", "soon").unwrap_err();
         assert_eq!(e.origin, "--stop-timeout");
         assert!(!apply_flag(&mut cfg, "nonsense", "1").unwrap());
+    }
+
+    #[test]
+    fn reload_canary_comes_from_file_and_flag() {
+        assert_eq!(Config::default().reload_canary, Duration::from_secs(1));
+        let cfg = load("reload_canary = \"2s\"\n").unwrap();
+        assert_eq!(cfg.reload_canary, Duration::from_secs(2));
+        for zero in ["reload_canary = \"0\"\n", "reload_canary = 0\n"] {
+            assert_eq!(load(zero).unwrap().reload_canary, Duration::ZERO, "{zero}");
+        }
+        let mut cfg = Config::default();
+        assert!(apply_flag(&mut cfg, "reload-canary", "500ms").unwrap());
+        assert_eq!(cfg.reload_canary, Duration::from_millis(500));
+        assert!(apply_flag(&mut cfg, "reload-canary", "0").unwrap());
+        assert_eq!(cfg.reload_canary, Duration::ZERO);
+        assert!(cfg.to_toml().contains("reload_canary = \"0s\"\n"));
+
+        let e = load("workers = 2\nreload_canary = \"soon\"\n").unwrap_err();
+        assert_eq!(e.origin, "app.toml:2:17");
+        assert_eq!(e.field.as_deref(), Some("reload_canary"));
+        assert!(e.message.contains("invalid duration \"soon\""), "{e}");
+        let e = load("reload_canary = 5\n").unwrap_err();
+        assert!(e.message.contains("write \"5s\""), "{e}");
+        let e = load("reload_canary = \"2h\"\n").unwrap_err();
+        assert_eq!(e.origin, "app.toml:1:17");
+        assert!(e.message.contains("expected from 0s to 1h"), "{e}");
+        let e = apply_flag(&mut cfg, "reload-canary", "-1s").unwrap_err();
+        assert_eq!(e.origin, "--reload-canary");
+        // Zero needs no unit for this key only; the others keep asking for one.
+        assert!(load("collapse_grace = 0\n").is_err());
     }
 
     #[test]

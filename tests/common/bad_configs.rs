@@ -86,6 +86,14 @@ pub const BAD_FILES: &[(&str, &[&str])] = &[
     ),
     ("name = \"../etc\"\n", &["name:", "it names a directory"]),
     (
+        "reload_canary = \"soon\"\n",
+        &[
+            "app.toml:1:17",
+            "reload_canary:",
+            "invalid duration \"soon\"",
+        ],
+    ),
+    (
         "listen = [\"localhost\"]\n",
         &[
             "app.toml:1:11",
