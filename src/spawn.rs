@@ -12,8 +12,10 @@
 //! process group; the working directory and CPU affinity are applied; every signal disposition is
 //! reset to the default and the mask cleared; `LISTEN_PID` (and `WATCHDOG_PID`) are filled with
 //! the child's pid; exec.
-//! A failure at any step is written as (step, errno) to a close-on-exec pipe that the parent reads,
-//! as std's `Command` does, so "not found" is reported once and plainly.
+//! A failure at any step is written as (step, errno) to a close-on-exec pipe, as std's `Command`
+//! does, so "not found" is reported once and plainly. Unlike `Command`, the parent does not wait
+//! on that pipe: the supervisor polls it ([`ExecStatus`]), so a child stuck before exec never
+//! stalls it.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
@@ -326,12 +328,14 @@ impl ExecPlan {
         })
     }
 
-    /// Forks and execs the worker. Returns its pid once exec has succeeded; if the child failed
-    /// before or at exec, it has been reaped and the error says where.
-    pub fn spawn(&mut self) -> Result<Pid, SpawnError> {
+    /// Forks the worker and returns its pid with the read end of its exec-status pipe, without
+    /// waiting for the exec: a child stuck on its way (a `chdir` into a dead mount) must not
+    /// stall the supervisor. [`ExecStatus::read`] tells, once the pipe is readable, whether the
+    /// exec succeeded.
+    pub fn spawn(&mut self) -> Result<(Pid, ExecStatus), SpawnError> {
         debug_assert_single_threaded();
         let (err_read, err_write) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Fork)?;
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(SpawnError::Fork)?;
         let all = nix::sys::signal::SigSet::all();
         let mut old = nix::sys::signal::SigSet::empty();
         // Block every signal so no handler of preforkd runs in the child before it resets them.
@@ -360,27 +364,14 @@ impl ExecPlan {
         // preforkd might signal it.
         let _ = nix::unistd::setpgid(pid, pid);
         drop(err_write);
-        let mut report = [0u8; 5];
-        let n = read_full(&err_read, &mut report);
-        if n == 0 {
-            return Ok(pid);
-        }
-        // The child failed and is exiting with 127: reap it here so the supervisor's reaper
-        // never sees an exit for a worker that never ran.
-        let _ = nix::sys::wait::waitpid(pid, None);
-        let errno = if n == report.len() {
-            Errno::from_raw(i32::from_ne_bytes([
-                report[1], report[2], report[3], report[4],
-            ]))
-        } else {
-            Errno::UnknownErrno
-        };
-        Err(SpawnError::Child {
-            step: Step::from_u8(report[0]),
-            errno,
-            program: self.program_path.clone(),
-            working_directory: self.working_directory_path.clone(),
-        })
+        Ok((
+            pid,
+            ExecStatus {
+                pipe: err_read,
+                program: self.program_path.clone(),
+                working_directory: self.working_directory_path.clone(),
+            },
+        ))
     }
 
     /// The child's side. Only async-signal-safe libc calls on memory prepared by the parent.
@@ -525,6 +516,55 @@ impl ExecPlan {
     }
 }
 
+/// The read end of a child's exec-status pipe: the child writes (step, errno) to it if its
+/// setup or exec fails; a successful exec closes it (close-on-exec), which reads as EOF.
+pub struct ExecStatus {
+    pipe: OwnedFd,
+    program: PathBuf,
+    working_directory: Option<PathBuf>,
+}
+
+impl ExecStatus {
+    /// Poll this for POLLIN.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.pipe.as_fd()
+    }
+
+    /// None while the child is still on its way to exec; then Ok when it exec'd, or the error.
+    /// Never blocks. Once the child has exited, always Some.
+    pub fn read(&self) -> Option<Result<(), SpawnError>> {
+        let mut report = [0u8; 5];
+        let mut got = 0;
+        while got < report.len() {
+            match nix::unistd::read(&self.pipe, &mut report[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::EINTR) => continue,
+                // The report is one write of 5 bytes, so it is never seen in part.
+                Err(Errno::EAGAIN) if got == 0 => return None,
+                Err(_) => break,
+            }
+        }
+        if got == 0 {
+            return Some(Ok(()));
+        }
+        let errno = if got == report.len() {
+            Errno::from_raw(i32::from_ne_bytes([
+                report[1], report[2], report[3], report[4],
+            ]))
+        } else {
+            Errno::UnknownErrno
+        };
+        Some(Err(SpawnError::Child {
+            step: Step::from_u8(report[0]),
+            errno,
+            program: self.program.clone(),
+            working_directory: self.working_directory.clone(),
+        }))
+    }
+}
+
 /// The user switch, prepared: ids, groups, and capability masks for raw syscalls.
 struct IdentityPlan {
     uid: libc::uid_t,
@@ -654,19 +694,6 @@ fn write_pid_digits(buf: &mut [u8], pid: libc::pid_t) {
         buf[i] = digits[len - 1 - i];
     }
     buf[len] = 0;
-}
-
-fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(fd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-    }
-    got
 }
 
 /// fork() in a multi-threaded process leaves the child with only async-signal-safe calls and

@@ -25,6 +25,18 @@ pub struct Snapshot {
     /// The STATUS= line preforkd last sent to systemd.
     pub status: String,
     pub workers: Vec<WorkerInfo>,
+    /// Slots with no worker: waiting out a back-off after failed starts, or being started.
+    #[serde(default)]
+    pub empty_slots: Vec<EmptySlot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptySlot {
+    pub id: u32,
+    /// Milliseconds until its next start, when one is scheduled.
+    pub start_in_ms: Option<u64>,
+    /// Why its last start failed.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +53,21 @@ pub struct WorkerInfo {
     pub status: Option<String>,
     /// Milliseconds since its last WATCHDOG=1.
     pub watchdog_ms_ago: Option<u64>,
+}
+
+/// Input echoed into STATUS= and messages: at most 200 characters, control characters
+/// (NUL, escapes, newlines) shown as `?`, so a hostile value cannot flood or forge anything.
+pub fn bounded(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = text
+        .chars()
+        .take(MAX)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// "3s", "5m12s", "2h05m": short durations for tables and STATUS=.
@@ -107,6 +134,23 @@ pub fn render(s: &Snapshot) -> String {
             w.status.as_deref().unwrap_or("-")
         );
     }
+    for e in &s.empty_slots {
+        let next = e.start_in_ms.map_or("starting".to_owned(), |ms| {
+            format!("next start in {}", short(Duration::from_millis(ms)))
+        });
+        let _ = writeln!(
+            out,
+            "{:<6} {:>8} {:>4}  {:<9} {}{}",
+            e.id,
+            "-",
+            "-",
+            "empty",
+            next,
+            e.last_error
+                .as_deref()
+                .map_or(String::new(), |m| format!(" · last start failed: {m}"))
+        );
+    }
     if s.control_rejected > 0 {
         let _ = writeln!(
             out,
@@ -169,11 +213,20 @@ mod tests {
                 status: Some("serving".into()),
                 watchdog_ms_ago: Some(500),
             }],
+            empty_slots: vec![EmptySlot {
+                id: 1,
+                start_in_ms: Some(800),
+                last_error: Some("cannot execute /srv/app: Exec format error (errno 8)".into()),
+            }],
         };
         let text = render(&snap);
         assert!(text.contains("ready"), "{text}");
         assert!(text.contains("0.5s ago"), "{text}");
         assert!(text.contains("3 notify message(s) dropped"), "{text}");
+        assert!(
+            text.contains("next start in 0.8s · last start failed: cannot execute"),
+            "{text}"
+        );
         let json = serde_json::to_string(&snap).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snap);
     }

@@ -1,0 +1,694 @@
+//! Every decision of the supervisor, as a pure state machine: events in, effects out.
+//!
+//! [`Core::handle`] takes one [`Event`] (a child exited, a spawn got its pid or failed, a notify
+//! datagram, a signal, a control request, a config loaded, a timer) and the time, and returns
+//! the [`Effect`]s to carry out (spawn, signal, tell systemd, answer a client, log, exit). It
+//! makes no system call, reads no clock and never calls back into itself: what an effect leads
+//! to comes back as a later event. The shell in `supervisor/mod.rs` owns the fds, fork/exec,
+//! signals and time; `tests/simulation.rs` drives the core through random event orders.
+//!
+//! What each event does:
+//! - a child exited: a stopping worker is done (its process group may linger until its stop
+//!   deadline); any other is replaced, with back-off for failed starts and a crash-loop limit
+//!   (see [`crate::restart`]); a new worker that fails during a reload counts against it.
+//! - SIGTERM, SIGINT, SIGQUIT: drain. Stop respawning, send every worker its `stop_signal`,
+//!   SIGKILL at its `stop_timeout`, exit once all are gone. A stop signal at least
+//!   [`FORCE_AFTER`] after the first SIGKILLs every worker at once (sooner, it is the same stop
+//!   reaching preforkd twice, as wrappers that signal the whole process group do).
+//! - SIGHUP or `preforkd reload`: roll to a new generation (see `reload.rs`).
+//! - SIGTTIN / SIGTTOU: one worker more / less.
+//! - notify datagrams: a worker's READY=1, WATCHDOG=1, STATUS=, WATCHDOG=trigger.
+//!
+//! Within one wake-up the shell hands events over in [`Event::rank`] order, as nginx's master
+//! cycle does: exits first, then stops, reloads, scaling, notify, control, timers. A stop that
+//! arrives with a reload wins.
+
+mod pool;
+mod reload;
+mod report;
+mod worker;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::control::Token;
+use crate::notify::Message;
+use crate::restart::{CrashWindow, RestartPolicy};
+use crate::status::Snapshot;
+pub use reload::{ReloadOutcome, MAX_ROLLOUT_FAILURES};
+use worker::{Escalation, Worker};
+
+/// Exit code when the pool was crash-looping and preforkd gave up (EX_UNAVAILABLE).
+pub const EXIT_CRASH_LOOP: i32 = crate::exit::UNAVAILABLE;
+
+/// A second stop signal forces the stop only if it comes at least this long after the first.
+pub const FORCE_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a STATUS= line that says "… ago" is refreshed.
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// A configuration read for a new generation: the program resolved and the pool sized by the
+/// shell (`workers = "auto"` asks the kernel).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub cfg: Config,
+    pub program: PathBuf,
+    pub workers: u32,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal { signal: Signal, core_dumped: bool },
+}
+
+/// What the shell tells the core.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// preforkd is set up: start the first generation.
+    Start,
+    /// A child ended. The shell has not reaped it yet, so its pid and process group cannot be
+    /// reused while the effects of this event are carried out.
+    Exited { pid: Pid, status: ExitStatus },
+    /// The outcome of fork() for an [`Effect::Spawn`].
+    Forked {
+        worker: u32,
+        generation: u32,
+        result: Result<Pid, String>,
+    },
+    /// The child reached exec (Ok), or failed on its way there (it then exits with 127).
+    Execd {
+        pid: Pid,
+        result: Result<(), String>,
+    },
+    /// The process group a stopped worker left behind is empty now.
+    GroupGone(Pid),
+    /// SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN or SIGTTOU.
+    Signal(Signal),
+    /// `preforkd reload` from a control client.
+    ReloadRequest(Token),
+    /// The answer to [`Effect::LoadConfig`].
+    ConfigLoaded(Result<Box<Loaded>, String>),
+    /// A datagram on the workers' notify socket. `sender` is the pid the kernel named, `group`
+    /// its process group; `message` is the parsed datagram or why it is not one.
+    Notify {
+        sender: Option<Pid>,
+        group: Option<Pid>,
+        message: Result<Message, &'static str>,
+    },
+    /// `preforkd status` from a control client.
+    Status(Token),
+    /// A deadline may have passed.
+    Tick,
+}
+
+impl Event {
+    /// Order within one wake-up: reap, stop, reload, scale, notify, control, timers.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Event::Exited { .. }
+            | Event::Forked { .. }
+            | Event::Execd { .. }
+            | Event::GroupGone(_) => 0,
+            Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => 1,
+            Event::Signal(Signal::SIGHUP) | Event::ReloadRequest(_) | Event::ConfigLoaded(_) => 2,
+            Event::Signal(_) => 3,
+            Event::Notify { .. } => 4,
+            Event::Status(_) => 5,
+            Event::Start | Event::Tick => 6,
+        }
+    }
+}
+
+/// Sorts the events of one wake-up into the order they are handled; stable within a rank.
+pub fn by_priority(events: &mut [Event]) {
+    events.sort_by_key(Event::rank);
+}
+
+/// Who a signal goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A worker's process group (each worker leads its own), and the worker itself should it
+    /// have left that group: helpers it started go too, and it cannot escape a stop.
+    Worker,
+    /// The process alone.
+    Process,
+    /// The process group of that number: what a stopped worker left behind.
+    Group,
+}
+
+/// A message to systemd. The shell adds `MONOTONIC_USEC` to `Reloading`, as it reads clocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sd {
+    Ready,
+    Reloading,
+    Stopping,
+    Status(String),
+    Watchdog,
+    WatchdogTrigger,
+    ExtendTimeoutUsec(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warning,
+    Info,
+    Debug,
+}
+
+/// A log record: a message and its fields, in the order written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: Level,
+    pub message: String,
+    pub fields: Vec<(&'static str, String)>,
+}
+
+/// What a control client gets.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The shell fills in what only it knows (pid, runtime directory, its own counters).
+    Status(Box<Snapshot>),
+    Reload(ReloadOutcome),
+}
+
+/// What the core asks the shell to do.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Fork and exec a worker; answer with [`Event::Forked`], then [`Event::Execd`].
+    Spawn {
+        worker: u32,
+        generation: u32,
+        cfg: Rc<Config>,
+        program: Rc<PathBuf>,
+    },
+    Signal {
+        pid: Pid,
+        signal: Signal,
+        target: Target,
+    },
+    /// One datagram to systemd.
+    Systemd(Vec<Sd>),
+    /// Read the configuration again; answer with [`Event::ConfigLoaded`].
+    LoadConfig,
+    Answer {
+        token: Token,
+        answer: Answer,
+    },
+    /// Tell the core with [`Event::GroupGone`] once this process group is empty.
+    WatchGroup(Pid),
+    Log(LogLine),
+    /// Every worker and its group is gone after a stop. The shell stops what is left of its
+    /// children (processes that left their worker's group: SIGTERM, SIGKILL after
+    /// `orphan_grace`), then exits with `code`.
+    Exit {
+        code: i32,
+        orphan_grace: Duration,
+    },
+}
+
+/// Pushes a log effect: `log!(self, Warning, "fmt", args; "key" => value, ...)`.
+macro_rules! log {
+    ($core:expr, $level:ident, $($fmt:expr),+ $(; $($key:expr => $value:expr),* $(,)?)?) => {
+        $core.out.push($crate::supervisor::core::Effect::Log($crate::supervisor::core::LogLine {
+            level: $crate::supervisor::core::Level::$level,
+            message: format!($($fmt),+),
+            fields: vec![$($(($key, $value.to_string())),*)?],
+        }))
+    };
+}
+use log;
+
+/// A position in the pool. Its id is the worker id the app sees (`PREFORKD_WORKER_ID`) and
+/// survives restarts of the worker in it.
+#[derive(Debug, Clone)]
+struct Slot {
+    id: u32,
+    /// Failed starts in a row; sets the back-off.
+    failures_in_row: u32,
+    restarts: u32,
+    /// When the slot is empty: when to start its next worker.
+    start_at: Option<Instant>,
+    /// A spawn was asked for and its fork outcome has not come back.
+    forking: bool,
+    /// When its last worker was started: no slot restarts sooner than `restart_delay` after.
+    last_start: Option<Instant>,
+    /// Why its last start failed, for `preforkd status`; cleared by a start that works.
+    last_error: Option<String>,
+}
+
+impl Slot {
+    fn new(id: u32) -> Slot {
+        Slot {
+            id,
+            failures_in_row: 0,
+            restarts: 0,
+            start_at: None,
+            forking: false,
+            last_start: None,
+            last_error: None,
+        }
+    }
+
+    /// Schedules the next start after `delay`, but never sooner than `min_gap` after the last
+    /// start, so a worker that keeps dying cannot make preforkd fork in a tight loop.
+    fn schedule(&mut self, now: Instant, delay: Duration, min_gap: Duration) -> Duration {
+        let mut at = now + delay;
+        if let Some(last) = self.last_start {
+            at = at.max(last + min_gap);
+        }
+        self.start_at = Some(at);
+        at - now
+    }
+}
+
+/// A configuration, its program, its restart policy and its slots: one generation of the pool.
+#[derive(Debug, Clone)]
+struct Generation {
+    number: u32,
+    cfg: Rc<Config>,
+    program: Rc<PathBuf>,
+    policy: RestartPolicy,
+    slots: Vec<Slot>,
+}
+
+impl Generation {
+    fn new(number: u32, loaded: Loaded) -> Generation {
+        Generation {
+            number,
+            policy: RestartPolicy::from_config(&loaded.cfg),
+            cfg: Rc::new(loaded.cfg),
+            program: Rc::new(loaded.program),
+            slots: (0..loaded.workers).map(Slot::new).collect(),
+        }
+    }
+}
+
+/// A process group whose leader (a stopping worker) has exited while other members still run;
+/// they get until the worker's stop deadline, then SIGKILL.
+#[derive(Debug, Clone, Copy)]
+struct Lingering {
+    pgid: Pid,
+    escalation: Escalation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining {
+        exit_code: i32,
+        forced: bool,
+        since: Instant,
+    },
+    /// [`Effect::Exit`] went out.
+    Done,
+}
+
+pub struct Core {
+    /// The newest generation: the one slots are filled from.
+    gen: Generation,
+    /// The generation the next reload creates; never reused, even after an aborted reload.
+    next_generation: u32,
+    reload: reload::ReloadState,
+    workers: Vec<Worker>,
+    lingering: Vec<Lingering>,
+    crashes: CrashWindow,
+    phase: Phase,
+    started: bool,
+    /// READY=1 went to systemd.
+    ready_sent: bool,
+    /// systemd's watchdog interval for preforkd, and when it is next due a ping.
+    watchdog: Option<Duration>,
+    watchdog_due: Option<Instant>,
+    /// The last moment the pool had a ready worker.
+    last_ready: Instant,
+    /// The pool had no ready worker for `collapse_grace`; systemd's watchdog was told.
+    collapsed: bool,
+    report: report::Report,
+    out: Vec<Effect>,
+}
+
+impl Core {
+    /// A core for the first generation. `watchdog` is systemd's WATCHDOG_USEC for preforkd;
+    /// `socket_activated` says whether systemd owns the sockets (for reload warnings).
+    pub fn new(
+        first: Loaded,
+        watchdog: Option<Duration>,
+        socket_activated: bool,
+        now: Instant,
+    ) -> Core {
+        Core {
+            gen: Generation::new(1, first),
+            next_generation: 2,
+            reload: reload::ReloadState::new(socket_activated),
+            workers: Vec::new(),
+            lingering: Vec::new(),
+            crashes: CrashWindow::default(),
+            phase: Phase::Running,
+            started: false,
+            ready_sent: false,
+            watchdog,
+            watchdog_due: watchdog.map(|_| now),
+            last_ready: now,
+            collapsed: false,
+            report: report::Report::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles one event; returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        if self.phase == Phase::Done {
+            return Vec::new();
+        }
+        match event {
+            Event::Start => self.start(now),
+            Event::Exited { pid, status } => self.on_exit(pid, status, now),
+            Event::Forked {
+                worker,
+                generation,
+                result,
+            } => self.on_forked(worker, generation, result, now),
+            Event::Execd { pid, result } => self.on_execd(pid, result, now),
+            Event::GroupGone(pgid) => self.lingering.retain(|l| l.pgid != pgid),
+            Event::Signal(sig) => self.on_signal(sig, now),
+            Event::ReloadRequest(token) => self.request_reload(Some(token), now),
+            Event::ConfigLoaded(result) => self.on_config_loaded(result, now),
+            Event::Notify {
+                sender,
+                group,
+                message,
+            } => self.on_notify(sender, group, message, now),
+            Event::Status(token) => {
+                let answer = Answer::Status(Box::new(self.snapshot(now)));
+                self.out.push(Effect::Answer { token, answer });
+            }
+            Event::Tick => self.on_deadlines(now),
+        }
+        if self.phase == Phase::Running {
+            self.advance(now);
+        }
+        self.report_status(now);
+        self.exit_if_drained();
+        std::mem::take(&mut self.out)
+    }
+
+    /// The nearest moment something is due; the shell sends [`Event::Tick`] then.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let running = self.phase == Phase::Running;
+        let starts = self
+            .gen
+            .slots
+            .iter()
+            .filter(|s| running && !s.forking)
+            .filter_map(|s| s.start_at);
+        let workers = self
+            .workers
+            .iter()
+            .filter_map(|w| w.next_timer())
+            .map(|t| t.0);
+        let lingering = self.lingering.iter().filter_map(|l| l.escalation.next());
+        starts
+            .chain(workers)
+            .chain(lingering)
+            .chain(self.watchdog_due)
+            .chain(self.collapse_deadline())
+            .chain(self.rollout_deadline(now))
+            .chain(self.report.refresh_at)
+            .min()
+    }
+
+    /// The workers by pid, for the shell's checks and the simulation's invariants.
+    pub fn worker_pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.workers.iter().map(|w| w.pid)
+    }
+
+    /// Whether [`Effect::Exit`] went out.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    fn start(&mut self, now: Instant) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let cfg = Rc::clone(&self.gen.cfg);
+        log!(self, Info, "preforkd starting";
+            "workers" => self.gen.slots.len(), "gen" => self.gen.number,
+            "command" => cfg.command.join(" "), "ready" => cfg.readiness());
+        for slot in &mut self.gen.slots {
+            slot.start_at = Some(now);
+        }
+    }
+
+    fn on_signal(&mut self, sig: Signal, now: Instant) {
+        match sig {
+            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => self.on_stop_signal(sig, now),
+            Signal::SIGHUP => self.request_reload(None, now),
+            Signal::SIGTTIN => self.add_worker(now),
+            Signal::SIGTTOU => self.remove_worker(now),
+            _ => {}
+        }
+    }
+
+    fn on_deadlines(&mut self, now: Instant) {
+        if self.phase == Phase::Running {
+            self.start_due(now);
+        }
+        for i in 0..self.workers.len() {
+            while let Some((at, timer)) = self.workers[i].next_timer() {
+                if at > now {
+                    break;
+                }
+                self.on_worker_timer(i, timer, now);
+            }
+        }
+        for l in &mut self.lingering {
+            if l.escalation.next().is_some_and(|at| now >= at) {
+                l.escalation.killed = true;
+                self.out.push(Effect::Signal {
+                    pid: l.pgid,
+                    signal: Signal::SIGKILL,
+                    target: Target::Group,
+                });
+                log!(self, Warning, "processes of a stopped worker still run after stop_timeout; sending SIGKILL";
+                    "pgid" => l.pgid);
+            }
+        }
+        self.check_collapse(now);
+        if let (Some(due), Some(interval)) = (self.watchdog_due, self.watchdog) {
+            if now >= due {
+                if !self.collapsed {
+                    self.out.push(Effect::Systemd(vec![Sd::Watchdog]));
+                }
+                self.watchdog_due = Some(now + interval / 2);
+            }
+        }
+    }
+
+    /// When the pool would count as collapsed if no worker becomes ready first.
+    fn collapse_deadline(&self) -> Option<Instant> {
+        let watched = self.watchdog.is_some() && self.phase == Phase::Running;
+        (watched && !self.collapsed && !self.workers.iter().any(Worker::is_ready))
+            .then(|| self.last_ready + self.gen.cfg.collapse_grace)
+    }
+
+    /// With no ready worker for `collapse_grace`, preforkd stops vouching for the service: it
+    /// stops its watchdog pings and asks systemd to act now (`WATCHDOG=trigger`).
+    fn check_collapse(&mut self, now: Instant) {
+        if self.workers.iter().any(Worker::is_ready) {
+            if self.collapsed {
+                log!(self, Info, "a worker is ready again; watchdog pings resume");
+                self.collapsed = false;
+            }
+            self.last_ready = now;
+            return;
+        }
+        if self.collapse_deadline().is_some_and(|at| now >= at) {
+            self.collapsed = true;
+            let grace = crate::restart::human(self.gen.cfg.collapse_grace);
+            log!(self, Error, "no worker has been ready for {}: the pool has collapsed; stopping watchdog pings and sending WATCHDOG=trigger so systemd restarts the service", grace;
+                "collapse_grace" => grace);
+            self.out.push(Effect::Systemd(vec![Sd::WatchdogTrigger]));
+        }
+    }
+
+    fn on_stop_signal(&mut self, sig: Signal, now: Instant) {
+        match self.phase {
+            Phase::Running => {
+                let cfg = Rc::clone(&self.gen.cfg);
+                log!(self, Info, "stopping gracefully";
+                    "signal" => sig.as_str(), "workers" => self.workers.len(),
+                    "stop_signal" => cfg.stop_signal.as_str(),
+                    "stop_timeout" => crate::restart::human(cfg.stop_timeout));
+                self.begin_stop(now, 0);
+            }
+            Phase::Draining {
+                exit_code,
+                forced: false,
+                since,
+            } => {
+                if now.saturating_duration_since(since) < FORCE_AFTER {
+                    log!(self, Info, "stop signal again within {}: the same stop, still draining", crate::restart::human(FORCE_AFTER);
+                        "signal" => sig.as_str());
+                    return;
+                }
+                log!(self, Warning, "second stop signal: killing all workers now";
+                    "signal" => sig.as_str(), "workers" => self.workers.len());
+                for l in &mut self.lingering {
+                    if !l.escalation.killed {
+                        l.escalation.killed = true;
+                        self.out.push(Effect::Signal {
+                            pid: l.pgid,
+                            signal: Signal::SIGKILL,
+                            target: Target::Group,
+                        });
+                    }
+                }
+                for w in &mut self.workers {
+                    self.out.push(Effect::Signal {
+                        pid: w.pid,
+                        signal: Signal::SIGKILL,
+                        target: Target::Worker,
+                    });
+                    if let worker::State::Stopping(e) | worker::State::Hung(e) = &mut w.state {
+                        e.killed = true;
+                    }
+                }
+                self.phase = Phase::Draining {
+                    exit_code,
+                    forced: true,
+                    since,
+                };
+            }
+            Phase::Draining { forced: true, .. } | Phase::Done => {}
+        }
+    }
+
+    /// Stops respawning and asks every worker to stop.
+    fn begin_stop(&mut self, now: Instant, exit_code: i32) {
+        self.cancel_reloads("preforkd is stopping");
+        self.phase = Phase::Draining {
+            exit_code,
+            forced: false,
+            since: now,
+        };
+        // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short;
+        // workers of an older generation keep their own stop_timeout.
+        let longest = self
+            .workers
+            .iter()
+            .map(|w| w.cfg.stop_timeout)
+            .fold(self.gen.cfg.stop_timeout, Duration::max);
+        let extend = (longest + Duration::from_secs(5)).as_micros();
+        self.out.push(Effect::Systemd(vec![
+            Sd::Stopping,
+            Sd::ExtendTimeoutUsec(extend.min(u32::MAX as u128) as u32),
+        ]));
+        for slot in &mut self.gen.slots {
+            slot.start_at = None;
+        }
+        for i in 0..self.workers.len() {
+            if self.workers[i].is_live() {
+                self.stop_worker(i, now);
+            }
+        }
+    }
+
+    /// Asks a worker to stop with its own `stop_signal`, SIGKILL after its own `stop_timeout`.
+    fn stop_worker(&mut self, i: usize, now: Instant) {
+        let w = &mut self.workers[i];
+        w.state = worker::State::Stopping(Escalation::until(now + w.cfg.stop_timeout));
+        self.out.push(Effect::Signal {
+            pid: w.pid,
+            signal: w.cfg.stop_signal,
+            target: Target::Worker,
+        });
+        // A stopped (SIGSTOP) worker would keep the stop signal pending until the SIGKILL.
+        self.out.push(Effect::Signal {
+            pid: w.pid,
+            signal: Signal::SIGCONT,
+            target: Target::Worker,
+        });
+    }
+
+    /// Once draining and nothing of the pool is left: exit.
+    fn exit_if_drained(&mut self) {
+        if let Phase::Draining {
+            exit_code, forced, ..
+        } = self.phase
+        {
+            if self.workers.is_empty() && self.lingering.is_empty() {
+                let orphan_grace = if forced {
+                    Duration::ZERO
+                } else {
+                    self.gen.cfg.stop_timeout.min(Duration::from_secs(5))
+                };
+                self.out.push(Effect::Exit {
+                    code: exit_code,
+                    orphan_grace,
+                });
+                self.phase = Phase::Done;
+            }
+        }
+    }
+
+    fn add_worker(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if self.reload.busy() {
+            log!(
+                self,
+                Warning,
+                "SIGTTIN during a reload: ignored; change workers in the config instead"
+            );
+            return;
+        }
+        let mut slot = Slot::new(self.gen.slots.len() as u32);
+        slot.start_at = Some(now);
+        self.gen.slots.push(slot);
+        log!(self, Info, "SIGTTIN: adding a worker"; "workers" => self.gen.slots.len());
+    }
+
+    fn remove_worker(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if self.reload.busy() {
+            log!(
+                self,
+                Warning,
+                "SIGTTOU during a reload: ignored; change workers in the config instead"
+            );
+            return;
+        }
+        if self.gen.slots.len() <= 1 {
+            log!(
+                self,
+                Warning,
+                "SIGTTOU: keeping the last worker; a pool cannot shrink below one"
+            );
+            return;
+        }
+        let Some(slot) = self.gen.slots.pop() else {
+            return;
+        };
+        log!(self, Info, "SIGTTOU: removing a worker"; "worker" => slot.id, "workers" => self.gen.slots.len());
+        let generation = self.gen.number;
+        for i in 0..self.workers.len() {
+            let w = &self.workers[i];
+            if w.id == slot.id && w.generation == generation && w.is_live() {
+                self.stop_worker(i, now);
+            }
+        }
+    }
+}

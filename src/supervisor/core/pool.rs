@@ -1,0 +1,420 @@
+//! Keeping the pool full: starting workers in empty slots, following each through spawn, exec
+//! and readiness, and replacing those that end, with back-off and the crash-loop limit.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::worker::{Escalation, State, Timer, Worker};
+use super::{log, Core, Effect, ExitStatus, Lingering, Phase, Sd, Target, EXIT_CRASH_LOOP};
+use crate::config::Readiness;
+use crate::restart::human;
+
+impl Core {
+    /// Asks for a worker in every empty slot whose time has come.
+    pub(super) fn start_due(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let generation = self.gen.number;
+        for slot in &mut self.gen.slots {
+            if slot.forking || slot.start_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            slot.start_at = None;
+            slot.forking = true;
+            slot.last_start = Some(now);
+            self.out.push(Effect::Spawn {
+                worker: slot.id,
+                generation,
+                cfg: Rc::clone(&self.gen.cfg),
+                program: Rc::clone(&self.gen.program),
+            });
+        }
+    }
+
+    pub(super) fn on_forked(
+        &mut self,
+        id: u32,
+        generation: u32,
+        result: Result<Pid, String>,
+        now: Instant,
+    ) {
+        let current = generation == self.gen.number && self.phase == Phase::Running;
+        let slot_there = current && self.slot_mut(id).is_some_and(|s| s.forking);
+        if let Some(slot) = self.slot_mut(id).filter(|_| current) {
+            slot.forking = false;
+        }
+        match result {
+            Ok(pid) => {
+                self.workers.push(Worker {
+                    id,
+                    pid,
+                    generation,
+                    cfg: Rc::clone(&self.gen.cfg),
+                    started: now,
+                    state: State::Spawning,
+                    status: None,
+                    last_ping: None,
+                });
+                if !slot_there {
+                    // Its slot went away (a stop, an aborted reload) while it was being forked.
+                    let i = self.workers.len() - 1;
+                    self.stop_worker(i, now);
+                }
+            }
+            Err(message) if slot_there => self.spawn_failed(id, message, now),
+            Err(_) => {}
+        }
+    }
+
+    pub(super) fn on_execd(&mut self, pid: Pid, result: Result<(), String>, now: Instant) {
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        if self.workers[i].state != State::Spawning {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let w = &mut self.workers[i];
+                w.state = State::Starting;
+                let (id, generation, exec_ready) =
+                    (w.id, w.generation, w.cfg.readiness() == Readiness::Exec);
+                log!(self, Info, "worker started"; "worker" => id, "pid" => pid, "gen" => generation);
+                let current = generation == self.gen.number;
+                if let Some(slot) = self.slot_mut(id).filter(|_| current) {
+                    slot.last_error = None;
+                }
+                if exec_ready {
+                    self.mark_ready(i, now);
+                }
+            }
+            Err(message) => {
+                // The child exits with 127 on its own; reaping it is the shell's business.
+                let w = self.workers.swap_remove(i);
+                if w.generation == self.gen.number && self.phase == Phase::Running {
+                    self.spawn_failed(w.id, message, now);
+                }
+            }
+        }
+    }
+
+    /// A start that did not get as far as the app: back off, count it, and fail the reload it
+    /// belongs to. Logged at warning each time: the back-off spaces the lines out.
+    fn spawn_failed(&mut self, id: u32, message: String, now: Instant) {
+        let generation = self.gen.number;
+        let policy = self.gen.policy;
+        let Some(slot) = self.slot_mut(id) else {
+            return;
+        };
+        slot.failures_in_row += 1;
+        let delay = slot.schedule(now, policy.delay(slot.failures_in_row), policy.delay);
+        slot.last_error = Some(message.clone());
+        log!(self, Warning, "worker failed to start: {}", message;
+            "worker" => id, "gen" => generation, "retry_in" => human(delay));
+        self.crashes.record(now, policy.interval, id);
+        if self.reload.rollout.is_some() {
+            self.rollout_failed(format!("worker {id} could not start: {message}"), now);
+            return;
+        }
+        self.give_up_if_crash_looping(now);
+    }
+
+    pub(super) fn mark_ready(&mut self, i: usize, now: Instant) {
+        let w = &mut self.workers[i];
+        if w.state != State::Starting {
+            return;
+        }
+        w.state = State::Ready { since: now };
+        log!(self, Info, "worker ready"; "worker" => w.id, "pid" => w.pid,
+            "gen" => w.generation, "after" => human(now.saturating_duration_since(w.started)));
+        self.send_ready_if_quorum(now);
+    }
+
+    /// READY=1 to systemd once the quorum of the serving generation is ready, once.
+    pub(super) fn send_ready_if_quorum(&mut self, now: Instant) {
+        if self.ready_sent || self.phase != Phase::Running || self.reload.busy() {
+            return;
+        }
+        let generation = self.gen.number;
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.is_ready())
+            .count();
+        let needed = self.gen.cfg.ready_quorum.needed(self.gen.slots.len());
+        if ready >= needed {
+            self.ready_sent = true;
+            log!(self, Info, "service ready"; "ready" => ready, "workers" => self.gen.slots.len(),
+                "quorum" => self.gen.cfg.ready_quorum);
+            self.report_status(now);
+            self.out.push(Effect::Systemd(vec![Sd::Ready]));
+        }
+    }
+
+    pub(super) fn on_worker_timer(&mut self, i: usize, timer: Timer, now: Instant) {
+        let w = &mut self.workers[i];
+        let cfg = Rc::clone(&w.cfg);
+        let (id, pid, generation) = (w.id, w.pid, w.generation);
+        match timer {
+            Timer::BecomeReady => self.mark_ready(i, now),
+            Timer::ReadyTimeout => {
+                w.state = State::NotReady;
+                log!(self, Warning, "worker not ready within ready_timeout; killing it";
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "ready_timeout" => human(cfg.ready_timeout), "ready" => cfg.readiness());
+                self.signal(pid, Signal::SIGKILL, Target::Worker);
+            }
+            Timer::MissedWatchdog => {
+                let since = w.ready_since().unwrap_or(w.started);
+                let silent = now.saturating_duration_since(w.last_ping.unwrap_or(since).max(since));
+                log!(self, Warning, "worker {} pid {} missed its watchdog for {}; sending SIGABRT", id, pid, human(silent);
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "worker_watchdog" => cfg.worker_watchdog.map(human).unwrap_or_default());
+                self.hang(i, now);
+            }
+            Timer::AbortGraceOver => {
+                if let State::Hung(e) = &mut w.state {
+                    e.killed = true;
+                }
+                log!(self, Warning, "hung worker still alive after SIGABRT; sending SIGKILL";
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "grace" => human(cfg.worker_watchdog_grace));
+                self.signal(pid, Signal::SIGKILL, Target::Worker);
+            }
+            Timer::StopTimeout => {
+                if let State::Stopping(e) = &mut w.state {
+                    e.killed = true;
+                }
+                log!(self, Warning, "worker did not stop within stop_timeout; sending SIGKILL";
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "stop_timeout" => human(cfg.stop_timeout));
+                self.signal(pid, Signal::SIGKILL, Target::Worker);
+            }
+        }
+    }
+
+    /// A hung worker gets SIGABRT, so it can dump a core or a stack, then SIGKILL after a grace.
+    pub(super) fn hang(&mut self, i: usize, now: Instant) {
+        let w = &mut self.workers[i];
+        w.state = State::Hung(Escalation::until(now + w.cfg.worker_watchdog_grace));
+        let pid = w.pid;
+        self.signal(pid, Signal::SIGABRT, Target::Process);
+        // A SIGSTOPped process keeps SIGABRT pending; SIGCONT lets it act on it.
+        self.signal(pid, Signal::SIGCONT, Target::Process);
+    }
+
+    pub(super) fn signal(&mut self, pid: Pid, signal: Signal, target: Target) {
+        self.out.push(Effect::Signal {
+            pid,
+            signal,
+            target,
+        });
+    }
+
+    pub(super) fn on_exit(&mut self, pid: Pid, status: ExitStatus, now: Instant) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            // preforkd is a subreaper: orphans of a worker's children end up here.
+            log!(self, Debug, "reaped a process that was not a worker";
+                "pid" => pid, "status" => status);
+            return;
+        };
+        let w = self.workers.swap_remove(index);
+        let uptime = now.saturating_duration_since(w.started);
+        if let State::Stopping(escalation) = w.state {
+            // Helpers in its group may still be finishing; they get the same deadline.
+            self.lingering.push(Lingering {
+                pgid: w.pid,
+                escalation,
+            });
+            self.out.push(Effect::WatchGroup(w.pid));
+            if status.is_clean_stop(w.cfg.stop_signal) {
+                log!(self, Info, "worker stopped"; "worker" => w.id, "pid" => pid,
+                    "gen" => w.generation, "status" => status);
+            } else {
+                log!(self, Warning, "worker stopped uncleanly"; "worker" => w.id,
+                    "pid" => pid, "gen" => w.generation, "status" => status);
+            }
+            return;
+        }
+        // A dead worker's helpers go with it: its replacement starts clean. The worker is not
+        // reaped yet, so its group number cannot have been reused.
+        self.signal(w.pid, Signal::SIGKILL, Target::Group);
+        self.report.last_death = Some((format!("worker {} {status}", w.id), now));
+        if w.state == State::Spawning {
+            // Ended before the exec-status pipe said anything: a failed start.
+            if w.generation == self.gen.number && self.phase == Phase::Running {
+                self.spawn_failed(w.id, format!("worker {status} before exec"), now);
+            }
+            return;
+        }
+        if self.phase != Phase::Running {
+            log!(self, Warning, "worker ended during the stop: {}", status;
+                "worker" => w.id, "pid" => pid, "gen" => w.generation);
+            return;
+        }
+        if w.generation != self.gen.number {
+            // An old worker during a reload: the rollout replaces it, not its old slot.
+            log!(self, Warning, "worker of the previous generation died during a reload: {}", status;
+                "worker" => w.id, "pid" => pid, "gen" => w.generation);
+            return;
+        }
+        if self.reload.rollout.is_some() && !w.was_ready(uptime) {
+            let why = match w.state {
+                State::NotReady => format!(
+                    "worker {} was not ready within {}",
+                    w.id,
+                    human(w.cfg.ready_timeout)
+                ),
+                _ => format!("worker {} {status} before it was ready", w.id),
+            };
+            if self.rollout_failed(why, now) {
+                return;
+            }
+        } else if self.reload.rollout.is_some() && self.canary_failed(&w, now) {
+            return;
+        }
+        let policy = self.gen.policy;
+        let Some(slot) = self.slot_mut(w.id) else {
+            return;
+        };
+        slot.restarts += 1;
+        let failed_start = w.state == State::NotReady || policy.is_failed_start(uptime);
+        if failed_start {
+            slot.failures_in_row += 1;
+        } else {
+            slot.failures_in_row = 0;
+        }
+        let delay = slot.schedule(now, policy.delay(slot.failures_in_row), policy.delay);
+        let restarts = slot.restarts;
+        if failed_start {
+            self.crashes.record(now, policy.interval, w.id);
+        }
+        let what = match w.state {
+            State::NotReady => "worker never became ready",
+            State::Hung(_) => "hung worker ended",
+            _ if failed_start => "worker failed soon after start",
+            _ => "worker died",
+        };
+        log!(self, Warning, "{}: {}", what, status; "worker" => w.id, "pid" => pid,
+            "gen" => w.generation, "uptime" => human(uptime),
+            "restart_in" => human(delay), "restarts" => restarts);
+        self.give_up_if_crash_looping(now);
+        self.start_due(now);
+    }
+
+    /// More than `restart_burst` failed starts within `restart_interval`, every slot among them
+    /// and no worker up and stable: give up, so that systemd's `Restart=` decides.
+    fn give_up_if_crash_looping(&mut self, now: Instant) {
+        // During a reload the old generation serves; a failing new one aborts the reload.
+        if self.phase != Phase::Running || self.reload.rollout.is_some() {
+            return;
+        }
+        let policy = self.gen.policy;
+        let failures = self.crashes.count(now, policy.interval);
+        let stable = self
+            .workers
+            .iter()
+            .any(|w| w.is_live() && now.saturating_duration_since(w.started) >= policy.min_uptime);
+        let whole_pool = self.crashes.all_failed(self.gen.slots.iter().map(|s| s.id));
+        if failures as u32 > policy.burst && whole_pool && !stable {
+            log!(self, Error, "workers keep failing: giving up so that systemd can restart the service";
+                "failed_starts" => failures, "within" => human(policy.interval),
+                "restart_burst" => policy.burst, "exit_code" => EXIT_CRASH_LOOP);
+            self.begin_stop(now, EXIT_CRASH_LOOP);
+        }
+    }
+
+    pub(super) fn slot_mut(&mut self, id: u32) -> Option<&mut super::Slot> {
+        self.gen.slots.iter_mut().find(|s| s.id == id)
+    }
+
+    /// A notify datagram: honoured only from a live worker or a process in its process group
+    /// (`npm start` running node, a start script calling `systemd-notify`). Like systemd's
+    /// NotifyAccess=all, but attributed to one worker: an identification, not a wall. A sender
+    /// the kernel could not name (pid 0) is no one: it must not resolve to preforkd's own group.
+    pub(super) fn on_notify(
+        &mut self,
+        sender: Option<Pid>,
+        group: Option<Pid>,
+        message: Result<crate::notify::Message, &'static str>,
+        now: Instant,
+    ) {
+        let sender = sender.filter(|p| p.as_raw() > 0);
+        let index = sender.and_then(|p| {
+            let by_pid = self.workers.iter().position(|w| w.pid == p);
+            let group = group.filter(|g| g.as_raw() > 0);
+            by_pid.or_else(|| group.and_then(|g| self.workers.iter().position(|w| w.pid == g)))
+        });
+        let Some(i) = index else {
+            return self
+                .report
+                .drop_notify(sender, "not from a worker", now, &mut self.out);
+        };
+        let msg = match message {
+            Ok(m) => m,
+            Err(why) => return self.report.drop_notify(sender, why, now, &mut self.out),
+        };
+        let w = &mut self.workers[i];
+        let (id, pid, generation) = (w.id, w.pid, w.generation);
+        if msg.watchdog {
+            w.last_ping = Some(now);
+        }
+        if let Some(status) = msg.status {
+            if w.status.as_deref() != Some(status.as_str()) {
+                log!(self, Debug, "worker status"; "worker" => id, "pid" => pid,
+                    "gen" => generation, "status" => &status);
+                self.workers[i].status = Some(status);
+            }
+        }
+        if let Some(errno) = msg.errno {
+            log!(self, Info, "worker reports an error"; "worker" => id, "pid" => pid,
+                "gen" => generation, "errno" => errno,
+                "error" => nix::errno::Errno::from_raw(errno).desc());
+        }
+        if msg.stopping {
+            log!(self, Debug, "worker says it is stopping"; "worker" => id, "pid" => pid, "gen" => generation);
+        }
+        let w = &self.workers[i];
+        if msg.watchdog_trigger && matches!(w.state, State::Starting | State::Ready { .. }) {
+            log!(self, Warning, "worker asked to be treated as hung (WATCHDOG=trigger); sending SIGABRT";
+                "worker" => id, "pid" => pid, "gen" => generation);
+            self.hang(i, now);
+        }
+        // Only "notify" listens to READY=1: a duration means "alive that long", exactly.
+        if msg.ready && self.workers[i].cfg.readiness() == Readiness::Notify {
+            self.mark_ready(i, now);
+        }
+    }
+}
+
+impl ExitStatus {
+    /// True for an exit a worker makes when asked to stop: status 0 or the stop signal itself.
+    pub fn is_clean_stop(&self, stop_signal: Signal) -> bool {
+        match *self {
+            ExitStatus::Code(code) => code == 0,
+            ExitStatus::Signal { signal, .. } => signal == stop_signal,
+        }
+    }
+}
+
+/// In an operator's words: "exited with status 3", "killed by SIGSEGV (core dumped)".
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ExitStatus::Code(code) => write!(f, "exited with status {code}"),
+            ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => write!(
+                f,
+                "killed by {}{}",
+                signal.as_str(),
+                if core_dumped { " (core dumped)" } else { "" }
+            ),
+        }
+    }
+}

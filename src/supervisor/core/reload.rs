@@ -1,0 +1,540 @@
+//! The rolling reload: SIGHUP (or `preforkd reload`) rolls the pool to a new generation without
+//! refusing or dropping a connection.
+//!
+//! 1. Tell systemd `RELOADING=1` (with `MONOTONIC_USEC`, added by the shell) and ask the shell
+//!    to read the configuration again. If it is invalid, or changes what only a restart can
+//!    (the workers' user, groups, capabilities), the running generation is left untouched, the
+//!    error goes to the log, to STATUS= and to `preforkd reload`, and systemd hears `READY=1`.
+//! 2. Otherwise a new generation starts, surge first: up to `reload_surge` new workers at a time.
+//!    The first new worker is the canary: it must stay ready for `reload_canary` before any old
+//!    worker is retired; if it dies or hangs in that window the reload aborts. After it, for
+//!    each new worker that is ready, one old worker is sent its stop signal and drains. The
+//!    listen sockets stay open throughout, so the kernel never refuses a connection.
+//! 3. If new workers fail more than [`MAX_ROLLOUT_FAILURES`] times before they are ready, the
+//!    reload is aborted: the old generation, its configuration and its slots are restored; new
+//!    workers that are not ready are stopped, ready ones keep serving until old workers are
+//!    ready again in their place, so an abort never lowers the number of ready workers.
+//! 4. When every slot of the new generation has a ready worker (or on abort), systemd hears
+//!    `READY=1`, so `systemctl reload` returns once the new code serves.
+//!
+//! A reload that arrives while one is under way, or while workers of another generation still
+//! serve or drain, is queued and runs afterwards with the newest configuration: at most two
+//! generations are ever alive.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::worker::Worker;
+use super::{log, Answer, Core, Effect, Generation, Loaded, Phase, Sd, Slot};
+use crate::config::Config;
+use crate::control::Token;
+use crate::restart::human;
+
+/// Failed starts of new workers a reload tolerates; one more aborts it.
+pub const MAX_ROLLOUT_FAILURES: u32 = 2;
+
+/// The answer to `preforkd reload`, as JSON.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub generation: u32,
+    pub message: String,
+}
+
+pub(super) struct ReloadState {
+    /// The sockets came from systemd, so `listen` cannot change on a reload.
+    socket_activated: bool,
+    /// The configuration is being read; these clients wait for the outcome.
+    loading: Option<Vec<Token>>,
+    /// RELOADING=1 went to systemd for the reload under way; READY=1 must follow it.
+    reloading_sent: bool,
+    /// A reload arrived while one was under way or another generation was still alive.
+    queued: bool,
+    queued_waiters: Vec<Token>,
+    pub rollout: Option<Rollout>,
+    /// Why the last reload failed, for STATUS= until one succeeds.
+    pub error: Option<String>,
+}
+
+impl ReloadState {
+    pub fn new(socket_activated: bool) -> ReloadState {
+        ReloadState {
+            socket_activated,
+            loading: None,
+            reloading_sent: false,
+            queued: false,
+            queued_waiters: Vec::new(),
+            rollout: None,
+            error: None,
+        }
+    }
+
+    /// A reload is being read or rolled out.
+    pub fn busy(&self) -> bool {
+        self.loading.is_some() || self.rollout.is_some()
+    }
+}
+
+/// What a reload under way must remember to finish or to undo.
+pub(super) struct Rollout {
+    /// The generation being replaced, as it was.
+    old: Generation,
+    failures: u32,
+    started: Instant,
+    /// A new worker stayed ready for `reload_canary`: old workers may be retired.
+    canary_passed: bool,
+    /// Control clients waiting for the outcome.
+    waiters: Vec<Token>,
+}
+
+impl Core {
+    /// Starts a reload, or queues it behind the one under way.
+    pub(super) fn request_reload(&mut self, waiter: Option<Token>, now: Instant) {
+        if self.phase != Phase::Running {
+            self.answer_reload(
+                waiter.as_slice(),
+                false,
+                "reload refused: preforkd is stopping",
+            );
+            return;
+        }
+        self.reload.queued_waiters.extend(waiter);
+        if self.reload.busy() || self.other_generations_alive() {
+            if !self.reload.queued {
+                log!(self, Info, "reload queued: it starts once the current one has finished and old workers have drained";
+                    "gen" => self.gen.number);
+            }
+            self.reload.queued = true;
+            return;
+        }
+        self.begin_reload(now);
+    }
+
+    fn other_generations_alive(&self) -> bool {
+        self.workers.iter().any(|w| w.generation != self.gen.number)
+    }
+
+    fn begin_reload(&mut self, _now: Instant) {
+        self.reload.queued = false;
+        let waiters = std::mem::take(&mut self.reload.queued_waiters);
+        // Before the first READY=1 systemd is still starting the unit: no RELOADING=1 then.
+        self.reload.reloading_sent = self.ready_sent;
+        if self.ready_sent {
+            self.out.push(Effect::Systemd(vec![Sd::Reloading]));
+        }
+        let file = self
+            .gen
+            .cfg
+            .file
+            .as_ref()
+            .map_or("(command line)".to_owned(), |f| f.display().to_string());
+        log!(self, Info, "reloading"; "config" => file, "gen" => self.gen.number);
+        self.reload.loading = Some(waiters);
+        self.out.push(Effect::LoadConfig);
+    }
+
+    pub(super) fn on_config_loaded(&mut self, result: Result<Box<Loaded>, String>, now: Instant) {
+        let Some(waiters) = self.reload.loading.take() else {
+            return;
+        };
+        if self.phase != Phase::Running {
+            return self.answer_reload(&waiters, false, "reload cancelled: preforkd is stopping");
+        }
+        let refusal = match &result {
+            Err(message) => Some(message.clone()),
+            Ok(loaded) => self.restart_only_changes(&loaded.cfg),
+        };
+        match (result, refusal) {
+            (Ok(loaded), None) => self.start_rollout(*loaded, waiters, now),
+            (Err(message), _) | (_, Some(message)) => {
+                let gen = self.gen.number;
+                log!(self, Error, "reload failed: the configuration is invalid; generation {} keeps serving", gen;
+                    "error" => &message);
+                let first_line = crate::status::bounded(message.lines().next().unwrap_or_default());
+                self.reload.error = Some(format!("reload failed: {first_line}"));
+                self.reload_settled(now);
+                self.answer_reload(&waiters, false, &message);
+            }
+        }
+    }
+
+    /// Settings a reload cannot apply while preforkd runs. The workers' identity and the
+    /// capabilities preforkd kept for them were fixed at start (the notify socket's owner,
+    /// preforkd's own capability sets): a reload that changes them is refused, with the keys.
+    /// Others (sockets, names, log level) are said and left as they are.
+    fn restart_only_changes(&mut self, new: &Config) -> Option<String> {
+        let old = Rc::clone(&self.gen.cfg);
+        let mut keys = Vec::new();
+        if new.identity != old.identity {
+            keys.push("user, group, supplementary_groups");
+        }
+        if !new
+            .ambient_capabilities
+            .iter()
+            .all(|c| old.ambient_capabilities.contains(c))
+        {
+            keys.push("ambient_capabilities (added capabilities)");
+        }
+        let negative = |c: &Config| c.oom_score_adj.is_some_and(|v| v < 0);
+        if negative(new) && !negative(&old) {
+            keys.push("oom_score_adj (a negative value)");
+        }
+        if !keys.is_empty() {
+            return Some(format!(
+                "{} changed: these take effect only when preforkd restarts (systemctl restart); the reload was refused so the running workers are untouched",
+                keys.join("; ")
+            ));
+        }
+        let socket_settings_changed = new.backlog != old.backlog
+            || new.socket_mode != old.socket_mode
+            || new.socket_user != old.socket_user
+            || new.socket_group != old.socket_group;
+        if new.listen != old.listen || socket_settings_changed {
+            let how = if self.reload.socket_activated {
+                "the sockets come from systemd: change the socket unit and run `systemctl restart <name>.socket`"
+            } else {
+                "the sockets stay open across reloads so no connection is refused: restart preforkd to bind new addresses"
+            };
+            log!(
+                self,
+                Warning,
+                "listen or socket settings changed, but a reload keeps the current sockets: {}",
+                how
+            );
+        }
+        if new.name != old.name || new.runtime_dir != old.runtime_dir {
+            log!(
+                self,
+                Warning,
+                "name and runtime_dir take effect only when preforkd restarts"
+            );
+        }
+        if new.log_level != old.log_level {
+            log!(
+                self,
+                Warning,
+                "log_level takes effect only when preforkd restarts"
+            );
+        }
+        None
+    }
+
+    fn start_rollout(&mut self, loaded: Loaded, waiters: Vec<Token>, now: Instant) {
+        let to = self.next_generation;
+        self.next_generation += 1;
+        let mut new = Generation::new(to, loaded);
+        // Restart counts stay with the worker id across generations.
+        for slot in &mut new.slots {
+            slot.restarts = self.slot_mut(slot.id).map_or(0, |s| s.restarts);
+        }
+        let old = std::mem::replace(&mut self.gen, new);
+        let cfg = Rc::clone(&self.gen.cfg);
+        log!(self, Info, "rolling to a new generation";
+            "from" => old.number, "gen" => to, "workers" => self.gen.slots.len(),
+            "surge" => cfg.reload_surge, "canary" => human(cfg.reload_canary),
+            "command" => cfg.command.join(" "));
+        self.reload.error = None;
+        self.reload.rollout = Some(Rollout {
+            old,
+            failures: 0,
+            started: now,
+            canary_passed: cfg.reload_canary.is_zero(),
+            waiters,
+        });
+    }
+
+    /// Moves the pool towards its generation after every event: starts the next queued
+    /// reload, starts new workers up to the surge, passes the canary, retires workers of other
+    /// generations that ready ones have replaced, and finishes the reload when it is complete.
+    pub(super) fn advance(&mut self, now: Instant) {
+        if self.reload.queued && !self.reload.busy() && !self.other_generations_alive() {
+            self.begin_reload(now);
+        }
+        if self.reload.rollout.is_some() {
+            self.schedule_new_workers(now);
+        }
+        self.start_due(now);
+        self.check_canary(now);
+        self.retire_replaced(now);
+        let generation = self.gen.number;
+        let complete = self.gen.slots.iter().all(|s| {
+            self.workers
+                .iter()
+                .any(|w| w.generation == generation && w.id == s.id && w.can_replace(now))
+        });
+        if complete
+            && self
+                .reload
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.canary_passed)
+        {
+            self.finish_rollout(now);
+        }
+    }
+
+    /// At most `reload_surge` new workers on their way to ready at a time.
+    fn schedule_new_workers(&mut self, now: Instant) {
+        let generation = self.gen.number;
+        let wanted = self.gen.slots.len();
+        let surge = self.gen.cfg.reload_surge.needed(wanted);
+        let has_worker = |workers: &[Worker], id: u32| {
+            workers
+                .iter()
+                .any(|w| w.generation == generation && w.id == id)
+        };
+        let pending = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && !w.can_replace(now))
+            .count()
+            + self
+                .gen
+                .slots
+                .iter()
+                .filter(|s| (s.start_at.is_some() || s.forking) && !has_worker(&self.workers, s.id))
+                .count();
+        let mut room = surge.saturating_sub(pending);
+        for slot in &mut self.gen.slots {
+            if room == 0 {
+                break;
+            }
+            if slot.start_at.is_none() && !slot.forking && !has_worker(&self.workers, slot.id) {
+                slot.start_at = Some(now);
+                room -= 1;
+            }
+        }
+    }
+
+    fn check_canary(&mut self, now: Instant) {
+        let generation = self.gen.number;
+        let canary = self.gen.cfg.reload_canary;
+        let Some(r) = self.reload.rollout.as_mut() else {
+            return;
+        };
+        if r.canary_passed {
+            return;
+        }
+        let passed = self.workers.iter().find(|w| {
+            w.generation == generation
+                && w.can_replace(now)
+                && w.ready_since().is_some_and(|since| since + canary <= now)
+        });
+        if let Some(w) = passed {
+            r.canary_passed = true;
+            let (id, pid) = (w.id, w.pid);
+            log!(self, Info, "the first new worker stayed ready for reload_canary: retiring old workers";
+                "worker" => id, "pid" => pid, "gen" => generation, "reload_canary" => human(canary));
+        }
+    }
+
+    /// Each ready worker of the pool's generation lets one worker of another generation go;
+    /// during a reload only once the canary has passed.
+    fn retire_replaced(&mut self, now: Instant) {
+        if self
+            .reload
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.canary_passed)
+        {
+            return;
+        }
+        let generation = self.gen.number;
+        let ready_new: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.can_replace(now))
+            .map(|w| w.id)
+            .collect();
+        let keep_old = self.gen.slots.len().saturating_sub(ready_new.len());
+        let mut old: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| self.workers[i].generation != generation && self.workers[i].is_live())
+            .collect();
+        // Keep the ready ones longest; of those, retire first the ones whose id already has a
+        // ready successor, then the highest ids.
+        old.sort_by_key(|&i| {
+            let w = &self.workers[i];
+            (
+                w.is_ready(),
+                !ready_new.contains(&w.id),
+                std::cmp::Reverse(w.id),
+            )
+        });
+        let excess = old.len().saturating_sub(keep_old);
+        for &i in old.iter().take(excess) {
+            let w = &self.workers[i];
+            log!(self, Info, "retiring an old worker"; "worker" => w.id, "pid" => w.pid,
+                "gen" => w.generation, "stop_signal" => w.cfg.stop_signal.as_str());
+            self.stop_worker(i, now);
+        }
+    }
+
+    fn finish_rollout(&mut self, now: Instant) {
+        let Some(r) = self.reload.rollout.take() else {
+            return;
+        };
+        let took = now.saturating_duration_since(r.started);
+        log!(self, Info, "reload complete"; "gen" => self.gen.number, "from" => r.old.number,
+            "took" => human(took));
+        self.reload_settled(now);
+        // A complete generation is more than any quorum.
+        if !self.ready_sent {
+            self.ready_sent = true;
+            self.out.push(Effect::Systemd(vec![Sd::Ready]));
+        }
+        let message = format!(
+            "reloaded to generation {} in {}",
+            self.gen.number,
+            human(took)
+        );
+        self.answer_reload(&r.waiters, true, &message);
+    }
+
+    /// A reload is over, one way or the other: systemd hears READY=1 after its RELOADING=1.
+    fn reload_settled(&mut self, now: Instant) {
+        self.report_status(now);
+        if std::mem::take(&mut self.reload.reloading_sent) {
+            self.out.push(Effect::Systemd(vec![Sd::Ready]));
+        }
+    }
+
+    /// Counts a failed start of a new worker; aborts the reload past the limit. Returns true if
+    /// it did (the failed worker's slot is then gone with the new generation).
+    pub(super) fn rollout_failed(&mut self, why: String, now: Instant) -> bool {
+        let Some(r) = self.reload.rollout.as_mut() else {
+            return false;
+        };
+        r.failures += 1;
+        if r.failures <= MAX_ROLLOUT_FAILURES {
+            let failures = r.failures;
+            log!(self, Warning, "a new worker failed during the reload: {}", why;
+                "failures" => failures, "limit" => MAX_ROLLOUT_FAILURES);
+            return false;
+        }
+        self.abort_rollout(&why, now);
+        true
+    }
+
+    /// A new worker that was ready ended before the canary passed: the reload aborts at once.
+    pub(super) fn canary_failed(&mut self, w: &Worker, now: Instant) -> bool {
+        let in_window = self
+            .reload
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.canary_passed);
+        if !in_window || w.generation != self.gen.number {
+            return false;
+        }
+        let why = format!(
+            "worker {} ended within reload_canary ({}) of becoming ready",
+            w.id,
+            human(w.cfg.reload_canary)
+        );
+        self.abort_rollout(&why, now);
+        true
+    }
+
+    fn abort_rollout(&mut self, why: &str, now: Instant) {
+        let Some(r) = self.reload.rollout.take() else {
+            return;
+        };
+        let failed = self.gen.number;
+        let from = r.old.number;
+        log!(self, Error, "reload to generation {} aborted: {}; generation {} keeps serving", failed, why, from;
+            "gen" => from);
+        for i in 0..self.workers.len() {
+            let w = &self.workers[i];
+            if w.generation == failed && w.is_live() && !w.is_ready() {
+                self.stop_worker(i, now);
+            }
+        }
+        self.gen = r.old;
+        // Old workers already retired for new ones: start them again. Ready new workers serve
+        // until then, and are retired as the old ones become ready.
+        let workers = &self.workers;
+        for slot in &mut self.gen.slots {
+            let alive = workers
+                .iter()
+                .any(|w| w.generation == from && w.id == slot.id && !w.is_stopping());
+            if !alive && slot.start_at.is_none() && !slot.forking {
+                *slot = Slot {
+                    start_at: Some(now),
+                    ..slot.clone()
+                };
+            }
+        }
+        self.reload.error = Some(format!(
+            "reload to gen {failed} aborted: {}",
+            crate::status::bounded(why)
+        ));
+        self.reload_settled(now);
+        let message = format!(
+            "reload to generation {failed} aborted: {why}; generation {from} keeps serving"
+        );
+        self.answer_reload(&r.waiters, false, &message);
+    }
+
+    /// Ends every reload under way or queued, for a stop.
+    pub(super) fn cancel_reloads(&mut self, why: &str) {
+        let mut waiters = std::mem::take(&mut self.reload.queued_waiters);
+        waiters.extend(self.reload.loading.take().unwrap_or_default());
+        if let Some(r) = self.reload.rollout.take() {
+            waiters.extend(r.waiters);
+        }
+        self.reload.queued = false;
+        // STOPPING=1 follows at once and answers the RELOADING=1.
+        self.reload.reloading_sent = false;
+        self.answer_reload(&waiters, false, &format!("reload cancelled: {why}"));
+    }
+
+    fn answer_reload(&mut self, waiters: &[Token], ok: bool, message: &str) {
+        for &token in waiters {
+            self.out.push(Effect::Answer {
+                token,
+                answer: Answer::Reload(ReloadOutcome {
+                    ok,
+                    generation: self.gen.number,
+                    message: message.to_owned(),
+                }),
+            });
+        }
+    }
+
+    /// When a ready new worker may replace an old one (min_uptime with ready = "exec"), or
+    /// will have passed the canary.
+    pub(super) fn rollout_deadline(&self, now: Instant) -> Option<Instant> {
+        let r = self.reload.rollout.as_ref()?;
+        let generation = self.gen.number;
+        let canary = self.gen.cfg.reload_canary;
+        let new = || {
+            self.workers
+                .iter()
+                .filter(move |w| w.generation == generation)
+        };
+        let replace = new().filter_map(|w| w.replace_at(now));
+        let canary = new()
+            .filter(|_| !r.canary_passed)
+            .filter_map(|w| {
+                w.ready_since()
+                    .map(|s| (s + canary).max(w.replace_at(now).unwrap_or(s)))
+            })
+            .filter(|&at| at > now);
+        replace.chain(canary).min()
+    }
+
+    /// STATUS= while a reload runs: `reloading: gen 4 3/4 ready, 1 draining`.
+    pub(super) fn rollout_status(&self) -> Option<String> {
+        self.reload.rollout.as_ref()?;
+        let generation = self.gen.number;
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.is_ready())
+            .count();
+        let draining = self.workers.iter().filter(|w| w.is_stopping()).count();
+        Some(format!(
+            "reloading: gen {generation} {ready}/{} ready, {draining} draining",
+            self.gen.slots.len()
+        ))
+    }
+}

@@ -1,0 +1,165 @@
+//! What the core tells people: the STATUS= line for systemd, the snapshot `preforkd status`
+//! prints, and the count of notify datagrams it did not honour.
+
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use super::{log, Core, Effect, Phase, Sd, STATUS_REFRESH};
+use crate::status::{self, EmptySlot, Snapshot, WorkerInfo};
+
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    last_status: String,
+    /// When a STATUS= line that says "… ago" is next refreshed.
+    pub refresh_at: Option<Instant>,
+    /// The latest worker death, for STATUS=.
+    pub last_death: Option<(String, Instant)>,
+    notify_dropped: u64,
+    /// Drops since the last log line about them, and when that was.
+    drops_unlogged: u64,
+    drops_logged_at: Option<Instant>,
+}
+
+impl Report {
+    /// Counts a dropped datagram; logs at debug, at most once a second.
+    pub fn drop_notify(
+        &mut self,
+        sender: Option<Pid>,
+        why: &str,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        self.notify_dropped += 1;
+        self.drops_unlogged += 1;
+        if self
+            .drops_logged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            let sink = Sink { out };
+            log!(sink, Debug, "dropped notify datagrams"; "count" => self.drops_unlogged,
+                "last_reason" => why, "last_pid" => sender.map_or(0, Pid::as_raw),
+                "total" => self.notify_dropped);
+            self.drops_unlogged = 0;
+            self.drops_logged_at = Some(now);
+        }
+    }
+}
+
+/// Lets `log!` write into an effect list that is not the core's own field.
+struct Sink<'a> {
+    out: &'a mut Vec<Effect>,
+}
+
+impl Core {
+    /// The one-line summary for STATUS=, e.g. `4/4 ready · gen 3 · 2 restarts · last: worker 1
+    /// killed by SIGSEGV 5m ago`.
+    pub(super) fn status_line(&self, now: Instant) -> String {
+        if let Phase::Draining { .. } | Phase::Done = self.phase {
+            return format!("stopping: {} workers left", self.workers.len());
+        }
+        if let Some(line) = self.rollout_status() {
+            return line;
+        }
+        let ready = self.workers.iter().filter(|w| w.is_ready()).count();
+        let restarts: u32 = self.gen.slots.iter().map(|s| s.restarts).sum();
+        let mut line = format!(
+            "{ready}/{} ready · gen {} · {restarts} restart{}",
+            self.gen.slots.len(),
+            self.gen.number,
+            if restarts == 1 { "" } else { "s" }
+        );
+        if let Some((what, at)) = &self.report.last_death {
+            let ago = status::ago(now.saturating_duration_since(*at));
+            line.push_str(&format!(" · last: {what} {ago}"));
+        }
+        if self.collapsed {
+            line.push_str(" · no ready worker");
+        }
+        if let Some(e) = &self.reload.error {
+            line.push_str(&format!(" · {e}"));
+        }
+        line
+    }
+
+    /// Keeps systemd's STATUS= line current; sent only when it changes.
+    pub(super) fn report_status(&mut self, now: Instant) {
+        let status = self.status_line(now);
+        if status != self.report.last_status {
+            self.out
+                .push(Effect::Systemd(vec![Sd::Status(status.clone())]));
+            self.report.last_status = status;
+        }
+        self.report.refresh_at = self.report.last_death.is_some().then(|| {
+            self.report
+                .refresh_at
+                .filter(|&t| t > now)
+                .unwrap_or(now + STATUS_REFRESH)
+        });
+    }
+
+    pub(super) fn snapshot(&self, now: Instant) -> Snapshot {
+        let restarts_of = |id| {
+            self.gen
+                .slots
+                .iter()
+                .find(|s| s.id == id)
+                .map_or(0, |s| s.restarts)
+        };
+        let generation = self.gen.number;
+        let empty_slots = self
+            .gen
+            .slots
+            .iter()
+            .filter(|s| {
+                !self
+                    .workers
+                    .iter()
+                    .any(|w| w.id == s.id && w.generation == generation && !w.is_stopping())
+            })
+            .map(|s| EmptySlot {
+                id: s.id,
+                start_in_ms: s
+                    .start_at
+                    .map(|at| at.saturating_duration_since(now).as_millis() as u64),
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        Snapshot {
+            name: self.gen.cfg.name.clone(),
+            pid: 0,
+            runtime_dir: String::new(),
+            phase: match self.phase {
+                Phase::Draining { .. } | Phase::Done => "stopping",
+                Phase::Running if self.reload.busy() => "reloading",
+                Phase::Running if self.ready_sent => "running",
+                Phase::Running => "starting",
+            }
+            .to_owned(),
+            generation,
+            workers_wanted: self.gen.slots.len(),
+            ready: self.workers.iter().filter(|w| w.is_ready()).count(),
+            restarts: self.gen.slots.iter().map(|s| s.restarts).sum(),
+            notify_dropped: self.report.notify_dropped,
+            control_rejected: 0,
+            status: self.report.last_status.clone(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerInfo {
+                    id: w.id,
+                    pid: w.pid.as_raw(),
+                    generation: w.generation,
+                    state: w.state_name().to_owned(),
+                    uptime_ms: now.saturating_duration_since(w.started).as_millis() as u64,
+                    restarts: restarts_of(w.id),
+                    status: w.status.clone(),
+                    watchdog_ms_ago: w
+                        .last_ping
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                })
+                .collect(),
+            empty_slots,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One worker as the core sees it: its state, the deadlines its state asks for, and the
+//! "signal, then SIGKILL at a deadline" escalation that stopping and hung workers share.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use crate::config::{Config, Readiness};
+
+/// A signal was sent; SIGKILL follows at `deadline` unless the process is gone by then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escalation {
+    pub deadline: Instant,
+    /// SIGKILL went out: nothing more to send, only the exit to wait for.
+    pub killed: bool,
+}
+
+impl Escalation {
+    pub fn until(deadline: Instant) -> Escalation {
+        Escalation {
+            deadline,
+            killed: false,
+        }
+    }
+
+    /// When SIGKILL is due, if it has not been sent.
+    pub fn next(&self) -> Option<Instant> {
+        (!self.killed).then_some(self.deadline)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Forked; exec has not been confirmed yet (the shell watches the exec-status pipe).
+    Spawning,
+    /// Exec'd, not ready yet.
+    Starting,
+    Ready {
+        since: Instant,
+    },
+    /// Not ready within `ready_timeout`: SIGKILLed, a failed start once it exits.
+    NotReady,
+    /// Missed its watchdog (or asked with WATCHDOG=trigger): SIGABRT sent, then SIGKILL.
+    Hung(Escalation),
+    /// Asked to stop with its `stop_signal`; not replaced.
+    Stopping(Escalation),
+}
+
+/// Something a worker's clock asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// `ready` is a duration and it has passed.
+    BecomeReady,
+    ReadyTimeout,
+    MissedWatchdog,
+    /// SIGABRT did not end it.
+    AbortGraceOver,
+    /// It did not stop within `stop_timeout`.
+    StopTimeout,
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    pub id: u32,
+    pub pid: Pid,
+    pub generation: u32,
+    /// The configuration it was started with: its readiness rule, watchdog and stop signal
+    /// stay its own while a reload brings in new ones.
+    pub cfg: Rc<Config>,
+    pub started: Instant,
+    pub state: State,
+    /// Its own last STATUS=.
+    pub status: Option<String>,
+    pub last_ping: Option<Instant>,
+}
+
+impl Worker {
+    /// The next thing this worker's clock asks for, and when. The core's next deadline and its
+    /// timer handling both use it, so they cannot disagree.
+    pub fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let cfg = &self.cfg;
+        match self.state {
+            State::Stopping(e) => e.next().map(|at| (at, Timer::StopTimeout)),
+            State::Hung(e) => e.next().map(|at| (at, Timer::AbortGraceOver)),
+            State::NotReady => None,
+            State::Spawning => Some((self.started + cfg.ready_timeout, Timer::ReadyTimeout)),
+            State::Starting => match cfg.readiness() {
+                Readiness::After(d) if d < cfg.ready_timeout => {
+                    Some((self.started + d, Timer::BecomeReady))
+                }
+                _ => Some((self.started + cfg.ready_timeout, Timer::ReadyTimeout)),
+            },
+            State::Ready { since } => cfg.worker_watchdog.map(|wd| {
+                (
+                    self.last_ping.unwrap_or(since).max(since) + wd,
+                    Timer::MissedWatchdog,
+                )
+            }),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.state, State::Stopping(_))
+    }
+
+    /// Whether it is serving or on its way to serving: not stopping, not being killed.
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self.state,
+            State::Spawning | State::Starting | State::Ready { .. }
+        )
+    }
+
+    pub fn ready_since(&self) -> Option<Instant> {
+        match self.state {
+            State::Ready { since } => Some(since),
+            _ => None,
+        }
+    }
+
+    /// Whether a new worker may take an old one's place in a reload. With `ready = "exec"` being
+    /// ready proves nothing about booting, so it must also outlive `min_uptime`: a deploy whose
+    /// code dies at start then aborts instead of replacing the old workers.
+    pub fn can_replace(&self, now: Instant) -> bool {
+        self.is_ready()
+            && (self.cfg.readiness() != Readiness::Exec
+                || now.saturating_duration_since(self.started) >= self.cfg.min_uptime)
+    }
+
+    /// When a ready worker will be allowed to replace an old one, if it cannot yet.
+    pub fn replace_at(&self, now: Instant) -> Option<Instant> {
+        let at = self.started + self.cfg.min_uptime;
+        (self.is_ready() && self.cfg.readiness() == Readiness::Exec && at > now).then_some(at)
+    }
+
+    /// For a worker that ended: was it ready, and up long enough not to be a failed start?
+    pub fn was_ready(&self, uptime: Duration) -> bool {
+        self.is_ready() && uptime >= self.cfg.min_uptime
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            // A worker being killed keeps the word it had: the JSON's states are a contract.
+            State::Spawning | State::Starting | State::NotReady => "starting",
+            State::Ready { .. } | State::Hung(_) => "ready",
+            State::Stopping(_) => "draining",
+        }
+    }
+}
