@@ -64,6 +64,8 @@ pub struct Start<'a> {
     pub udp: Option<std::net::UdpSocket>,
     /// Set WATCHDOG_PID to preforkd's own pid, as systemd does with WatchdogSec=.
     pub watchdog_pid_is_self: bool,
+    /// Its stderr instead of the log file (stdout still goes to the log file).
+    pub stderr: Option<std::os::fd::OwnedFd>,
 }
 
 impl<'a> Start<'a> {
@@ -77,6 +79,7 @@ impl<'a> Start<'a> {
             journal: false,
             udp: None,
             watchdog_pid_is_self: false,
+            stderr: None,
         }
     }
 
@@ -136,7 +139,7 @@ impl<'a> Start<'a> {
             .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stderr(self.stderr.map_or(Stdio::from(log), Stdio::from))
             .process_group(0);
         if !self.activated {
             cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES");
