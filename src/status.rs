@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub notify_dropped: u64,
     /// Control connections refused (not the owner, too many, malformed, too slow).
     pub control_rejected: u64,
+    /// Log lines dropped because stderr (the journal) was not taking them.
+    #[serde(default)]
+    pub log_dropped: u64,
     /// The STATUS= line preforkd last sent to systemd.
     pub status: String,
     pub workers: Vec<WorkerInfo>,
@@ -158,6 +161,13 @@ pub fn render(s: &Snapshot) -> String {
             s.control_rejected
         );
     }
+    if s.log_dropped > 0 {
+        let _ = writeln!(
+            out,
+            "{} log line(s) dropped: stderr (the journal) was not taking them",
+            s.log_dropped
+        );
+    }
     if s.notify_dropped > 0 {
         let _ = writeln!(
             out,
@@ -202,6 +212,7 @@ mod tests {
             restarts: 0,
             notify_dropped: 3,
             control_rejected: 0,
+            log_dropped: 0,
             status: "1/2 ready".into(),
             workers: vec![WorkerInfo {
                 id: 0,

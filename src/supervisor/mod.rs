@@ -245,6 +245,7 @@ impl Supervisor {
                         snapshot.pid = std::process::id();
                         snapshot.runtime_dir = self.runtime.path().display().to_string();
                         snapshot.control_rejected = self.control.rejected;
+                        snapshot.log_dropped = crate::log::dropped_lines();
                         serde_json::to_string(&snapshot)
                     }
                     Answer::Reload(outcome) => serde_json::to_string(&outcome),

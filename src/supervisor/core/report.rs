@@ -142,6 +142,7 @@ impl Core {
             restarts: self.gen.slots.iter().map(|s| s.restarts).sum(),
             notify_dropped: self.report.notify_dropped,
             control_rejected: 0,
+            log_dropped: 0,
             status: self.report.last_status.clone(),
             workers: self
                 .workers
