@@ -13,7 +13,7 @@ use lexopt::{Arg, Parser, ValueExt};
 use std::time::Duration;
 
 use crate::config::{self, Config, ListenAddr, Readiness};
-use crate::control::{self, ControlServer};
+use crate::control::{self, CallError, ControlServer};
 use crate::exit;
 use crate::log;
 use crate::notify::SystemdNotify;
@@ -102,8 +102,10 @@ Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); HUP reloa
 the config and rolls the workers, new ones ready before old ones stop; TTIN / TTOU add /
 remove a worker.
 Exit codes: 0 stopped, 1 internal error, 64 usage, 69 workers kept failing, 71 cannot
-bind a socket or set up the runtime directory, 78 configuration error; preforkd status and reload: 3 when no instance is running;
-preforkd reload: 1 when the reload failed (the old generation keeps serving).";
+bind a socket or set up the runtime directory, 78 configuration error; preforkd status and
+reload: 3 when no instance is running, 75 when it stayed too busy to answer (try again), 1
+when asking failed otherwise; preforkd reload: 1 when the reload failed (the old generation
+keeps serving).";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -255,23 +257,43 @@ fn control_command(inv: &Invocation) -> i32 {
         Mode::Reload => ("reload", Duration::from_secs(3600)),
         _ => ("status", Duration::from_secs(5)),
     };
+    let instance = format!("preforkd \"{}\" at {}", cfg.name, path.display());
     let answer = match control::call(&path, request, timeout) {
         Ok(a) => a,
-        Err(e) => {
-            let why = match e.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                    "no preforkd instance is running there".to_owned()
-                }
-                _ => e.to_string(),
-            };
+        Err(CallError::NotRunning(_)) => {
             log::print_error(&format!(
-                "cannot reach preforkd \"{}\" at {}: {why}; give --name, --runtime-dir or --config of the instance you mean",
-                cfg.name,
-                path.display()
+                "cannot reach {instance}: no preforkd instance is running there; give --name, --runtime-dir or --config of the instance you mean"
             ));
             return exit::NOT_RUNNING;
         }
+        // It runs: health checks and ExecReload= must not take this for "not running".
+        Err(CallError::Busy) => {
+            log::print_error(&format!(
+                "{instance} is busy: it was serving {} other clients for all of {}; try again",
+                control::MAX_CLIENTS,
+                humantime::format_duration(timeout)
+            ));
+            return exit::TEMPFAIL;
+        }
+        Err(CallError::TimedOut) => {
+            log::print_error(&format!(
+                "{instance} took the request but did not answer within {}; try again",
+                humantime::format_duration(timeout)
+            ));
+            return exit::TEMPFAIL;
+        }
+        Err(CallError::Failed(e)) => {
+            log::print_error(&format!("cannot reach {instance}: {e}"));
+            return exit::FAILED;
+        }
     };
+    if answer.is_empty() {
+        // Only a reload is not asked again: the instance may have started it.
+        log::print_error(&format!(
+            "{instance} hung up without an answer; preforkd status shows whether the reload happened"
+        ));
+        return exit::FAILED;
+    }
     if inv.mode == Mode::Reload {
         return match serde_json::from_str::<ReloadOutcome>(&answer) {
             Ok(outcome) if outcome.ok => {
@@ -299,7 +321,7 @@ fn control_command(inv: &Invocation) -> i32 {
         }
         Err(e) => {
             log::print_error(&format!("the instance answered something unexpected: {e}"));
-            exit::NOT_RUNNING
+            exit::FAILED
         }
     }
 }
