@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::poll::PollFlags;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::runtime_dir::RuntimeDir;
@@ -78,6 +78,10 @@ impl ControlServer {
         for c in &self.clients {
             let want = if c.answered {
                 PollFlags::POLLOUT
+            } else if c.pending {
+                // Nothing more is read from it, so POLLIN would wake the loop for ever once the
+                // client has gone; POLLHUP, which poll always reports, says that it has.
+                PollFlags::empty()
             } else {
                 PollFlags::POLLIN
             };
@@ -100,7 +104,8 @@ impl ControlServer {
             let alive = if c.answered {
                 flush(&mut c)
             } else if c.pending {
-                true
+                // Gone before its answer, as a killed `preforkd reload` is: nothing to count.
+                !hung_up(&c.stream)
             } else {
                 match read_request(&mut c) {
                     Ok(Some(req)) => {
@@ -221,6 +226,18 @@ pub fn parse_request(line: &[u8]) -> Option<Request> {
         "status" => Some(Request::Status),
         "reload" => Some(Request::Reload),
         _ => None,
+    }
+}
+
+/// The peer has closed its end entirely. A client that only shut down its sending side still
+/// reads, and waits for its answer.
+fn hung_up(stream: &UnixStream) -> bool {
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        }),
+        _ => false,
     }
 }
 
@@ -381,6 +398,46 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+
+    /// Connects and sends a reload request; returns the stream and the request's token.
+    fn pending_reload(server: &mut ControlServer, path: &Path) -> (UnixStream, Token) {
+        let mut stream = UnixStream::connect(path).unwrap();
+        stream.write_all(b"reload\n").unwrap();
+        let mut token = None;
+        assert!(service_until(server, |_, reqs| {
+            token = reqs.first().map(|&(t, _)| t);
+            token.is_some()
+        }));
+        (stream, token.unwrap())
+    }
+
+    #[test]
+    fn a_pending_client_that_hangs_up_is_dropped_and_a_half_closed_one_is_answered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.sock");
+        let mut server = ControlServer::bind(&path).unwrap();
+        let (gone, gone_token) = pending_reload(&mut server, &path);
+        let (mut half, half_token) = pending_reload(&mut server, &path);
+        half.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(server.poll_interest().len(), 3);
+        drop(gone);
+        assert!(
+            service_until(&mut server, |s, _| s.poll_interest().len() == 2),
+            "the client that hung up is still polled"
+        );
+        assert_eq!(server.rejected, 0, "a client that left is no attack");
+        // The half-closed one stays, however often the server looks.
+        for _ in 0..3 {
+            assert!(server.service(Instant::now()).is_empty());
+        }
+        assert_eq!(server.poll_interest().len(), 2);
+        server.answer(gone_token, "{\"ok\":false}");
+        server.answer(half_token, "{\"ok\":true}");
+        let mut answer = String::new();
+        half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        half.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "{\"ok\":true}\n");
     }
 
     #[test]
