@@ -68,14 +68,14 @@ impl RuntimeDir {
                 }
             }
         }
-        let dir = RuntimeDir { path, created };
-        let control = dir.control_path();
-        if UnixStream::connect(&control).is_ok() {
+        // Before the RuntimeDir exists: its drop would remove the running instance's sockets.
+        if UnixStream::connect(path.join(CONTROL_SOCKET)).is_ok() {
             return Err(format!(
                 "another preforkd instance is running with runtime directory {}: stop it, or give this one its own --name",
-                dir.path.display()
+                path.display()
             ));
         }
+        let dir = RuntimeDir { path, created };
         // Sockets of a crashed instance: nothing listens on them any more.
         for name in [NOTIFY_SOCKET, CONTROL_SOCKET] {
             let _ = std::fs::remove_file(dir.path.join(name));
@@ -141,11 +141,15 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         let live = UnixListener::bind(dir.control_path()).unwrap();
+        let notify = UnixListener::bind(dir.notify_path()).unwrap();
         let err = RuntimeDir::prepare(path.clone()).unwrap_err();
         assert!(
             err.contains("another preforkd instance is running"),
             "{err}"
         );
+        // The refusal touches nothing of the running instance.
+        assert!(dir.control_path().exists() && dir.notify_path().exists());
+        drop(notify);
         drop(live);
         drop(dir);
         assert!(!path.exists());
