@@ -102,7 +102,8 @@ Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); HUP reloa
 the config and rolls the workers, new ones ready before old ones stop; TTIN / TTOU add /
 remove a worker.
 Exit codes: 0 stopped, 1 internal error, 64 usage, 69 workers kept failing, 71 cannot
-bind a socket or set up the runtime directory, 78 configuration error; preforkd status and
+bind a socket or set up the runtime directory, 73 the runtime directory is not private
+(another user could reach into it), 78 configuration error; preforkd status and
 reload: 3 when no instance is running, 75 when it stayed too busy to answer (try again), 1
 when asking failed otherwise; preforkd reload: 1 when the reload failed (the old generation
 keeps serving).";
@@ -441,10 +442,15 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
         }
     };
     // The runtime directory and its two sockets; any failure here is the system refusing.
-    let sockets = RuntimeDir::prepare(runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref()))
+    let location = runtime_dir::Location::find(&cfg.name, cfg.runtime_dir.as_deref());
+    let sockets = RuntimeDir::prepare(location)
+        .map_err(|e| (e.exit_code(), e.to_string()))
         .and_then(|runtime| {
             let what = |kind: &str, path: PathBuf, e: std::io::Error| {
-                format!("cannot create the {kind} socket {}: {e}", path.display())
+                (
+                    exit::OSERR,
+                    format!("cannot create the {kind} socket {}: {e}", path.display()),
+                )
             };
             let relay = NotifyRelay::bind(&runtime.notify_path())
                 .map_err(|e| what("notify", runtime.notify_path(), e))?;
@@ -454,9 +460,9 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
         });
     let (runtime, relay, control) = match sockets {
         Ok(s) => s,
-        Err(e) => {
+        Err((code, e)) => {
             log::print_error(&e);
-            return exit::OSERR;
+            return code;
         }
     };
     if let Some(id) = &cfg.identity {

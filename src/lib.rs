@@ -37,6 +37,8 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 69;
     /// The system refused: a socket could not be bound, signals could not be set up.
     pub const OSERR: i32 = 71;
+    /// The runtime directory is not safe to use: another user could reach into it.
+    pub const CANTCREAT: i32 = 73;
     /// `preforkd status` / `reload`: the instance runs but was too busy to take the request in
     /// time; asking again later may work.
     pub const TEMPFAIL: i32 = 75;
