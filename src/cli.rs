@@ -6,7 +6,7 @@
 //! words, and map to the exit codes in [`crate::exit`].
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lexopt::{Arg, Parser, ValueExt};
 
@@ -396,6 +396,25 @@ fn load_again(inv: &Invocation) -> Result<(Config, PathBuf), String> {
     Ok((cfg, program))
 }
 
+/// Why workers of `user` would never be ready, and how to let them through.
+fn unreachable_notify_socket(user: &str, notify: &Path, b: &runtime_dir::Barrier) -> String {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let owner = User::from_uid(Uid::from_raw(b.owner))
+        .ok()
+        .flatten()
+        .map_or(b.owner.to_string(), |u| u.name);
+    let group = Group::from_gid(Gid::from_raw(b.group))
+        .ok()
+        .flatten()
+        .map_or(b.group.to_string(), |g| g.name);
+    format!(
+        "workers run as user \"{user}\" could not reach the notify socket {}: directory {} (mode {:04o}, owner {owner}:{group}) does not let them pass; make it searchable for them, e.g. RuntimeDirectoryMode=0711 in the unit, or give a runtime_dir the user can reach",
+        notify.display(),
+        b.dir.display(),
+        b.mode
+    )
+}
+
 /// Takes or binds the sockets, installs the signal handlers, and runs the supervisor.
 fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
     let mode = inv.mode;
@@ -473,6 +492,15 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
                 runtime.notify_path().display()
             ));
             return exit::OSERR;
+        }
+        // Otherwise every worker would be killed as never ready, without a word about why.
+        if let Some(b) = runtime.barrier(id.uid, id.gid, &id.groups) {
+            log::print_error(&unreachable_notify_socket(
+                &id.user,
+                &runtime.notify_path(),
+                &b,
+            ));
+            return exit::CONFIG;
         }
     } else if nix::unistd::geteuid().is_root() {
         slog::warn!(logger, "workers run as root: set user = \"...\" in the config (or run preforkd under systemd's User= or DynamicUser=) so that the app never has root's privileges");
