@@ -6,14 +6,14 @@
 //! words, and map to the exit codes in [`crate::exit`].
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lexopt::{Arg, Parser, ValueExt};
 
 use std::time::Duration;
 
 use crate::config::{self, Config, ListenAddr, Readiness};
-use crate::control::{self, ControlServer};
+use crate::control::{self, CallError, ControlServer};
 use crate::exit;
 use crate::log;
 use crate::notify::SystemdNotify;
@@ -104,8 +104,11 @@ Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); HUP reloa
 the config and rolls the workers, new ones ready before old ones stop; TTIN / TTOU add /
 remove a worker.
 Exit codes: 0 stopped, 1 internal error, 64 usage, 69 workers kept failing, 71 cannot
-bind a socket or set up the runtime directory, 78 configuration error; preforkd status and reload: 3 when no instance is running;
-preforkd reload: 1 when the reload failed (the old generation keeps serving).";
+bind a socket or set up the runtime directory, 73 the runtime directory is not private
+(another user could reach into it), 78 configuration error; preforkd status and
+reload: 3 when no instance is running, 75 when it stayed too busy to answer (try again), 1
+when asking failed otherwise; preforkd reload: 1 when the reload failed (the old generation
+keeps serving).";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -257,23 +260,43 @@ fn control_command(inv: &Invocation) -> i32 {
         Mode::Reload => ("reload", Duration::from_secs(3600)),
         _ => ("status", Duration::from_secs(5)),
     };
+    let instance = format!("preforkd \"{}\" at {}", cfg.name, path.display());
     let answer = match control::call(&path, request, timeout) {
         Ok(a) => a,
-        Err(e) => {
-            let why = match e.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                    "no preforkd instance is running there".to_owned()
-                }
-                _ => e.to_string(),
-            };
+        Err(CallError::NotRunning(_)) => {
             log::print_error(&format!(
-                "cannot reach preforkd \"{}\" at {}: {why}; give --name, --runtime-dir or --config of the instance you mean",
-                cfg.name,
-                path.display()
+                "cannot reach {instance}: no preforkd instance is running there; give --name, --runtime-dir or --config of the instance you mean"
             ));
             return exit::NOT_RUNNING;
         }
+        // It runs: health checks and ExecReload= must not take this for "not running".
+        Err(CallError::Busy) => {
+            log::print_error(&format!(
+                "{instance} is busy: it was serving {} other clients for all of {}; try again",
+                control::MAX_CLIENTS,
+                humantime::format_duration(timeout)
+            ));
+            return exit::TEMPFAIL;
+        }
+        Err(CallError::TimedOut) => {
+            log::print_error(&format!(
+                "{instance} took the request but did not answer within {}; try again",
+                humantime::format_duration(timeout)
+            ));
+            return exit::TEMPFAIL;
+        }
+        Err(CallError::Failed(e)) => {
+            log::print_error(&format!("cannot reach {instance}: {e}"));
+            return exit::FAILED;
+        }
     };
+    if answer.is_empty() {
+        // Only a reload is not asked again: the instance may have started it.
+        log::print_error(&format!(
+            "{instance} hung up without an answer; preforkd status shows whether the reload happened"
+        ));
+        return exit::FAILED;
+    }
     if inv.mode == Mode::Reload {
         return match serde_json::from_str::<ReloadOutcome>(&answer) {
             Ok(outcome) if outcome.ok => {
@@ -301,7 +324,7 @@ fn control_command(inv: &Invocation) -> i32 {
         }
         Err(e) => {
             log::print_error(&format!("the instance answered something unexpected: {e}"));
-            exit::NOT_RUNNING
+            exit::FAILED
         }
     }
 }
@@ -375,6 +398,25 @@ fn load_again(inv: &Invocation) -> Result<(Config, PathBuf), String> {
     Ok((cfg, program))
 }
 
+/// Why workers of `user` would never be ready, and how to let them through.
+fn unreachable_notify_socket(user: &str, notify: &Path, b: &runtime_dir::Barrier) -> String {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let owner = User::from_uid(Uid::from_raw(b.owner))
+        .ok()
+        .flatten()
+        .map_or(b.owner.to_string(), |u| u.name);
+    let group = Group::from_gid(Gid::from_raw(b.group))
+        .ok()
+        .flatten()
+        .map_or(b.group.to_string(), |g| g.name);
+    format!(
+        "workers run as user \"{user}\" could not reach the notify socket {}: directory {} (mode {:04o}, owner {owner}:{group}) does not let them pass; make it searchable for them, e.g. RuntimeDirectoryMode=0711 in the unit, or give a runtime_dir the user can reach",
+        notify.display(),
+        b.dir.display(),
+        b.mode
+    )
+}
+
 /// Takes or binds the sockets, installs the signal handlers, and runs the supervisor.
 fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
     let mode = inv.mode;
@@ -421,10 +463,15 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
         }
     };
     // The runtime directory and its two sockets; any failure here is the system refusing.
-    let sockets = RuntimeDir::prepare(runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref()))
+    let location = runtime_dir::Location::find(&cfg.name, cfg.runtime_dir.as_deref());
+    let sockets = RuntimeDir::prepare(location)
+        .map_err(|e| (e.exit_code(), e.to_string()))
         .and_then(|runtime| {
             let what = |kind: &str, path: PathBuf, e: std::io::Error| {
-                format!("cannot create the {kind} socket {}: {e}", path.display())
+                (
+                    exit::OSERR,
+                    format!("cannot create the {kind} socket {}: {e}", path.display()),
+                )
             };
             let relay = NotifyRelay::bind(&runtime.notify_path())
                 .map_err(|e| what("notify", runtime.notify_path(), e))?;
@@ -434,9 +481,9 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
         });
     let (runtime, relay, control) = match sockets {
         Ok(s) => s,
-        Err(e) => {
+        Err((code, e)) => {
             log::print_error(&e);
-            return exit::OSERR;
+            return code;
         }
     };
     if let Some(id) = &cfg.identity {
@@ -447,6 +494,15 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
                 runtime.notify_path().display()
             ));
             return exit::OSERR;
+        }
+        // Otherwise every worker would be killed as never ready, without a word about why.
+        if let Some(b) = runtime.barrier(id.uid, id.gid, &id.groups) {
+            log::print_error(&unreachable_notify_socket(
+                &id.user,
+                &runtime.notify_path(),
+                &b,
+            ));
+            return exit::CONFIG;
         }
     } else if nix::unistd::geteuid().is_root() {
         slog::warn!(logger, "workers run as root: set user = \"...\" in the config (or run preforkd under systemd's User= or DynamicUser=) so that the app never has root's privileges");

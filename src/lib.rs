@@ -37,10 +37,18 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 69;
     /// The system refused: a socket could not be bound, signals could not be set up.
     pub const OSERR: i32 = 71;
+    /// The runtime directory is not safe to use: another user could reach into it.
+    pub const CANTCREAT: i32 = 73;
+    /// `preforkd status` / `reload`: the instance runs but was too busy to take the request in
+    /// time; asking again later may work.
+    pub const TEMPFAIL: i32 = 75;
     /// The configuration is invalid: file, flags, command, or the LISTEN_* environment.
     pub const CONFIG: i32 = 78;
     /// `preforkd status` / `reload`: no instance answers there (as `systemctl status` uses 3).
     pub const NOT_RUNNING: i32 = 3;
+    /// `preforkd status` / `reload`: asking failed some other way (such as permission denied),
+    /// or the answer made no sense.
+    pub const FAILED: i32 = 1;
     /// `preforkd reload`: the configuration was invalid or the new workers failed; the old
     /// generation keeps serving.
     pub const RELOAD_FAILED: i32 = 1;

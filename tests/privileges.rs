@@ -134,3 +134,31 @@ fn root_workers_are_warned_about_or_refused() {
         "{out}"
     );
 }
+
+#[test]
+fn workers_that_could_not_reach_the_notify_socket_are_refused_at_start() {
+    if !root_or_skip() {
+        return;
+    }
+    // As systemd's RuntimeDirectory= with RuntimeDirectoryMode=0700, one level up.
+    let locked = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let run = locked.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let mut p = Preforkd::demo_start(&["--workers", "1", "--user", "nobody"])
+        .env("RUNTIME_DIRECTORY", run.display().to_string())
+        .spawn();
+    assert_eq!(p.exit_code(Duration::from_secs(10)), 78, "{}", p.log());
+    let log = p.log();
+    assert!(
+        log.contains(&format!(
+            "directory {} (mode 0700, owner root:root)",
+            locked.path().display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("RuntimeDirectoryMode=0711"), "{log}");
+    assert!(p.workers().is_empty());
+    p.assert_no_worker_left();
+}

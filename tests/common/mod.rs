@@ -499,14 +499,20 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         .env("RUNTIME_DIRECTORY", scratch.path())
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .env_remove("LISTEN_FDNAMES");
     for (k, v) in env {
         cmd.env(k, v);
     }
+    finish(cmd, args)
+}
+
+/// Runs `cmd`, started in a process group of its own, to completion: (exit code, stdout +
+/// stderr). Past 20 s its group is killed and the test fails.
+pub fn finish(mut cmd: Command, what: &[&str]) -> (i32, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let child = cmd.spawn().unwrap();
     let pid = child.id() as i32;
     // A bad config must not start anything; a bounded wait keeps a regression from hanging.
@@ -519,7 +525,7 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         Err(_) => {
             // SAFETY: killing the process group this test created for the command.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
-            panic!("preforkd {args:?} did not exit within 20s");
+            panic!("preforkd {what:?} did not exit within 20s");
         }
     };
     let text = format!(

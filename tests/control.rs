@@ -1,0 +1,140 @@
+//! The control socket under pressure: a full one makes `preforkd status` wait and then say
+//! "busy", never "not running"; a `preforkd reload` client that goes away costs nothing.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn status_waits_for_a_full_control_socket_rather_than_say_nothing_runs() {
+    let mut p = Preforkd::demo(&["--workers", "1"]);
+    p.wait_workers(1);
+    let control = p.runtime_dir.join("control.sock");
+    let before = fds(p.pid).len();
+    // Idle clients fill every slot until preforkd drops them as too slow.
+    let held: Vec<UnixStream> = (0..preforkd::control::MAX_CLIENTS)
+        .map(|_| UnixStream::connect(&control).unwrap())
+        .collect();
+    wait_for(Duration::from_secs(5), || {
+        (fds(p.pid).len() >= before + held.len()).then_some(())
+    })
+    .expect("preforkd accepted the idle clients");
+    let (code, out) = p.status(&[]);
+    assert_eq!(code, 0, "{out}\n{}", p.log());
+    assert!(out.contains("1/1 ready"), "{out}");
+    drop(held);
+}
+
+#[test]
+fn status_gives_up_on_a_busy_instance_with_75_not_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_server = stop.clone();
+    // An instance that is always full: it says so and hangs up.
+    let server = std::thread::spawn(move || {
+        let mut served = 0;
+        for stream in listener.incoming() {
+            if stop_server.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Ok(mut s) = stream {
+                let _ = s.write_all(b"{\"busy\":true}\n");
+                served += 1;
+            }
+        }
+        served
+    });
+    let started = Instant::now();
+    let (code, out) = run_to_end(
+        &[
+            "status",
+            "--name",
+            "crowded",
+            "--runtime-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[("RUNTIME_DIRECTORY", "")],
+    );
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let _ = UnixStream::connect(&path);
+    let served = server.join().unwrap();
+    assert_eq!(code, 75, "{out}");
+    assert!(
+        out.contains(&format!(
+            "preforkd \"crowded\" at {} is busy",
+            path.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("try again"), "{out}");
+    assert!(served > 1, "status never asked again: {served}");
+    assert!(took >= Duration::from_secs(4), "gave up after {took:?}");
+}
+
+/// preforkd's CPU time so far (user + system), per /proc.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; the list starts at field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn a_reload_client_that_goes_away_mid_reload_costs_no_cpu() {
+    let mut p =
+        Start::activated(&["--workers", "1", "--ready", "3s", "--", "sleep", "300"]).spawn();
+    wait_for(Duration::from_secs(20), || {
+        let (code, json) = p.status(&["--json"]);
+        (code == 0 && json.contains("\"ready\":1")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never ready\n{}", p.log()));
+    let old = p.workers();
+    let mut client = Command::new(BIN)
+        .arg("reload")
+        .env("RUNTIME_DIRECTORY", &p.runtime_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let started = wait_for(Duration::from_secs(10), || {
+        (p.workers().len() == 2).then_some(())
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+    started.unwrap_or_else(|| panic!("the reload did not start\n{}", p.log()));
+    let (cpu_before, since) = (cpu_time(p.pid), Instant::now());
+    // The reload is over when the old worker has been retired and reaped.
+    wait_for(Duration::from_secs(20), || {
+        let w = p.workers();
+        (w.len() == 1 && !old.contains(&w[0])).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the reload did not finish\n{}", p.log()));
+    let (cpu, wall) = (cpu_time(p.pid) - cpu_before, since.elapsed());
+    assert!(
+        cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(),
+        "preforkd used {cpu:?} of CPU in {wall:?}"
+    );
+    let (code, json) = p.status(&["--json"]);
+    assert_eq!(code, 0, "{json}");
+    assert!(json.contains("\"control_rejected\":0"), "{json}");
+}
