@@ -214,6 +214,32 @@ pub enum Effect {
     },
 }
 
+/// A read-only picture of the core, from [`Core::view`].
+#[derive(Debug, Clone)]
+pub struct View {
+    pub generation: u32,
+    pub wanted: usize,
+    /// Ready workers that make the service ready.
+    pub quorum: usize,
+    pub draining: bool,
+    pub ready_sent: bool,
+    /// During a reload: the generation being replaced, and whether the canary has passed.
+    pub rollout: Option<(u32, bool)>,
+    pub workers: Vec<WorkerView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub pid: Pid,
+    pub id: u32,
+    pub generation: u32,
+    pub ready: bool,
+    /// Spawning, starting or ready: not being stopped or killed.
+    pub live: bool,
+    pub stopping: bool,
+    pub started: Instant,
+}
+
 /// Pushes a log effect: `log!(self, Warning, "fmt", args; "key" => value, ...)`.
 macro_rules! log {
     ($core:expr, $level:ident, $($fmt:expr),+ $(; $($key:expr => $value:expr),* $(,)?)?) => {
@@ -277,6 +303,9 @@ struct Generation {
     program: Rc<PathBuf>,
     policy: RestartPolicy,
     slots: Vec<Slot>,
+    /// Slots SIGTTOU took away, newest last: SIGTTIN gives them back with their history, so
+    /// a slot that keeps failing cannot skip its back-off by being removed and added again.
+    removed: Vec<Slot>,
 }
 
 impl Generation {
@@ -287,6 +316,7 @@ impl Generation {
             cfg: Rc::new(loaded.cfg),
             program: Rc::new(loaded.program),
             slots: (0..loaded.workers).map(Slot::new).collect(),
+            removed: Vec::new(),
         }
     }
 }
@@ -318,6 +348,8 @@ pub struct Core {
     next_generation: u32,
     reload: reload::ReloadState,
     workers: Vec<Worker>,
+    /// Spawns asked for whose fork outcome has not come back: (worker id, generation).
+    in_flight: Vec<(u32, u32)>,
     lingering: Vec<Lingering>,
     crashes: CrashWindow,
     phase: Phase,
@@ -349,6 +381,7 @@ impl Core {
             next_generation: 2,
             reload: reload::ReloadState::new(socket_activated),
             workers: Vec::new(),
+            in_flight: Vec::new(),
             lingering: Vec::new(),
             crashes: CrashWindow::default(),
             phase: Phase::Running,
@@ -366,7 +399,16 @@ impl Core {
     /// Handles one event; returns what to do, in order.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
         if self.phase == Phase::Done {
-            return Vec::new();
+            // Only questions are answered while the shell sweeps up the last processes.
+            match event {
+                Event::Status(token) => {
+                    let answer = Answer::Status(Box::new(self.snapshot(now)));
+                    self.out.push(Effect::Answer { token, answer });
+                }
+                Event::ReloadRequest(token) => self.request_reload(Some(token), now),
+                _ => {}
+            }
+            return std::mem::take(&mut self.out);
         }
         match event {
             Event::Start => self.start(now),
@@ -428,6 +470,35 @@ impl Core {
     /// The workers by pid, for the shell's checks and the simulation's invariants.
     pub fn worker_pids(&self) -> impl Iterator<Item = Pid> + '_ {
         self.workers.iter().map(|w| w.pid)
+    }
+
+    /// The pool as the core sees it, for tests and the simulation's invariants.
+    pub fn view(&self) -> View {
+        View {
+            generation: self.gen.number,
+            wanted: self.gen.slots.len(),
+            quorum: self.gen.cfg.ready_quorum.needed(self.gen.slots.len()),
+            draining: self.phase != Phase::Running,
+            ready_sent: self.ready_sent,
+            rollout: self
+                .reload
+                .rollout
+                .as_ref()
+                .map(|r| (r.old_generation(), r.canary_passed())),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerView {
+                    pid: w.pid,
+                    id: w.id,
+                    generation: w.generation,
+                    ready: w.is_ready(),
+                    live: w.is_live(),
+                    stopping: w.is_stopping(),
+                    started: w.started,
+                })
+                .collect(),
+        }
     }
 
     /// Whether [`Effect::Exit`] went out.
@@ -626,7 +697,7 @@ impl Core {
             exit_code, forced, ..
         } = self.phase
         {
-            if self.workers.is_empty() && self.lingering.is_empty() {
+            if self.workers.is_empty() && self.lingering.is_empty() && self.in_flight.is_empty() {
                 let orphan_grace = if forced {
                     Duration::ZERO
                 } else {
@@ -653,8 +724,14 @@ impl Core {
             );
             return;
         }
-        let mut slot = Slot::new(self.gen.slots.len() as u32);
-        slot.start_at = Some(now);
+        let id = self.gen.slots.len() as u32;
+        let policy = self.gen.policy;
+        let mut slot = match self.gen.removed.pop() {
+            Some(old) if old.id == id => old,
+            _ => Slot::new(id),
+        };
+        slot.forking = false;
+        slot.schedule(now, policy.delay(slot.failures_in_row), policy.delay);
         self.gen.slots.push(slot);
         log!(self, Info, "SIGTTIN: adding a worker"; "workers" => self.gen.slots.len());
     }
@@ -684,9 +761,14 @@ impl Core {
         };
         log!(self, Info, "SIGTTOU: removing a worker"; "worker" => slot.id, "workers" => self.gen.slots.len());
         let generation = self.gen.number;
+        let id = slot.id;
+        self.gen.removed.push(Slot {
+            start_at: None,
+            ..slot
+        });
         for i in 0..self.workers.len() {
             let w = &self.workers[i];
-            if w.id == slot.id && w.generation == generation && w.is_live() {
+            if w.id == id && w.generation == generation && w.is_live() {
                 self.stop_worker(i, now);
             }
         }

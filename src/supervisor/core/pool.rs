@@ -19,13 +19,23 @@ impl Core {
             return;
         }
         let generation = self.gen.number;
+        let workers = &self.workers;
         for slot in &mut self.gen.slots {
             if slot.forking || slot.start_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            if workers
+                .iter()
+                .any(|w| w.generation == generation && w.id == slot.id && w.is_live())
+            {
+                // One live worker per slot: the one there keeps it.
+                slot.start_at = None;
                 continue;
             }
             slot.start_at = None;
             slot.forking = true;
             slot.last_start = Some(now);
+            self.in_flight.push((slot.id, generation));
             self.out.push(Effect::Spawn {
                 worker: slot.id,
                 generation,
@@ -42,6 +52,9 @@ impl Core {
         result: Result<Pid, String>,
         now: Instant,
     ) {
+        if let Some(i) = self.in_flight.iter().position(|&f| f == (id, generation)) {
+            self.in_flight.swap_remove(i);
+        }
         let current = generation == self.gen.number && self.phase == Phase::Running;
         let slot_there = current && self.slot_mut(id).is_some_and(|s| s.forking);
         if let Some(slot) = self.slot_mut(id).filter(|_| current) {
@@ -278,7 +291,14 @@ impl Core {
             return;
         }
         let policy = self.gen.policy;
-        let Some(slot) = self.slot_mut(w.id) else {
+        // SIGTTOU then SIGTTIN may have given its slot a new worker while this one was dying.
+        let taken = self
+            .workers
+            .iter()
+            .any(|o| o.generation == w.generation && o.id == w.id && o.is_live());
+        let Some(slot) = self.slot_mut(w.id).filter(|s| !taken && !s.forking) else {
+            log!(self, Warning, "worker ended: {}", status; "worker" => w.id, "pid" => pid,
+                "gen" => w.generation);
             return;
         };
         slot.restarts += 1;

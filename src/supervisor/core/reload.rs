@@ -22,10 +22,10 @@
 //! generations are ever alive.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::worker::Worker;
-use super::{log, Answer, Core, Effect, Generation, Loaded, Phase, Sd, Slot};
+use super::{log, Answer, Core, Effect, Generation, Loaded, Phase, Sd};
 use crate::config::Config;
 use crate::control::Token;
 use crate::restart::human;
@@ -87,6 +87,16 @@ pub(super) struct Rollout {
     waiters: Vec<Token>,
 }
 
+impl Rollout {
+    pub fn old_generation(&self) -> u32 {
+        self.old.number
+    }
+
+    pub fn canary_passed(&self) -> bool {
+        self.canary_passed
+    }
+}
+
 impl Core {
     /// Starts a reload, or queues it behind the one under way.
     pub(super) fn request_reload(&mut self, waiter: Option<Token>, now: Instant) {
@@ -110,8 +120,12 @@ impl Core {
         self.begin_reload(now);
     }
 
+    /// Workers of another generation, or on their way (forked in the same batch of effects as
+    /// the event that ended their generation).
     fn other_generations_alive(&self) -> bool {
-        self.workers.iter().any(|w| w.generation != self.gen.number)
+        let current = self.gen.number;
+        self.workers.iter().any(|w| w.generation != current)
+            || self.in_flight.iter().any(|&(_, g)| g != current)
     }
 
     fn begin_reload(&mut self, _now: Instant) {
@@ -452,15 +466,13 @@ impl Core {
         // Old workers already retired for new ones: start them again. Ready new workers serve
         // until then, and are retired as the old ones become ready.
         let workers = &self.workers;
+        let min_gap = self.gen.policy.delay;
         for slot in &mut self.gen.slots {
             let alive = workers
                 .iter()
                 .any(|w| w.generation == from && w.id == slot.id && !w.is_stopping());
             if !alive && slot.start_at.is_none() && !slot.forking {
-                *slot = Slot {
-                    start_at: Some(now),
-                    ..slot.clone()
-                };
+                slot.schedule(now, Duration::ZERO, min_gap);
             }
         }
         self.reload.error = Some(format!(
