@@ -13,10 +13,9 @@
 //! stopped too, so nothing outlives the service holding its socket.
 
 pub mod core;
+mod launch;
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,14 +28,15 @@ use slog::{debug, error, info, warn, Logger};
 
 use self::core::{Answer, Core, Effect, Event, ExitStatus, Level, Loaded, LogLine, Sd, Target};
 pub use self::core::{ReloadOutcome, EXIT_CRASH_LOOP};
+use self::launch::Launcher;
 use crate::config::Config;
 use crate::control::{ControlServer, Request};
 use crate::notify::{self, NotifyState, SystemdNotify};
 use crate::relay::NotifyRelay;
 use crate::runtime_dir::RuntimeDir;
 use crate::signals::Signals;
-use crate::sockets::{self, Listener};
-use crate::spawn::{ExecPlan, ExecStatus, WorkerSpec};
+use crate::sockets::Listener;
+use crate::spawn::ExecStatus;
 
 /// Datagrams taken from the notify socket per wake-up, so a flood cannot starve signals.
 const NOTIFY_BATCH: usize = 256;
@@ -81,17 +81,13 @@ struct Leaving {
 pub struct Supervisor {
     core: Core,
     loader: Loader,
-    listeners: Vec<Listener>,
-    /// preforkd's environment without the systemd protocol variables.
-    base_env: Vec<(OsString, OsString)>,
+    launcher: Launcher,
     log: Logger,
     systemd: SystemdNotify,
     signals: Signals,
     runtime: RuntimeDir,
     relay: NotifyRelay,
     control: ControlServer,
-    /// CPUs this process may use, for `cpu_affinity`.
-    cpus: Vec<usize>,
     spawning: Vec<Spawning>,
     /// Process groups the core waits to see empty.
     watched: Vec<Pid>,
@@ -123,15 +119,13 @@ impl Supervisor {
         Supervisor {
             core: Core::new(first, setup.systemd.watchdog, setup.socket_activated, now),
             loader: setup.loader,
-            listeners: setup.listeners,
-            base_env: std::env::vars_os().collect(),
+            launcher: Launcher::new(setup.listeners, setup.runtime.notify_path()),
             log: setup.log,
             systemd: setup.systemd,
             signals: setup.signals,
             runtime: setup.runtime,
             relay: setup.relay,
             control: setup.control,
-            cpus: allowed_cpus(),
             spawning: Vec::new(),
             watched: Vec::new(),
             queue: VecDeque::new(),
@@ -199,6 +193,7 @@ impl Supervisor {
                 program,
             } => {
                 let result = self
+                    .launcher
                     .plan(worker, generation, &cfg, &program)
                     .and_then(|mut plan| plan.spawn());
                 let result = match result {
@@ -473,68 +468,6 @@ impl Supervisor {
             Level::Debug => debug!(self.log, "{}", line.message; fields),
         }
     }
-
-    fn plan(
-        &self,
-        id: u32,
-        generation: u32,
-        cfg: &Config,
-        program: &std::path::Path,
-    ) -> Result<ExecPlan, crate::spawn::SpawnError> {
-        let fds: Vec<_> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
-        let cpu = (cfg.cpu_affinity && !self.cpus.is_empty())
-            .then(|| self.cpus[id as usize % self.cpus.len()]);
-        let pid_vars: &[&str] = if cfg.worker_watchdog.is_some() {
-            &["LISTEN_PID", "WATCHDOG_PID"]
-        } else {
-            &["LISTEN_PID"]
-        };
-        ExecPlan::new(&WorkerSpec {
-            program,
-            argv: &cfg.command,
-            env: self.worker_env(cfg, id, generation),
-            pid_vars,
-            listen_fds: &fds,
-            working_directory: cfg.working_directory.as_deref(),
-            cpu,
-            nofile: Some(cfg.rlimit_nofile),
-            umask: cfg.umask,
-            oom_score_adj: cfg.oom_score_adj,
-            identity: cfg.identity.as_ref(),
-            ambient_capabilities: &cfg.ambient_capabilities,
-            no_new_privileges: cfg.no_new_privileges,
-        })
-    }
-
-    /// preforkd's environment, then the configured `env`, then the per-worker variables.
-    fn worker_env(&self, cfg: &Config, id: u32, generation: u32) -> Vec<(OsString, OsString)> {
-        let mut ours: Vec<(&str, OsString)> = vec![
-            ("LISTEN_FDS", self.listeners.len().to_string().into()),
-            ("LISTEN_FDNAMES", sockets::names(&self.listeners).into()),
-            ("NOTIFY_SOCKET", self.runtime.notify_path().into_os_string()),
-            ("PREFORKD_WORKER_ID", id.to_string().into()),
-            ("PREFORKD_GENERATION", generation.to_string().into()),
-        ];
-        if let Some(wd) = cfg.worker_watchdog {
-            ours.push(("WATCHDOG_USEC", wd.as_micros().to_string().into()));
-        }
-        let overridden = |k: &OsString| {
-            cfg.env.keys().any(|c| k == c.as_str()) || ours.iter().any(|(o, _)| k == o)
-        };
-        let mut env: Vec<(OsString, OsString)> = self
-            .base_env
-            .iter()
-            .filter(|(k, _)| !overridden(k))
-            .cloned()
-            .collect();
-        env.extend(
-            cfg.env
-                .iter()
-                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
-        );
-        env.extend(ours.into_iter().map(|(k, v)| (k.into(), v)));
-        env
-    }
 }
 
 /// A log line's fields for slog, which hands them to the drain last-first.
@@ -572,14 +505,4 @@ fn own_children() -> Vec<Pid> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok().map(Pid::from_raw))
         .collect()
-}
-
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
-    match nix::sched::sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..nix::sched::CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
 }

@@ -23,9 +23,11 @@
 //! cycle does: exits first, then stops, reloads, scaling, notify, control, timers. A stop that
 //! arrives with a reload wins.
 
+mod events;
 mod pool;
 mod reload;
 mod report;
+mod stop;
 mod worker;
 
 use std::path::PathBuf;
@@ -36,10 +38,10 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::Config;
-use crate::control::Token;
-use crate::notify::Message;
 use crate::restart::{CrashWindow, RestartPolicy};
-use crate::status::Snapshot;
+pub use events::{
+    by_priority, Answer, Effect, Event, ExitStatus, Level, Loaded, LogLine, Sd, Target,
+};
 pub use reload::{ReloadOutcome, MAX_ROLLOUT_FAILURES};
 use worker::{Escalation, Worker};
 
@@ -51,168 +53,6 @@ pub const FORCE_AFTER: Duration = Duration::from_secs(1);
 
 /// How often a STATUS= line that says "… ago" is refreshed.
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
-
-/// A configuration read for a new generation: the program resolved and the pool sized by the
-/// shell (`workers = "auto"` asks the kernel).
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    pub cfg: Config,
-    pub program: PathBuf,
-    pub workers: u32,
-}
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Code(i32),
-    Signal { signal: Signal, core_dumped: bool },
-}
-
-/// What the shell tells the core.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// preforkd is set up: start the first generation.
-    Start,
-    /// A child ended. The shell has not reaped it yet, so its pid and process group cannot be
-    /// reused while the effects of this event are carried out.
-    Exited { pid: Pid, status: ExitStatus },
-    /// The outcome of fork() for an [`Effect::Spawn`].
-    Forked {
-        worker: u32,
-        generation: u32,
-        result: Result<Pid, String>,
-    },
-    /// The child reached exec (Ok), or failed on its way there (it then exits with 127).
-    Execd {
-        pid: Pid,
-        result: Result<(), String>,
-    },
-    /// The process group a stopped worker left behind is empty now.
-    GroupGone(Pid),
-    /// SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN or SIGTTOU.
-    Signal(Signal),
-    /// `preforkd reload` from a control client.
-    ReloadRequest(Token),
-    /// The answer to [`Effect::LoadConfig`].
-    ConfigLoaded(Result<Box<Loaded>, String>),
-    /// A datagram on the workers' notify socket. `sender` is the pid the kernel named, `group`
-    /// its process group; `message` is the parsed datagram or why it is not one.
-    Notify {
-        sender: Option<Pid>,
-        group: Option<Pid>,
-        message: Result<Message, &'static str>,
-    },
-    /// `preforkd status` from a control client.
-    Status(Token),
-    /// A deadline may have passed.
-    Tick,
-}
-
-impl Event {
-    /// Order within one wake-up: reap, stop, reload, scale, notify, control, timers.
-    pub fn rank(&self) -> u8 {
-        match self {
-            Event::Exited { .. }
-            | Event::Forked { .. }
-            | Event::Execd { .. }
-            | Event::GroupGone(_) => 0,
-            Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => 1,
-            Event::Signal(Signal::SIGHUP) | Event::ReloadRequest(_) | Event::ConfigLoaded(_) => 2,
-            Event::Signal(_) => 3,
-            Event::Notify { .. } => 4,
-            Event::Status(_) => 5,
-            Event::Start | Event::Tick => 6,
-        }
-    }
-}
-
-/// Sorts the events of one wake-up into the order they are handled; stable within a rank.
-pub fn by_priority(events: &mut [Event]) {
-    events.sort_by_key(Event::rank);
-}
-
-/// Who a signal goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// A worker's process group (each worker leads its own), and the worker itself should it
-    /// have left that group: helpers it started go too, and it cannot escape a stop.
-    Worker,
-    /// The process alone.
-    Process,
-    /// The process group of that number: what a stopped worker left behind.
-    Group,
-}
-
-/// A message to systemd. The shell adds `MONOTONIC_USEC` to `Reloading`, as it reads clocks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sd {
-    Ready,
-    Reloading,
-    Stopping,
-    Status(String),
-    Watchdog,
-    WatchdogTrigger,
-    ExtendTimeoutUsec(u32),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Error,
-    Warning,
-    Info,
-    Debug,
-}
-
-/// A log record: a message and its fields, in the order written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogLine {
-    pub level: Level,
-    pub message: String,
-    pub fields: Vec<(&'static str, String)>,
-}
-
-/// What a control client gets.
-#[derive(Debug, Clone)]
-pub enum Answer {
-    /// The shell fills in what only it knows (pid, runtime directory, its own counters).
-    Status(Box<Snapshot>),
-    Reload(ReloadOutcome),
-}
-
-/// What the core asks the shell to do.
-#[derive(Debug, Clone)]
-pub enum Effect {
-    /// Fork and exec a worker; answer with [`Event::Forked`], then [`Event::Execd`].
-    Spawn {
-        worker: u32,
-        generation: u32,
-        cfg: Rc<Config>,
-        program: Rc<PathBuf>,
-    },
-    Signal {
-        pid: Pid,
-        signal: Signal,
-        target: Target,
-    },
-    /// One datagram to systemd.
-    Systemd(Vec<Sd>),
-    /// Read the configuration again; answer with [`Event::ConfigLoaded`].
-    LoadConfig,
-    Answer {
-        token: Token,
-        answer: Answer,
-    },
-    /// Tell the core with [`Event::GroupGone`] once this process group is empty.
-    WatchGroup(Pid),
-    Log(LogLine),
-    /// Every worker and its group is gone after a stop. The shell stops what is left of its
-    /// children (processes that left their worker's group: SIGTERM, SIGKILL after
-    /// `orphan_grace`), then exits with `code`.
-    Exit {
-        code: i32,
-        orphan_grace: Duration,
-    },
-}
 
 /// A read-only picture of the core, from [`Core::view`].
 #[derive(Debug, Clone)]
@@ -592,88 +432,6 @@ impl Core {
         }
     }
 
-    fn on_stop_signal(&mut self, sig: Signal, now: Instant) {
-        match self.phase {
-            Phase::Running => {
-                let cfg = Rc::clone(&self.gen.cfg);
-                log!(self, Info, "stopping gracefully";
-                    "signal" => sig.as_str(), "workers" => self.workers.len(),
-                    "stop_signal" => cfg.stop_signal.as_str(),
-                    "stop_timeout" => crate::restart::human(cfg.stop_timeout));
-                self.begin_stop(now, 0);
-            }
-            Phase::Draining {
-                exit_code,
-                forced: false,
-                since,
-            } => {
-                if now.saturating_duration_since(since) < FORCE_AFTER {
-                    log!(self, Info, "stop signal again within {}: the same stop, still draining", crate::restart::human(FORCE_AFTER);
-                        "signal" => sig.as_str());
-                    return;
-                }
-                log!(self, Warning, "second stop signal: killing all workers now";
-                    "signal" => sig.as_str(), "workers" => self.workers.len());
-                for l in &mut self.lingering {
-                    if !l.escalation.killed {
-                        l.escalation.killed = true;
-                        self.out.push(Effect::Signal {
-                            pid: l.pgid,
-                            signal: Signal::SIGKILL,
-                            target: Target::Group,
-                        });
-                    }
-                }
-                for w in &mut self.workers {
-                    self.out.push(Effect::Signal {
-                        pid: w.pid,
-                        signal: Signal::SIGKILL,
-                        target: Target::Worker,
-                    });
-                    if let worker::State::Stopping(e) | worker::State::Hung(e) = &mut w.state {
-                        e.killed = true;
-                    }
-                }
-                self.phase = Phase::Draining {
-                    exit_code,
-                    forced: true,
-                    since,
-                };
-            }
-            Phase::Draining { forced: true, .. } | Phase::Done => {}
-        }
-    }
-
-    /// Stops respawning and asks every worker to stop.
-    fn begin_stop(&mut self, now: Instant, exit_code: i32) {
-        self.cancel_reloads("preforkd is stopping");
-        self.phase = Phase::Draining {
-            exit_code,
-            forced: false,
-            since: now,
-        };
-        // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short;
-        // workers of an older generation keep their own stop_timeout.
-        let longest = self
-            .workers
-            .iter()
-            .map(|w| w.cfg.stop_timeout)
-            .fold(self.gen.cfg.stop_timeout, Duration::max);
-        let extend = (longest + Duration::from_secs(5)).as_micros();
-        self.out.push(Effect::Systemd(vec![
-            Sd::Stopping,
-            Sd::ExtendTimeoutUsec(extend.min(u32::MAX as u128) as u32),
-        ]));
-        for slot in &mut self.gen.slots {
-            slot.start_at = None;
-        }
-        for i in 0..self.workers.len() {
-            if self.workers[i].is_live() {
-                self.stop_worker(i, now);
-            }
-        }
-    }
-
     /// Asks a worker to stop with its own `stop_signal`, SIGKILL after its own `stop_timeout`.
     fn stop_worker(&mut self, i: usize, now: Instant) {
         let w = &mut self.workers[i];
@@ -689,88 +447,5 @@ impl Core {
             signal: Signal::SIGCONT,
             target: Target::Worker,
         });
-    }
-
-    /// Once draining and nothing of the pool is left: exit.
-    fn exit_if_drained(&mut self) {
-        if let Phase::Draining {
-            exit_code, forced, ..
-        } = self.phase
-        {
-            if self.workers.is_empty() && self.lingering.is_empty() && self.in_flight.is_empty() {
-                let orphan_grace = if forced {
-                    Duration::ZERO
-                } else {
-                    self.gen.cfg.stop_timeout.min(Duration::from_secs(5))
-                };
-                self.out.push(Effect::Exit {
-                    code: exit_code,
-                    orphan_grace,
-                });
-                self.phase = Phase::Done;
-            }
-        }
-    }
-
-    fn add_worker(&mut self, now: Instant) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        if self.reload.busy() {
-            log!(
-                self,
-                Warning,
-                "SIGTTIN during a reload: ignored; change workers in the config instead"
-            );
-            return;
-        }
-        let id = self.gen.slots.len() as u32;
-        let policy = self.gen.policy;
-        let mut slot = match self.gen.removed.pop() {
-            Some(old) if old.id == id => old,
-            _ => Slot::new(id),
-        };
-        slot.forking = false;
-        slot.schedule(now, policy.delay(slot.failures_in_row), policy.delay);
-        self.gen.slots.push(slot);
-        log!(self, Info, "SIGTTIN: adding a worker"; "workers" => self.gen.slots.len());
-    }
-
-    fn remove_worker(&mut self, now: Instant) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        if self.reload.busy() {
-            log!(
-                self,
-                Warning,
-                "SIGTTOU during a reload: ignored; change workers in the config instead"
-            );
-            return;
-        }
-        if self.gen.slots.len() <= 1 {
-            log!(
-                self,
-                Warning,
-                "SIGTTOU: keeping the last worker; a pool cannot shrink below one"
-            );
-            return;
-        }
-        let Some(slot) = self.gen.slots.pop() else {
-            return;
-        };
-        log!(self, Info, "SIGTTOU: removing a worker"; "worker" => slot.id, "workers" => self.gen.slots.len());
-        let generation = self.gen.number;
-        let id = slot.id;
-        self.gen.removed.push(Slot {
-            start_at: None,
-            ..slot
-        });
-        for i in 0..self.workers.len() {
-            let w = &self.workers[i];
-            if w.id == id && w.generation == generation && w.is_live() {
-                self.stop_worker(i, now);
-            }
-        }
     }
 }

@@ -163,4 +163,20 @@ impl Core {
             empty_slots,
         }
     }
+
+    /// STATUS= while a reload runs: `reloading: gen 4 3/4 ready, 1 draining`.
+    pub(super) fn rollout_status(&self) -> Option<String> {
+        self.reload.rollout.as_ref()?;
+        let generation = self.gen.number;
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.is_ready())
+            .count();
+        let draining = self.workers.iter().filter(|w| w.is_stopping()).count();
+        Some(format!(
+            "reloading: gen {generation} {ready}/{} ready, {draining} draining",
+            self.gen.slots.len()
+        ))
+    }
 }
