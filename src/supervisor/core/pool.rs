@@ -275,6 +275,10 @@ impl Core {
                 "worker" => w.id, "pid" => pid, "gen" => w.generation);
             return;
         }
+        let had_been_ready = matches!(w.state, State::Ready { .. } | State::Hung(_));
+        if self.reload.rollout.is_some() && had_been_ready && self.canary_failed(&w, now) {
+            return;
+        }
         if self.reload.rollout.is_some() && !w.was_ready(uptime) {
             let why = match w.state {
                 State::NotReady => format!(
@@ -287,8 +291,6 @@ impl Core {
             if self.rollout_failed(why, now) {
                 return;
             }
-        } else if self.reload.rollout.is_some() && self.canary_failed(&w, now) {
-            return;
         }
         let policy = self.gen.policy;
         // SIGTTOU then SIGTTIN may have given its slot a new worker while this one was dying.
