@@ -96,7 +96,11 @@ fn deploy(shape: &Shape, workers: u32) {
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
     assert_eq!(code, 1, "reload said: {out}\n{}", p.log());
-    assert!(out.contains(shape.reason), "reload said: {out}\n{}", p.log());
+    assert!(
+        out.contains(shape.reason),
+        "reload said: {out}\n{}",
+        p.log()
+    );
     assert!(
         p.wait_exit(Duration::ZERO).is_none(),
         "preforkd died:\n{}",

@@ -123,6 +123,10 @@ struct World {
     ready_sent: bool,
     exited: Option<i32>,
     stop_requested: bool,
+    /// The wake-up being handled holds a stop signal.
+    stop_in_batch: bool,
+    /// The event being handled comes after stops in the documented order.
+    late_in_batch: bool,
     tokens: HashMap<u64, u32>,
     last_spawn: HashMap<(u32, u32), Instant>,
     /// The configuration the next reload reads.
@@ -244,6 +248,8 @@ impl World {
             ready_sent: false,
             exited: None,
             stop_requested: false,
+            stop_in_batch: false,
+            late_in_batch: false,
             tokens: HashMap::new(),
             last_spawn: HashMap::new(),
             configs: 0,
@@ -317,6 +323,11 @@ impl World {
             } => {
                 if before.draining {
                     self.fail(format!("spawn of worker {worker} after the stop began"));
+                }
+                if self.stop_in_batch && self.late_in_batch {
+                    self.fail(format!(
+                        "spawn of worker {worker} gen {generation} in a wake-up that holds a stop"
+                    ));
                 }
                 if let Some(last) = self.last_spawn.get(&(generation, worker)) {
                     if self.now < *last + cfg.restart_delay {
@@ -605,9 +616,19 @@ impl World {
             self.procs.get_mut(&pid).expect("exited").reaped = true;
         }
         by_priority(&mut events);
+        // A stop that arrives with a reload or a scale-up wins: nothing new is started.
+        self.stop_in_batch = events.iter().any(|e| {
+            matches!(
+                e,
+                Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
+            )
+        });
         for event in events {
+            self.late_in_batch = documented_rank(&event) >= 2;
             self.feed(event);
         }
+        self.stop_in_batch = false;
+        self.late_in_batch = false;
     }
 
     fn token(&mut self) -> Token {
@@ -836,6 +857,19 @@ impl World {
         if self.reloading_open {
             self.fail("RELOADING=1 never followed by READY=1 or STOPPING=1".into());
         }
+    }
+}
+
+/// The order of one wake-up as documented (exits, stops, reloads, scaling, notify, control,
+/// timers), kept here apart from `Event::rank` so that a change to that is seen.
+fn documented_rank(e: &Event) -> u8 {
+    match e {
+        Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => 1,
+        Event::Signal(_) | Event::ReloadRequest(_) | Event::ConfigLoaded(_) => 2,
+        Event::Notify { .. } => 4,
+        Event::Status(_) => 5,
+        Event::Tick | Event::Start => 6,
+        _ => 0,
     }
 }
 

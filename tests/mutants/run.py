@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Shows that the simulation has teeth: applies one mutation at a time to the core (in a
+scratch copy of the tree), runs the simulation, and reports the first seed that fails.
+
+Usage: tests/mutants/run.py [SEQUENCES]   (default 10000; run from the repository root)
+Each mutation is a single change that breaks a documented behaviour; a mutation that survives
+the whole run is reported as such.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+CORE = "src/supervisor/core"
+MUTATIONS = [
+    ("abort keeps the failed generation's starting workers",
+     f"{CORE}/reload.rs",
+     "if w.generation == failed && w.is_live() && !w.is_ready() {",
+     "if false && w.generation == failed && w.is_live() && !w.is_ready() {"),
+    ("old workers retired before the canary passed",
+     f"{CORE}/reload.rs",
+     "if self.reload.rollout.as_ref().is_some_and(|r| !r.canary_passed) {\n            return;",
+     "if false {\n            return;"),
+    ("a stop leaves scheduled starts in place",
+     f"{CORE}/stop.rs",
+     "slot.start_at = None;",
+     "let _ = &slot;"),
+    ("a re-added slot gets a second live worker (TTOU then TTIN)",
+     f"{CORE}/pool.rs",
+     ".filter(|s| !taken && !s.forking)",
+     ".filter(|s| !s.forking)"),
+    ("exit while forks are in flight",
+     f"{CORE}/mod.rs",
+     "&& self.in_flight.is_empty()",
+     ""),
+    ("in-flight forks do not count as a generation (queued reload starts a third)",
+     f"{CORE}/reload.rs",
+     "|| self.in_flight.iter().any(|&(_, g)| g != current)",
+     ""),
+    ("restarts ignore the minimum gap after the last start",
+     f"{CORE}/mod.rs",
+     "at = at.max(last + min_gap);",
+     "let _ = (last, min_gap);"),
+    ("READY=1 on the first ready worker, whatever the quorum",
+     f"{CORE}/pool.rs",
+     "if ready >= needed {",
+     "if ready >= 1 {"),
+    ("no READY=1 after a reload that failed",
+     f"{CORE}/reload.rs",
+     "if std::mem::take(&mut self.reload.reloading_sent) {",
+     "if std::mem::take(&mut self.reload.reloading_sent) && false {"),
+    ("a reload before the first READY=1 still says RELOADING=1",
+     f"{CORE}/reload.rs",
+     "self.reload.reloading_sent = self.ready_sent;\n        if self.ready_sent {",
+     "self.reload.reloading_sent = true;\n        if true {"),
+    ("the ready timeout is never enforced",
+     f"{CORE}/worker.rs",
+     "State::Spawning => Some((self.started + cfg.ready_timeout, Timer::ReadyTimeout)),",
+     "State::Spawning => None,"),
+    ("events of one wake-up in arrival order, not by priority",
+     f"{CORE}/events.rs",
+     "pub fn rank(&self) -> u8 {",
+     "pub fn rank(&self) -> u8 {\n        #[allow(unreachable_code)]\n        return 0;"),
+]
+
+
+def main():
+    sequences = sys.argv[1] if len(sys.argv) > 1 else "10000"
+    root = os.getcwd()
+    scratch = tempfile.mkdtemp(prefix="preforkd-mutants-")
+    target = os.path.join(scratch, "target")
+    tree = os.path.join(scratch, "tree")
+    shutil.copytree(root, tree, ignore=shutil.ignore_patterns("target", ".git"))
+    env = dict(os.environ, CARGO_TARGET_DIR=target, PREFORKD_SIM_SEQUENCES=sequences)
+    caught = 0
+    try:
+        for name, path, old, new in MUTATIONS:
+            file = os.path.join(tree, path)
+            text = open(file).read()
+            if text.count(old) != 1:
+                print(f"SKIPPED  {name}: the code to mutate was not found once in {path}")
+                continue
+            open(file, "w").write(text.replace(old, new))
+            try:
+                run = subprocess.run(
+                    ["cargo", "test", "--release", "--quiet", "--test", "simulation"],
+                    cwd=tree, env=env, capture_output=True, text=True)
+            finally:
+                open(file, "w").write(text)
+            out = run.stdout + run.stderr
+            seed = re.search(r"seed (\d+) failed", out)
+            if run.returncode != 0 and seed:
+                why = re.search(r"invariant violated: ([^\n]*)|panicked at [^\n]*\n([^\n]*)", out)
+                reason = next((g for g in (why.groups() if why else ()) if g), "?")
+                print(f"CAUGHT   {name}: first failing seed {seed.group(1)} ({reason[:100]})")
+                caught += 1
+            elif run.returncode != 0:
+                print(f"BROKEN   {name}: did not build or failed otherwise\n{out[-2000:]}")
+            else:
+                print(f"SURVIVED {name}: {sequences} sequences passed")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"{caught} of {len(MUTATIONS)} mutations caught")
+
+
+if __name__ == "__main__":
+    main()
