@@ -449,3 +449,6 @@ impl Core {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
