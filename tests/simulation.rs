@@ -579,6 +579,20 @@ impl World {
                 ));
             }
         }
+        if view.rollout.is_none() && !view.draining {
+            // Outside a reload, another generation only serves until it is replaced: whatever
+            // of it is still starting after an abort has been stopped.
+            if let Some(w) = view
+                .workers
+                .iter()
+                .find(|w| w.live && !w.ready && w.generation != view.generation)
+            {
+                self.fail(format!(
+                    "worker {} of gen {} still starting outside a reload (gen {})",
+                    w.pid, w.generation, view.generation
+                ));
+            }
+        }
         let current = view
             .workers
             .iter()
