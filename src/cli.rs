@@ -100,9 +100,9 @@ Options (each also a key of the config file, with _ for -):
   -h, --help                 this text
   -V, --version              the version
 
-Signals: TERM, INT, QUIT stop gracefully (a second one kills at once); HUP reloads: re-reads
-the config and rolls the workers, new ones ready before old ones stop; TTIN / TTOU add /
-remove a worker.
+Signals: TERM, INT, QUIT stop gracefully (another one a second or more later kills at
+once); HUP reloads: re-reads the config and rolls the workers, new ones ready before old
+ones stop; TTIN / TTOU add / remove a worker.
 Exit codes: 0 stopped, 1 internal error, 64 usage, 69 workers kept failing, 71 cannot
 bind a socket or set up the runtime directory, 73 the runtime directory is not private
 (another user could reach into it), 78 configuration error; preforkd status and

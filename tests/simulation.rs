@@ -878,7 +878,7 @@ impl World {
 /// timers), kept here apart from `Event::rank` so that a change to that is seen.
 fn documented_rank(e: &Event) -> u8 {
     match e {
-        Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => 1,
+        Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) | Event::Fatal(_) => 1,
         Event::Signal(_) | Event::ReloadRequest(_) | Event::ConfigLoaded(_) => 2,
         Event::Notify { .. } => 4,
         Event::Status(_) => 5,

@@ -307,7 +307,7 @@ impl Supervisor {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 drop(fds);
-                error!(self.log, "poll failed"; "error" => e.desc());
+                self.feed(Event::Fatal(format!("poll failed: {}", e.desc())));
                 // Whatever made poll fail may persist: do not spin on it.
                 std::thread::sleep(Duration::from_millis(10));
             }

@@ -52,6 +52,8 @@ pub enum Event {
     GroupGone(Pid),
     /// SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN or SIGTTOU.
     Signal(Signal),
+    /// The shell cannot go on (poll failed): drain and exit 1.
+    Fatal(String),
     /// `preforkd reload` from a control client.
     ReloadRequest(Token),
     /// The answer to [`Effect::LoadConfig`].
@@ -77,7 +79,9 @@ impl Event {
             | Event::Forked { .. }
             | Event::Execd { .. }
             | Event::GroupGone(_) => 0,
-            Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => 1,
+            Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) | Event::Fatal(_) => {
+                1
+            }
             Event::Signal(Signal::SIGHUP) | Event::ReloadRequest(_) | Event::ConfigLoaded(_) => 2,
             Event::Signal(_) => 3,
             Event::Notify { .. } => 4,

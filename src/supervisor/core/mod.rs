@@ -261,6 +261,12 @@ impl Core {
             Event::Execd { pid, result } => self.on_execd(pid, result, now),
             Event::GroupGone(pgid) => self.lingering.retain(|l| l.pgid != pgid),
             Event::Signal(sig) => self.on_signal(sig, now),
+            Event::Fatal(why) => {
+                if self.phase == Phase::Running {
+                    log!(self, Error, "{}; stopping", why);
+                    self.begin_stop(now, 1);
+                }
+            }
             Event::ReloadRequest(token) => self.request_reload(Some(token), now),
             Event::ConfigLoaded(result) => self.on_config_loaded(result, now),
             Event::Notify {
