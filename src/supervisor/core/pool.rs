@@ -275,7 +275,8 @@ impl Core {
                 "worker" => w.id, "pid" => pid, "gen" => w.generation);
             return;
         }
-        let had_been_ready = matches!(w.state, State::Ready { .. } | State::Hung(_));
+        // Ready as a reload counts it: with ready = "exec", only once it outlived min_uptime.
+        let had_been_ready = w.can_replace(now) || matches!(w.state, State::Hung(_));
         if self.reload.rollout.is_some() && had_been_ready && self.canary_failed(&w, now) {
             return;
         }
