@@ -162,3 +162,38 @@ fn workers_that_could_not_reach_the_notify_socket_are_refused_at_start() {
     assert!(p.workers().is_empty());
     p.assert_no_worker_left();
 }
+
+/// The workers' user was fixed at start (the notify socket's owner, preforkd's capabilities):
+/// a reload that adds `user` is refused, naming the keys, and touches no worker.
+#[test]
+fn a_reload_that_changes_the_workers_user_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let (dir, path) = config_file("workers = 2\ncommand = [\"sleep\", \"300\"]\n");
+    let mut p = Start::activated(&["--config", path_str(&path)]).spawn();
+    let before = exec_sleep(&mut p, 2);
+    std::fs::write(
+        &path,
+        "workers = 2\ncommand = [\"sleep\", \"300\"]\nuser = \"nobody\"\n",
+    )
+    .unwrap();
+    let (code, out) = p.status_like(&["reload"]);
+    assert_eq!(code, 1, "{out}\n{}", p.log());
+    assert!(
+        out.contains("user, group, supplementary_groups changed") && out.contains("restart"),
+        "{out}"
+    );
+    let mut after = exec_sleep(&mut p, 2);
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(before, after, "the running workers were touched");
+    for pid in after {
+        assert_eq!(
+            proc_status(pid, "Uid").unwrap().split_whitespace().next(),
+            Some("0")
+        );
+    }
+    drop(dir);
+}

@@ -188,3 +188,63 @@ fn a_connected_socket_is_refused_as_accept_yes() {
     assert_eq!(out.status.code(), Some(78), "{text}");
     assert!(text.contains("needs Accept=no"), "{text}");
 }
+
+/// A slot whose starts keep failing (here a file with the exec bit and no valid format) is
+/// shown by `preforkd status` as empty, with why its last start failed and when it is tried
+/// again, while the rest of the pool serves.
+#[test]
+fn status_shows_an_empty_slot_and_its_last_spawn_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::write(&app, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let app_str = path_str(&app).to_owned();
+    let mut p = Start::activated(&[
+        "--workers",
+        "2",
+        "--restart-burst",
+        "1000",
+        "--restart-delay-max",
+        "1s",
+        "--",
+        &app_str,
+    ])
+    .spawn();
+    let workers = wait_for(Duration::from_secs(10), || {
+        let w = p.workers();
+        (w.len() == 2).then_some(w)
+    })
+    .unwrap();
+    // The deploy breaks the program; one worker dies and cannot come back.
+    std::fs::write(&app, b"\x7fELF not a program\n").unwrap();
+    unsafe { libc::kill(workers[1], libc::SIGKILL) };
+    let slot = wait_for(Duration::from_secs(10), || {
+        let (code, json) = p.status(&["--json"]);
+        assert_eq!(code, 0, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["empty_slots"]
+            .as_array()
+            .and_then(|s| s.first().cloned())
+            .filter(|s| s["last_error"].is_string())
+    })
+    .unwrap_or_else(|| panic!("no empty slot with an error\n{}", p.log()));
+    let error = slot["last_error"].as_str().unwrap();
+    assert!(error.contains("Exec format error (errno 8)"), "{error}");
+    let (code, table) = p.status(&[]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("empty") && table.contains("last start failed"),
+        "{table}"
+    );
+    assert!(
+        p.log()
+            .lines()
+            .filter(|l| l.contains("worker failed to start"))
+            .all(|l| l.contains("WARN")),
+        "{}",
+        p.log()
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.exit_code(Duration::from_secs(10)), 0, "{}", p.log());
+    p.assert_no_worker_left();
+}

@@ -375,7 +375,8 @@ impl Supervisor {
             .watched
             .iter()
             .copied()
-            .filter(|&g| !group_alive(g))
+            // A number a worker leads now was reused: the group watched is gone.
+            .filter(|&g| !group_alive(g) || self.core.worker_pids().any(|w| w == g))
             .collect();
         self.watched.retain(|g| !gone.contains(g));
         for pgid in gone {

@@ -23,17 +23,17 @@ MUTATIONS = [
      f"{CORE}/reload.rs",
      ".is_some_and(|r| !r.canary_passed)\n        {\n            return;",
      ".is_some_and(|r| !r.canary_passed && false)\n        {\n            return;"),
-    ("a stop leaves scheduled starts in place",
-     f"{CORE}/stop.rs",
-     "slot.start_at = None;",
-     "let _ = &slot;"),
-    ("a re-added slot gets a second live worker (TTOU then TTIN)",
+    ("workers are started after the stop began",
      f"{CORE}/pool.rs",
-     ".filter(|s| !taken && !s.forking)",
-     ".filter(|s| !s.forking)"),
+     "        if self.phase != Phase::Running {\n            return;\n        }\n        let generation = self.gen.number;",
+     "        let generation = self.gen.number;"),
+    ("helpers of a stopped worker are not waited for",
+     f"{CORE}/pool.rs",
+     "            self.lingering.push(Lingering {\n                pgid: w.pid,\n                escalation,\n            });\n",
+     "            let _ = escalation;\n"),
     ("exit while forks are in flight",
-     f"{CORE}/mod.rs",
-     "&& self.in_flight.is_empty()",
+     f"{CORE}/stop.rs",
+     " && self.in_flight.is_empty()",
      ""),
     ("in-flight forks do not count as a generation (queued reload starts a third)",
      f"{CORE}/reload.rs",
@@ -92,8 +92,9 @@ def main():
             out = run.stdout + run.stderr
             seed = re.search(r"seed (\d+) failed", out)
             if run.returncode != 0 and seed:
-                why = re.search(r"invariant violated: ([^\n]*)|panicked at [^\n]*\n([^\n]*)", out)
-                reason = next((g for g in (why.groups() if why else ()) if g), "?")
+                why = re.search(r"invariant violated: ([^\n]*)", out) or re.search(
+                    r"failed \(replay[^\n]*\n([^\n]*)", out)
+                reason = why.group(1) if why else "?"
                 print(f"CAUGHT   {name}: first failing seed {seed.group(1)} ({reason[:100]})")
                 caught += 1
             elif run.returncode != 0:

@@ -388,6 +388,10 @@ impl Core {
                 self.on_worker_timer(i, timer, now);
             }
         }
+        // A group number that a new worker now leads was reused: the old group is gone.
+        let workers = &self.workers;
+        self.lingering
+            .retain(|l| !workers.iter().any(|w| w.pid == l.pgid));
         for l in &mut self.lingering {
             if l.escalation.next().is_some_and(|at| now >= at) {
                 l.escalation.killed = true;

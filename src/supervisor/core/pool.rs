@@ -62,6 +62,8 @@ impl Core {
         }
         match result {
             Ok(pid) => {
+                // Its number leads a new group now: any old group of that number is gone.
+                self.lingering.retain(|l| l.pgid != pid);
                 self.workers.push(Worker {
                     id,
                     pid,
