@@ -142,9 +142,8 @@ impl Supervisor {
                 return code;
             }
             self.wait();
-            self.reap();
-            self.check_spawning();
-            self.check_groups();
+            // Signals first: a SIGCHLD that comes after this must stay in the pipe to wake the
+            // next poll, or a child that exits while we reap would wait for another wake-up.
             let mut batch: Vec<Event> = self
                 .signals
                 .pending()
@@ -152,6 +151,9 @@ impl Supervisor {
                 .filter(|&s| s != Signal::SIGCHLD)
                 .map(Event::Signal)
                 .collect();
+            self.reap();
+            self.check_spawning();
+            self.check_groups();
             for _ in 0..NOTIFY_BATCH {
                 let Some(d) = self.relay.recv() else { break };
                 batch.push(self.notify_event(d.pid, d.bytes));

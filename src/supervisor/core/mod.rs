@@ -357,10 +357,6 @@ impl Core {
             return;
         }
         self.started = true;
-        let cfg = Rc::clone(&self.gen.cfg);
-        log!(self, Info, "preforkd starting";
-            "workers" => self.gen.slots.len(), "gen" => self.gen.number,
-            "command" => cfg.command.join(" "), "ready" => cfg.readiness());
         for slot in &mut self.gen.slots {
             slot.start_at = Some(now);
         }
