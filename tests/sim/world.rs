@@ -1,0 +1,491 @@
+//! The simulated world as the shell: it carries out the core's effects as
+//! `supervisor/mod.rs` does, and checks the invariants on each effect and after each event.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use preforkd::config::Identity;
+use preforkd::control::Token;
+use preforkd::supervisor::core::{Answer, Core, Effect, Event, ExitStatus, Sd, Target, View};
+
+use super::model::*;
+
+pub(crate) struct World {
+    pub(crate) rng: Rng,
+    pub(crate) core: Core,
+    pub(crate) now: Instant,
+    pub(crate) base: Instant,
+    pub(crate) next_pid: i32,
+    pub(crate) next_token: u64,
+    pub(crate) procs: HashMap<Pid, Proc>,
+    /// Lingering process groups the core watches.
+    pub(crate) groups: HashSet<Pid>,
+    pub(crate) queue: Vec<Event>,
+    pub(crate) trace: Vec<String>,
+    /// Invariant bookkeeping.
+    pub(crate) reloading_open: bool,
+    pub(crate) stopping_sent: u32,
+    pub(crate) ready_sent: bool,
+    pub(crate) exited: Option<i32>,
+    pub(crate) stop_requested: bool,
+    /// The wake-up being handled holds a stop signal.
+    pub(crate) stop_in_batch: bool,
+    /// The event being handled comes after stops in the documented order.
+    pub(crate) late_in_batch: bool,
+    pub(crate) tokens: HashMap<u64, u32>,
+    pub(crate) last_spawn: HashMap<(u32, u32), Instant>,
+    /// The configuration the next reload reads.
+    pub(crate) configs: u32,
+}
+
+/// What an effect is checked against: the core before and after the event, and the event.
+pub(crate) struct Context<'a> {
+    pub(crate) before: &'a View,
+    pub(crate) after: &'a View,
+    pub(crate) cause: &'a Event,
+    /// The canary passed within this very event, just before any retirement.
+    pub(crate) canary_passed: bool,
+}
+
+impl World {
+    pub(crate) fn new(seed: u64) -> World {
+        let mut rng = Rng(seed);
+        let (cfg, program, workers) = config(&mut rng, true);
+        let base = Instant::now();
+        let watchdog = rng.chance(50).then(|| Duration::from_secs(10));
+        let core = Core::new(
+            loaded(cfg, program, workers),
+            watchdog,
+            rng.chance(50),
+            base,
+        );
+        World {
+            rng,
+            core,
+            now: base,
+            base,
+            next_pid: 100,
+            next_token: 1,
+            procs: HashMap::new(),
+            groups: HashSet::new(),
+            queue: Vec::new(),
+            trace: Vec::new(),
+            reloading_open: false,
+            stopping_sent: 0,
+            ready_sent: false,
+            exited: None,
+            stop_requested: false,
+            stop_in_batch: false,
+            late_in_batch: false,
+            tokens: HashMap::new(),
+            last_spawn: HashMap::new(),
+            configs: 0,
+        }
+    }
+
+    pub(crate) fn fail(&self, why: String) -> ! {
+        // A replay of one seed shows the whole trace; a failing run its end.
+        let keep = if std::env::var_os("PREFORKD_SIM_SEED").is_some() {
+            usize::MAX
+        } else {
+            60
+        };
+        let tail: Vec<&String> = self.trace.iter().rev().take(keep).rev().collect();
+        panic!(
+            "invariant violated: {why}\ncore: {:?}\nprocesses alive: {:?}\ntrace (last {} of {}):\n{}",
+            self.core.view(),
+            self.procs
+                .iter()
+                .filter(|(_, p)| !p.exited)
+                .map(|(pid, p)| format!("{pid} gen {} {:?} exit_with {:?}", p.generation, p.program, p.exit_with))
+                .collect::<Vec<_>>(),
+            tail.len(),
+            self.trace.len(),
+            tail.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    /// One event into the core, its effects carried out, and what they cause, as the shell does.
+    pub(crate) fn feed(&mut self, event: Event) {
+        self.queue.push(event);
+        while !self.queue.is_empty() {
+            let event = self.queue.remove(0);
+            let before = self.core.view();
+            let cause = event.clone();
+            self.trace
+                .push(format!("t={:?} {:?}", self.now - self.base, short(&event)));
+            let effects = self.core.handle(event, self.now);
+            let after = self.core.view();
+            for effect in &effects {
+                self.trace.push(format!("    -> {}", short_effect(effect)));
+            }
+            // The canary may pass within this very event, just before the retirements.
+            let passed = effects.iter().any(|e| {
+                matches!(e, Effect::Log(l) if l.message.starts_with("the first new worker stayed ready"))
+            });
+            let cx = Context {
+                before: &before,
+                after: &after,
+                cause: &cause,
+                canary_passed: passed,
+            };
+            for effect in effects {
+                self.apply(effect, &cx);
+            }
+            self.check(&after, &cause);
+        }
+    }
+
+    pub(crate) fn apply(&mut self, effect: Effect, cx: &Context) {
+        let (before, after) = (cx.before, cx.after);
+        match effect {
+            Effect::Spawn {
+                worker,
+                generation,
+                cfg,
+                ..
+            } => {
+                if before.draining {
+                    self.fail(format!("spawn of worker {worker} after the stop began"));
+                }
+                if self.stop_in_batch && self.late_in_batch {
+                    self.fail(format!(
+                        "spawn of worker {worker} gen {generation} in a wake-up that holds a stop"
+                    ));
+                }
+                if let Some(last) = self.last_spawn.get(&(generation, worker)) {
+                    if self.now < *last + cfg.restart_delay {
+                        self.fail(format!(
+                            "worker {worker} gen {generation} spawned again {:?} after the last, sooner than restart_delay",
+                            self.now - *last
+                        ));
+                    }
+                }
+                self.last_spawn.insert((generation, worker), self.now);
+                let result = if self.rng.chance(3) {
+                    Err("cannot fork a worker: Resource temporarily unavailable (11)".to_owned())
+                } else {
+                    let pid = Pid::from_raw(self.next_pid);
+                    self.next_pid += 1;
+                    let program = program_of(&cfg);
+                    let helpers = self.rng.chance(20);
+                    self.procs.insert(
+                        pid,
+                        Proc {
+                            generation,
+                            program,
+                            cfg,
+                            exec_told: false,
+                            exec_error: None,
+                            ready_sent: false,
+                            exit_with: None,
+                            exited: false,
+                            reaped: false,
+                            helpers,
+                        },
+                    );
+                    Ok(pid)
+                };
+                self.queue.push(Event::Forked {
+                    worker,
+                    generation,
+                    result,
+                });
+            }
+            Effect::Signal {
+                pid,
+                signal,
+                target,
+            } => self.deliver(pid, signal, target, cx),
+            Effect::Systemd(states) => {
+                for s in states {
+                    match s {
+                        Sd::Reloading => {
+                            if self.reloading_open {
+                                self.fail("RELOADING=1 twice without READY=1".into());
+                            }
+                            self.reloading_open = true;
+                        }
+                        Sd::Ready => {
+                            if !self.ready_sent {
+                                // Ready when READY=1 went out: later timers of the same tick
+                                // may have found one of them hung since.
+                                let was_ready = |pid| {
+                                    before.workers.iter().chain(&after.workers).any(|w| {
+                                        w.pid == pid && w.ready && w.generation == after.generation
+                                    })
+                                };
+                                let mut ready: Vec<Pid> = before
+                                    .workers
+                                    .iter()
+                                    .chain(&after.workers)
+                                    .map(|w| w.pid)
+                                    .filter(|&p| was_ready(p))
+                                    .collect();
+                                ready.sort();
+                                ready.dedup();
+                                let ready = ready.len();
+                                if ready < after.quorum {
+                                    self.fail(format!(
+                                        "READY=1 with {ready} ready workers, quorum {}",
+                                        after.quorum
+                                    ));
+                                }
+                            }
+                            self.ready_sent = true;
+                            self.reloading_open = false;
+                        }
+                        Sd::Stopping => {
+                            self.stopping_sent += 1;
+                            self.reloading_open = false;
+                            if self.stopping_sent > 1 {
+                                self.fail("STOPPING=1 twice".into());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Effect::LoadConfig => {
+                self.configs += 1;
+                let result = if self.rng.chance(15) {
+                    Err("app.toml:3:11: workers: invalid value".to_owned())
+                } else {
+                    let (mut cfg, program, workers) = config(&mut self.rng, false);
+                    if self.rng.chance(5) {
+                        cfg.identity = Some(Identity {
+                            uid: 65534,
+                            gid: 65534,
+                            groups: vec![],
+                            user: "nobody".into(),
+                        });
+                    }
+                    Ok(Box::new(loaded(cfg, program, workers)))
+                };
+                self.queue.push(Event::ConfigLoaded(result));
+            }
+            Effect::Answer { token, answer } => {
+                let n = self.tokens.entry(token_id(token)).or_default();
+                *n += 1;
+                if *n > 1 {
+                    self.fail(format!("token {token:?} answered twice"));
+                }
+                if let Answer::Reload(outcome) = answer {
+                    self.trace
+                        .push(format!("    reload answer: {}", outcome.message));
+                }
+            }
+            Effect::WatchGroup(pgid) => {
+                if self.procs.get(&pgid).is_some_and(|p| p.helpers) {
+                    self.groups.insert(pgid);
+                } else {
+                    self.queue.push(Event::GroupGone(pgid));
+                }
+            }
+            Effect::Log(_) => {}
+            Effect::Exit { code, .. } => {
+                if self.exited.is_some() {
+                    self.fail("exit twice".into());
+                }
+                let alive: Vec<_> = self
+                    .procs
+                    .iter()
+                    // A failed exec's child is no worker: the shell's last sweep reaps it.
+                    .filter(|(_, p)| p.is_worker())
+                    .map(|(pid, _)| *pid)
+                    .collect();
+                if !alive.is_empty() || !self.groups.is_empty() {
+                    self.fail(format!(
+                        "exit with workers {alive:?} and groups {:?} still there",
+                        self.groups
+                    ));
+                }
+                if code != 0 && code != preforkd::exit::UNAVAILABLE {
+                    self.fail(format!("exit code {code}"));
+                }
+                if code == 0 && !self.stop_requested {
+                    self.fail("exit 0 without a stop signal".into());
+                }
+                self.exited = Some(code);
+            }
+        }
+    }
+
+    pub(crate) fn deliver(&mut self, pid: Pid, signal: Signal, target: Target, cx: &Context) {
+        let (before, after, cause, canary_passed) =
+            (cx.before, cx.after, cx.cause, cx.canary_passed);
+        let is_group = target == Target::Group;
+        let Some(p) = self.procs.get(&pid) else {
+            self.fail(format!("{signal} to {pid}, which preforkd never started"));
+        };
+        if p.reaped && !(is_group && self.groups.contains(&pid)) {
+            self.fail(format!(
+                "{signal} to {pid} ({target:?}) after it was reaped"
+            ));
+        }
+        let operator = matches!(
+            cause,
+            Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGTTOU)
+        );
+        let was = before.workers.iter().find(|w| w.pid == pid);
+        if signal == p.cfg.stop_signal && target == Target::Worker && !operator && !after.draining {
+            if let Some(w) = was.filter(|w| w.ready && !w.stopping) {
+                if let Some((old, false)) = before.rollout {
+                    if w.generation == old && !canary_passed {
+                        self.fail(format!(
+                            "a ready worker of gen {old} was retired before the canary passed"
+                        ));
+                    }
+                }
+                let ready = after
+                    .workers
+                    .iter()
+                    .filter(|w| w.ready && !w.stopping)
+                    .count();
+                if ready < after.wanted {
+                    self.fail(format!(
+                        "ready worker {pid} retired leaving {ready} ready of {} wanted",
+                        after.wanted
+                    ));
+                }
+            }
+        }
+        let p = self.procs.get_mut(&pid).expect("checked above");
+        if is_group && signal == Signal::SIGKILL {
+            p.helpers = false;
+            if self.groups.remove(&pid) {
+                // The shell sees the empty group at its next look.
+                self.queue.push(Event::GroupGone(pid));
+            }
+        }
+        if p.exited {
+            return;
+        }
+        let dies = match signal {
+            Signal::SIGKILL => Some(ExitStatus::Signal {
+                signal,
+                core_dumped: false,
+            }),
+            Signal::SIGABRT => Some(ExitStatus::Signal {
+                signal,
+                core_dumped: true,
+            }),
+            Signal::SIGCONT => None,
+            s if s == p.cfg.stop_signal && p.program == Program::Stubborn => None,
+            _ => Some(ExitStatus::Code(0)),
+        };
+        if let Some(status) = dies {
+            if p.exit_with.is_none() || signal == Signal::SIGKILL {
+                p.exit_with = Some(status);
+            }
+        }
+    }
+
+    pub(crate) fn check(&self, view: &View, cause: &Event) {
+        // A child whose exec failed never ran the app; it is on its way out with status 127.
+        let mut generations: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| p.is_worker())
+            .map(|p| p.generation)
+            .collect();
+        generations.sort_unstable();
+        generations.dedup();
+        if generations.len() > 2 {
+            self.fail(format!("generations alive: {generations:?}"));
+        }
+        let mut slots = HashSet::new();
+        for w in view.workers.iter().filter(|w| w.live) {
+            if !slots.insert((w.generation, w.id)) {
+                self.fail(format!(
+                    "two live workers for worker {} gen {}",
+                    w.id, w.generation
+                ));
+            }
+        }
+        if view.rollout.is_none() && !view.draining {
+            // Outside a reload, another generation only serves until it is replaced: whatever
+            // of it is still starting after an abort has been stopped.
+            if let Some(w) = view
+                .workers
+                .iter()
+                .find(|w| w.live && !w.ready && w.generation != view.generation)
+            {
+                self.fail(format!(
+                    "worker {} of gen {} still starting outside a reload (gen {})",
+                    w.pid, w.generation, view.generation
+                ));
+            }
+        }
+        let current = view
+            .workers
+            .iter()
+            .filter(|w| w.live && w.generation == view.generation)
+            .count();
+        if current > view.wanted {
+            self.fail(format!("{current} live workers for {} slots", view.wanted));
+        }
+        if let Event::Tick = cause {
+            for w in view.workers.iter().filter(|w| w.live && !w.ready) {
+                let timeout = self.procs[&w.pid].cfg.ready_timeout;
+                if self.now > w.started + timeout {
+                    self.fail(format!("worker {} not ready after ready_timeout", w.pid));
+                }
+            }
+        }
+    }
+}
+
+/// The order of one wake-up as documented (exits, stops, reloads, scaling, notify, control,
+/// timers), kept here apart from `Event::rank` so that a change to that is seen.
+pub(crate) fn documented_rank(e: &Event) -> u8 {
+    match e {
+        Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) | Event::Fatal(_) => 1,
+        Event::Signal(_) | Event::ReloadRequest(_) | Event::ConfigLoaded(_) => 2,
+        Event::Notify { .. } => 4,
+        Event::Status(_) => 5,
+        Event::Tick | Event::Start => 6,
+        _ => 0,
+    }
+}
+
+pub(crate) fn token_id(t: Token) -> u64 {
+    // Tokens print as Token(n).
+    format!("{t:?}")
+        .trim_start_matches("Token(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap_or(0)
+}
+
+pub(crate) fn short(e: &Event) -> String {
+    match e {
+        Event::ConfigLoaded(Ok(l)) => format!(
+            "ConfigLoaded(workers {} {:?} surge {:?} canary {:?})",
+            l.workers,
+            program_of(&l.cfg),
+            l.cfg.reload_surge,
+            l.cfg.reload_canary
+        ),
+        Event::Notify {
+            sender, message, ..
+        } => format!("Notify({sender:?}, {message:?})"),
+        other => format!("{other:?}"),
+    }
+}
+
+pub(crate) fn short_effect(e: &Effect) -> String {
+    match e {
+        Effect::Spawn {
+            worker, generation, ..
+        } => format!("Spawn(worker {worker}, gen {generation})"),
+        Effect::Log(l) => format!("Log({:?}: {} {:?})", l.level, l.message, l.fields),
+        other => format!("{other:?}"),
+    }
+}
