@@ -347,6 +347,15 @@ impl Core {
         }
     }
 
+    /// Ready workers of the pool's generation.
+    fn ready_in_generation(&self) -> usize {
+        let generation = self.gen.number;
+        self.workers
+            .iter()
+            .filter(|w| w.generation == generation && w.is_ready())
+            .count()
+    }
+
     /// Whether [`Effect::Exit`] went out.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done

@@ -154,12 +154,7 @@ impl Core {
         if self.ready_sent || self.phase != Phase::Running || self.reload.busy() {
             return;
         }
-        let generation = self.gen.number;
-        let ready = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == generation && w.is_ready())
-            .count();
+        let ready = self.ready_in_generation();
         let needed = self.gen.cfg.ready_quorum.needed(self.gen.slots.len());
         if ready >= needed {
             self.ready_sent = true;

@@ -168,11 +168,7 @@ impl Core {
     pub(super) fn rollout_status(&self) -> Option<String> {
         self.reload.rollout.as_ref()?;
         let generation = self.gen.number;
-        let ready = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == generation && w.is_ready())
-            .count();
+        let ready = self.ready_in_generation();
         let draining = self.workers.iter().filter(|w| w.is_stopping()).count();
         Some(format!(
             "reloading: gen {generation} {ready}/{} ready, {draining} draining",

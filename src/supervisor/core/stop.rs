@@ -114,16 +114,25 @@ impl Core {
         }
     }
 
-    pub(super) fn add_worker(&mut self, now: Instant) {
+    /// Scaling applies to a running pool outside a reload (a reload sets the size itself).
+    fn may_scale(&mut self, signal: &str) -> bool {
         if self.phase != Phase::Running {
-            return;
+            return false;
         }
         if self.reload.busy() {
             log!(
                 self,
                 Warning,
-                "SIGTTIN during a reload: ignored; change workers in the config instead"
+                "{} during a reload: ignored; change workers in the config instead",
+                signal
             );
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn add_worker(&mut self, now: Instant) {
+        if !self.may_scale("SIGTTIN") {
             return;
         }
         let id = self.gen.slots.len() as u32;
@@ -139,15 +148,7 @@ impl Core {
     }
 
     pub(super) fn remove_worker(&mut self, now: Instant) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        if self.reload.busy() {
-            log!(
-                self,
-                Warning,
-                "SIGTTOU during a reload: ignored; change workers in the config instead"
-            );
+        if !self.may_scale("SIGTTOU") {
             return;
         }
         if self.gen.slots.len() <= 1 {
