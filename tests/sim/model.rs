@@ -84,6 +84,9 @@ pub(crate) struct Proc {
     pub(crate) reaped: bool,
     /// Has helpers in its process group that outlive it when it stops.
     pub(crate) helpers: bool,
+    /// When preforkd first sent it its stop signal, and whether SIGKILL has come since.
+    pub(crate) stop_sent_at: Option<std::time::Instant>,
+    pub(crate) killed: bool,
 }
 
 pub(crate) fn config(rng: &mut Rng, first: bool) -> (Config, Program, u32) {

@@ -188,6 +188,8 @@ impl World {
                             exited: false,
                             reaped: false,
                             helpers,
+                            stop_sent_at: None,
+                            killed: false,
                         },
                     );
                     Ok(pid)
@@ -356,7 +358,14 @@ impl World {
                 }
             }
         }
+        let now = self.now;
         let p = self.procs.get_mut(&pid).expect("checked above");
+        if target != Target::Group {
+            if signal == p.cfg.stop_signal && p.stop_sent_at.is_none() {
+                p.stop_sent_at = Some(now);
+            }
+            p.killed |= signal == Signal::SIGKILL;
+        }
         if is_group && signal == Signal::SIGKILL {
             p.helpers = false;
             if self.groups.remove(&pid) {
@@ -431,7 +440,33 @@ impl World {
         if current > view.wanted {
             self.fail(format!("{current} live workers for {} slots", view.wanted));
         }
+        // A reload is surge first, within bounds: the larger of the two pools plus reload_surge,
+        // not counting workers that drain or are being killed. (After an abort, ready workers of
+        // the failed generation serve beside the restored pool until it is ready: checked above,
+        // they are all ready, and the pool's own live workers are at most one per slot.)
+        let live = view.workers.iter().filter(|w| w.live).count();
+        let bound = view.wanted.max(view.old_wanted) + view.surge;
+        if view.rollout.is_some() && live > bound {
+            self.fail(format!(
+                "{live} live workers during a reload, more than {bound}"
+            ));
+        }
         if let Event::Tick = cause {
+            for (pid, p) in &self.procs {
+                let due = p.stop_sent_at.map(|t| t + p.cfg.stop_timeout);
+                if !p.exited && !p.killed && due.is_some_and(|d| self.now >= d) {
+                    self.fail(format!("{pid} not SIGKILLed at its stop_timeout"));
+                }
+            }
+            for w in view.workers.iter().filter(|w| w.ready && w.live) {
+                let watchdog = self.procs[&w.pid].cfg.worker_watchdog;
+                let since = w.ready_since.map(|s| w.last_ping.map_or(s, |p| p.max(s)));
+                if let (Some(wd), Some(since)) = (watchdog, since) {
+                    if self.now >= since + wd {
+                        self.fail(format!("{} missed its watchdog and is still ready", w.pid));
+                    }
+                }
+            }
             for w in view.workers.iter().filter(|w| w.live && !w.ready) {
                 let timeout = self.procs[&w.pid].cfg.ready_timeout;
                 if self.now > w.started + timeout {

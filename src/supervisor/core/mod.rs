@@ -63,6 +63,10 @@ pub struct View {
     pub quorum: usize,
     pub draining: bool,
     pub ready_sent: bool,
+    /// New workers a reload may have on their way to ready at a time.
+    pub surge: usize,
+    /// During a reload: the size of the generation being replaced.
+    pub old_wanted: usize,
     /// During a reload: the generation being replaced, and whether the canary has passed.
     pub rollout: Option<(u32, bool)>,
     pub workers: Vec<WorkerView>,
@@ -78,6 +82,9 @@ pub struct WorkerView {
     pub live: bool,
     pub stopping: bool,
     pub started: Instant,
+    /// When it became ready, and its last WATCHDOG=1.
+    pub ready_since: Option<Instant>,
+    pub last_ping: Option<Instant>,
 }
 
 /// Pushes a log effect: `log!(self, Warning, "fmt", args; "key" => value, ...)`.
@@ -188,8 +195,9 @@ pub struct Core {
     next_generation: u32,
     reload: reload::ReloadState,
     workers: Vec<Worker>,
-    /// Spawns asked for whose fork outcome has not come back: (worker id, generation).
-    in_flight: Vec<(u32, u32)>,
+    /// Spawns asked for whose fork outcome has not come back: worker id, generation and the
+    /// configuration it is started with.
+    in_flight: Vec<(u32, u32, Rc<Config>)>,
     lingering: Vec<Lingering>,
     crashes: CrashWindow,
     phase: Phase,
@@ -326,6 +334,8 @@ impl Core {
             quorum: self.gen.cfg.ready_quorum.needed(self.gen.slots.len()),
             draining: self.phase != Phase::Running,
             ready_sent: self.ready_sent,
+            surge: self.gen.cfg.reload_surge.needed(self.gen.slots.len()),
+            old_wanted: self.reload.rollout.as_ref().map_or(0, |r| r.old_size()),
             rollout: self
                 .reload
                 .rollout
@@ -342,6 +352,8 @@ impl Core {
                     live: w.is_live(),
                     stopping: w.is_stopping(),
                     started: w.started,
+                    ready_since: w.ready_since(),
+                    last_ping: w.last_ping,
                 })
                 .collect(),
         }

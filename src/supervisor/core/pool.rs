@@ -35,7 +35,8 @@ impl Core {
             slot.start_at = None;
             slot.forking = true;
             slot.last_start = Some(now);
-            self.in_flight.push((slot.id, generation));
+            self.in_flight
+                .push((slot.id, generation, Rc::clone(&self.gen.cfg)));
             self.out.push(Effect::Spawn {
                 worker: slot.id,
                 generation,
@@ -52,9 +53,11 @@ impl Core {
         result: Result<Pid, String>,
         now: Instant,
     ) {
-        if let Some(i) = self.in_flight.iter().position(|&f| f == (id, generation)) {
-            self.in_flight.swap_remove(i);
-        }
+        let spawned_with = self
+            .in_flight
+            .iter()
+            .position(|f| (f.0, f.1) == (id, generation))
+            .map(|i| self.in_flight.swap_remove(i).2);
         let current = generation == self.gen.number && self.phase == Phase::Running;
         let slot_there = current && self.slot_mut(id).is_some_and(|s| s.forking);
         if let Some(slot) = self.slot_mut(id).filter(|_| current) {
@@ -68,7 +71,7 @@ impl Core {
                     id,
                     pid,
                     generation,
-                    cfg: Rc::clone(&self.gen.cfg),
+                    cfg: spawned_with.unwrap_or_else(|| Rc::clone(&self.gen.cfg)),
                     started: now,
                     state: State::Spawning,
                     status: None,

@@ -6,8 +6,9 @@
 //!    (the workers' user, groups, capabilities), the running generation is left untouched, the
 //!    error goes to the log, to STATUS= and to `preforkd reload`, and systemd hears `READY=1`.
 //! 2. Otherwise a new generation starts, surge first: up to `reload_surge` new workers at a time.
-//!    The first new worker is the canary: it must stay ready for `reload_canary` before any old
-//!    worker is retired; if it dies or hangs in that window the reload aborts. After it, for
+//!    The first new worker is the canary: it starts alone and must stay ready for
+//!    `reload_canary` before any old worker is retired or another new one started; if it dies
+//!    or hangs in that window the reload aborts. After it, for
 //!    each new worker that is ready, one old worker is sent its stop signal and drains. The
 //!    listen sockets stay open throughout, so the kernel never refuses a connection.
 //! 3. If new workers fail more than [`MAX_ROLLOUT_FAILURES`] times before they are ready, the
@@ -95,6 +96,10 @@ impl Rollout {
     pub fn canary_passed(&self) -> bool {
         self.canary_passed
     }
+
+    pub fn old_size(&self) -> usize {
+        self.old.slots.len()
+    }
 }
 
 impl Core {
@@ -120,12 +125,13 @@ impl Core {
         self.begin_reload(now);
     }
 
-    /// Workers of another generation, or on their way (forked in the same batch of effects as
-    /// the event that ended their generation).
+    /// Workers of another generation are alive, or spawns have not got their pid yet (a spawn
+    /// asked for in the same batch of effects as the event that ended its generation): a new
+    /// reload waits, so that at most two generations are ever alive and no fork lands in a
+    /// generation that has moved on.
     fn other_generations_alive(&self) -> bool {
         let current = self.gen.number;
-        self.workers.iter().any(|w| w.generation != current)
-            || self.in_flight.iter().any(|&(_, g)| g != current)
+        self.workers.iter().any(|w| w.generation != current) || !self.in_flight.is_empty()
     }
 
     fn begin_reload(&mut self, _now: Instant) {
@@ -287,7 +293,8 @@ impl Core {
         }
     }
 
-    /// At most `reload_surge` new workers on their way to ready at a time.
+    /// At most `reload_surge` new workers on their way to ready at a time, and only the canary
+    /// until it has passed.
     fn schedule_new_workers(&mut self, now: Instant) {
         let generation = self.gen.number;
         let wanted = self.gen.slots.len();
@@ -309,6 +316,20 @@ impl Core {
                 .filter(|s| (s.start_at.is_some() || s.forking) && !has_worker(&self.workers, s.id))
                 .count();
         let mut room = surge.saturating_sub(pending);
+        if self
+            .reload
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.canary_passed)
+        {
+            // The canary goes alone: no other new worker until it has stayed ready.
+            let started = self
+                .workers
+                .iter()
+                .filter(|w| w.generation == generation && w.is_live())
+                .count();
+            room = room.min(1usize.saturating_sub(started + pending));
+        }
         for slot in &mut self.gen.slots {
             if room == 0 {
                 break;
