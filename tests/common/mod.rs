@@ -293,18 +293,31 @@ impl Preforkd {
 }
 
 impl Drop for Preforkd {
+    /// A test that ends with preforkd running stops it the way an operator would, so it takes
+    /// its workers, their helpers and whatever left their groups with it; only if that takes
+    /// more than a few seconds is it killed, with each worker's process group.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if self.status.is_none() {
                 self.seen.extend(children(self.pid));
+                // SAFETY: kill(2) on the preforkd this test started.
+                unsafe { libc::kill(self.pid, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }
         }
         for &pid in &self.seen {
-            if is_alive(pid) {
-                // SAFETY: kill(2) on a pid this test saw as preforkd's worker.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: kill(2) on the process group preforkd made for a worker this test saw
+            // (each worker leads its own), then on the worker itself.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                if is_alive(pid) {
+                    libc::kill(pid, libc::SIGKILL);
+                }
             }
         }
     }
