@@ -366,7 +366,8 @@ impl World {
             }
             p.killed |= signal == Signal::SIGKILL;
         }
-        if is_group && signal == Signal::SIGKILL {
+        // SIGKILL to a worker goes to its whole process group, as to the group itself.
+        if signal == Signal::SIGKILL && target != Target::Process {
             p.helpers = false;
             if self.groups.remove(&pid) {
                 // The shell sees the empty group at its next look.
