@@ -85,7 +85,7 @@ def main():
             open(file, "w").write(text.replace(old, new))
             try:
                 run = subprocess.run(
-                    ["cargo", "test", "--release", "--quiet", "--test", "simulation"],
+                    ["cargo", "test", "--quiet", "--test", "simulation"],
                     cwd=tree, env=env, capture_output=True, text=True)
             finally:
                 open(file, "w").write(text)
