@@ -728,6 +728,37 @@ mod tests {
         assert_eq!(&buf[..11], b"2147483647\0");
     }
 
+    /// A child still on its way to exec (stuck in a chdir on a dead mount, say) must not make
+    /// the supervisor wait: its pipe says "not yet" at once; then EOF is a successful exec and
+    /// a 5-byte report a failure.
+    #[test]
+    fn the_exec_status_never_blocks() {
+        let status = |pipe| ExecStatus {
+            pipe,
+            program: PathBuf::from("/srv/app"),
+            working_directory: Some(PathBuf::from("/srv")),
+        };
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        let stuck = status(read);
+        let started = std::time::Instant::now();
+        assert!(stuck.read().is_none());
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        drop(write);
+        assert_eq!(stuck.read(), Some(Ok(())));
+
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        let failed = status(read);
+        let mut report = vec![Step::Chdir as u8];
+        report.extend_from_slice(&(libc::ENOENT).to_ne_bytes());
+        nix::unistd::write(&write, &report).unwrap();
+        drop(write);
+        let err = failed.read().unwrap().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot change to working directory /srv: No such file or directory (errno 2)"
+        );
+    }
+
     #[test]
     fn programs_are_resolved_like_execvp() {
         let found = resolve_program("sh", Some(OsStr::new("/nonexistent:/bin:/usr/bin")), None);
