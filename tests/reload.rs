@@ -46,6 +46,26 @@ fn worker_generations(p: &Preforkd, with_draining: bool) -> Vec<u64> {
         .collect()
 }
 
+/// The demo worker under a config file that names it (not `demo`: there the built-in command
+/// would fill in for a file without one), 2 workers ready; with the file's text and the pids.
+fn hello_with_config_file() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    String,
+    Preforkd,
+    Vec<i32>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    let good =
+        format!("command = [\"{BIN}\", \"hello-worker\"]\nready = \"notify\"\nworkers = 2\n");
+    std::fs::write(&path, &good).unwrap();
+    let mut p = Start::activated(&["--config", path.to_str().unwrap()]).spawn();
+    let mut before = p.wait_workers(2);
+    before.sort();
+    (dir, path, good, p, before)
+}
+
 fn reload(p: &Preforkd) -> (i32, String) {
     p.status_like(&["reload"])
 }
@@ -344,15 +364,8 @@ fn reloads_under_load_drop_nothing() {
 
 #[test]
 fn every_bad_config_is_refused_on_reload_and_the_old_generation_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.toml");
-    // Not `demo`: there the built-in command would fill in for a file without one.
-    let good =
-        format!("command = [\"{BIN}\", \"hello-worker\"]\nready = \"notify\"\nworkers = 2\n");
-    std::fs::write(&path, &good).unwrap();
-    let mut p = Start::activated(&["--config", path.to_str().unwrap()]).spawn();
-    let mut before = p.wait_workers(2);
-    before.sort();
+    let (_dir, path, good, p, before) = hello_with_config_file();
+    let mut p = p;
     let mut failures = Vec::new();
     for (text, wanted) in common::bad_configs::BAD_FILES {
         std::fs::write(&path, text).unwrap();
@@ -392,14 +405,8 @@ fn a_load_window_pairs_each_latency_with_its_own_end() {
 
 #[test]
 fn a_config_replaced_by_a_fifo_is_refused_at_once_and_the_instance_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.toml");
-    let good =
-        format!("command = [\"{BIN}\", \"hello-worker\"]\nready = \"notify\"\nworkers = 2\n");
-    std::fs::write(&path, &good).unwrap();
-    let mut p = Start::activated(&["--config", path.to_str().unwrap()]).spawn();
-    let mut before = p.wait_workers(2);
-    before.sort();
+    let (dir, path, _good, p, before) = hello_with_config_file();
+    let mut p = p;
     // Opening a FIFO nobody writes to waits for a writer: read that way, the reload would
     // stall preforkd's event loop for good.
     let fifo = dir.path().join("next.fifo");
