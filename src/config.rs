@@ -86,12 +86,21 @@ impl ConfigError {
 }
 
 impl fmt::Display for ConfigError {
+    /// Values quoted in the message (ours, serde's, the TOML parser's) are cut and escaped here,
+    /// once, whatever their size: see [`crate::echo`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.origin)?;
+        write!(f, "{}: ", crate::echo::echo(&self.origin))?;
         if let Some(field) = &self.field {
-            write!(f, "{field}: ")?;
+            write!(f, "{}: ", crate::echo::echo(field))?;
         }
-        write!(f, "{}", self.message)?;
+        // serde names its own integer types ("as i128"): no operator needs them.
+        let message = self
+            .message
+            .replace(" as i128", "")
+            .replace(" as u128", "")
+            .replace(" as i64", "")
+            .replace(" as u64", "");
+        write!(f, "{}", crate::echo::message(&message))?;
         if let Some(snippet) = &self.snippet {
             write!(f, "\n{snippet}")?;
         }
@@ -404,6 +413,12 @@ impl ParseValue for Dur {
         if let Ok(n) = s.trim().parse::<i64>() {
             return Self::from_int(n);
         }
+        if s.trim().starts_with('-') {
+            return Err(format!(
+                "invalid duration \"{s}\": a duration cannot be negative; expected {}",
+                Self::EXPECTED
+            ));
+        }
         humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
             format!(
                 "invalid duration \"{s}\" ({e}): expected {}",
@@ -479,6 +494,9 @@ impl ParseValue for SignalName {
     }
 }
 
+/// The longest path a unix socket address holds (`sun_path`, less its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
 impl ParseValue for ListenAddr {
     const EXPECTED: &'static str = "an address such as \"127.0.0.1:8080\", \"[::1]:8080\", \"0.0.0.0:80\" or \"unix:/run/app.sock\"";
     fn from_text(s: &str) -> Result<Self, String> {
@@ -487,6 +505,13 @@ impl ParseValue for ListenAddr {
             if !path.is_absolute() {
                 return Err(format!(
                     "invalid listen address \"{s}\": a unix socket path must be absolute, like \"unix:/run/app.sock\""
+                ));
+            }
+            // sun_path holds 108 bytes with the terminating NUL: `run` could not bind a longer one.
+            let len = path.as_os_str().len();
+            if len > MAX_UNIX_PATH {
+                return Err(format!(
+                    "invalid listen address \"{s}\": the socket path is {len} bytes long, the kernel takes at most {MAX_UNIX_PATH}; use a shorter path"
                 ));
             }
             return Ok(ListenAddr::Unix(path.to_owned()));
@@ -787,18 +812,38 @@ impl Source<'_> {
     }
 
     /// The line holding `span`, with carets under it, in the style of rustc and toml.
+    /// The line with a caret under the span; a long line is shown as a window around the
+    /// span, and control characters as `?`, so the caret stays under what it points at.
     fn snippet(&self, span: std::ops::Range<usize>) -> String {
+        const WINDOW: usize = 120;
         let (line, col) = self.line_col(span.start);
-        let text = self.text.lines().nth(line - 1).unwrap_or("");
+        let chars: Vec<char> = self
+            .text
+            .lines()
+            .nth(line - 1)
+            .unwrap_or("")
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+            .collect();
         let width = self.text[span.start.min(self.text.len())..span.end.min(self.text.len())]
             .lines()
             .next()
             .map_or(1, |s| s.chars().count().max(1));
+        let start = (col - 1).min(chars.len());
+        let from = if chars.len() > WINDOW {
+            start.saturating_sub(40)
+        } else {
+            0
+        };
+        let to = chars.len().min(from + WINDOW);
+        let lead = if from > 0 { "…" } else { "" };
+        let tail = if to < chars.len() { "…" } else { "" };
+        let text: String = chars[from..to].iter().collect();
         let gutter = " ".repeat(line.to_string().len());
         format!(
-            "{gutter} |\n{line} | {text}\n{gutter} | {}{}",
-            " ".repeat(col - 1),
-            "^".repeat(width)
+            "{gutter} |\n{line} | {lead}{text}{tail}\n{gutter} | {}{}",
+            " ".repeat(start - from + lead.chars().count()),
+            "^".repeat(width.min(to.saturating_sub(start)).max(1))
         )
     }
 

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod echo;
 pub mod http_worker;
 pub mod log;
 pub mod notify;

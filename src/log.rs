@@ -77,7 +77,8 @@ impl StderrDrain {
 
     fn format(&self, record: &Record, values: &OwnedKVList) -> String {
         let mut line = self.line_start(record.level());
-        let _ = write!(line, "{}", record.msg());
+        // Messages and values may quote outside input: bounded and escaped (crate::echo).
+        let _ = write!(line, "{}", crate::echo::message(&record.msg().to_string()));
         // slog hands pairs over last-first; put them back in the order they were written.
         let mut kv = KvText(Vec::new());
         let _ = record.kv().serialize(record, &mut kv);
@@ -317,7 +318,7 @@ struct KvText(Vec<String>);
 
 impl Serializer for KvText {
     fn emit_arguments(&mut self, key: Key, val: &std::fmt::Arguments) -> slog::Result {
-        let value = val.to_string();
+        let value = crate::echo::echo(&val.to_string());
         let plain = !value.is_empty()
             && !value
                 .chars()
@@ -339,7 +340,7 @@ impl Serializer for KvText {
 pub fn print_error(message: &str) {
     let prefix = if stderr_is_journal() { "<3>" } else { "" };
     let mut text = String::new();
-    for (i, line) in message.lines().enumerate() {
+    for (i, line) in crate::echo::message(message).lines().enumerate() {
         let lead = if i == 0 { "preforkd: " } else { "  " };
         let _ = writeln!(text, "{prefix}{lead}{line}");
     }

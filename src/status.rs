@@ -58,21 +58,6 @@ pub struct WorkerInfo {
     pub watchdog_ms_ago: Option<u64>,
 }
 
-/// Input echoed into STATUS= and messages: at most 200 characters, control characters
-/// (NUL, escapes, newlines) shown as `?`, so a hostile value cannot flood or forge anything.
-pub fn bounded(text: &str) -> String {
-    const MAX: usize = 200;
-    let mut out: String = text
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if text.chars().nth(MAX).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 /// "3s", "5m12s", "2h05m": short durations for tables and STATUS=.
 pub fn short(d: Duration) -> String {
     let s = d.as_secs();

@@ -226,3 +226,39 @@ fn a_unix_socket_in_a_missing_directory_is_reported_with_exit_71() {
         "{out}"
     );
 }
+
+/// Values of any size and content are echoed bounded and escaped: at most about 200
+/// characters of a value, control characters and NUL escaped, no internal type names.
+#[test]
+fn messages_echo_at_most_a_little_of_any_value() {
+    let huge = "9".repeat(900_000);
+    let (dir, path) = config_file(&format!("workers = \"{huge}\"\n"));
+    let (code, out) = run_to_end(&["check", "--config", path_str(&path), "--", "true"], &[]);
+    assert_eq!(code, 78, "{}", &out[..out.len().min(500)]);
+    assert!(out.len() < 2000, "{} bytes of output", out.len());
+    assert!(out.contains("… (900000 bytes)"), "{out}");
+    drop(dir);
+    let (code, out) = run_to_end(
+        &["check", "--workers", &"8".repeat(100_000), "--", "true"],
+        &[],
+    );
+    assert_eq!(code, 78);
+    assert!(out.len() < 1000 && out.contains("(100000 bytes)"), "{out}");
+    let (dir, path) =
+        config_file("name = \"a\u{1b}[2Jb\u{7}\"\nworkers = 99999999999999999999999\n");
+    let (code, out) = run_to_end(&["check", "--config", path_str(&path), "--", "true"], &[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(
+        !out.contains(" as i128") && !out.contains('\u{1b}'),
+        "{out:?}"
+    );
+    drop(dir);
+    let (dir, path) = config_file("stop_timeout = \"-1s\"\n");
+    let (_, out) = run_to_end(&["check", "--config", path_str(&path), "--", "true"], &[]);
+    assert!(out.contains("a duration cannot be negative"), "{out}");
+    drop(dir);
+    let long = format!("unix:/tmp/{}", "s".repeat(120));
+    let (code, out) = run_to_end(&["check", "--listen", &long, "--", "true"], &[]);
+    assert_eq!(code, 78, "check must refuse what run would: {out}");
+    assert!(out.contains("the kernel takes at most 107"), "{out}");
+}

@@ -432,3 +432,24 @@ fn a_config_replaced_by_a_fifo_is_refused_at_once_and_the_instance_keeps_serving
     assert_eq!(after, before, "a refused reload touched the workers");
     assert_eq!(generations(&p), vec![1, 1]);
 }
+
+/// A reload rejected for a huge value keeps nothing of it: `preforkd reload`, STATUS= and every
+/// later `preforkd status` quote at most a little of it.
+#[test]
+fn a_reload_rejected_for_a_huge_value_echoes_only_a_little_of_it() {
+    let (dir, path, _good, p, before) = hello_with_config_file();
+    let mut p = p;
+    std::fs::write(&path, format!("workers = \"{}\"\n", "7".repeat(900_000))).unwrap();
+    let (code, out) = reload(&p);
+    assert_eq!(code, 1, "{}", &out[..out.len().min(300)]);
+    assert!(out.len() < 2000, "reload printed {} bytes", out.len());
+    assert!(out.contains("(900000 bytes)"), "{out}");
+    let (code, json) = p.status(&["--json"]);
+    assert_eq!(code, 0);
+    assert!(json.len() < 4000, "status answered {} bytes", json.len());
+    assert!(json.contains("reload failed"), "{json}");
+    let mut after = p.wait_workers(2);
+    after.sort();
+    assert_eq!(before, after, "a refused reload touched the workers");
+    drop(dir);
+}

@@ -130,7 +130,7 @@ impl Core {
         };
         slot.failures_in_row += 1;
         let delay = slot.schedule(now, policy.delay(slot.failures_in_row), policy.delay);
-        slot.last_error = Some(message.clone());
+        slot.last_error = Some(crate::echo::message(&message));
         log!(self, Warning, "worker failed to start: {}", message;
             "worker" => id, "gen" => generation, "retry_in" => human(delay));
         self.crashes.record(now, policy.interval, id);

@@ -170,7 +170,7 @@ impl Core {
                 let gen = self.gen.number;
                 log!(self, Error, "reload failed: the configuration is invalid; generation {} keeps serving", gen;
                     "error" => &message);
-                let first_line = crate::status::bounded(message.lines().next().unwrap_or_default());
+                let first_line = crate::echo::message(message.lines().next().unwrap_or_default());
                 self.reload.error = Some(format!("reload failed: {first_line}"));
                 self.reload_settled(now);
                 self.answer_reload(&waiters, false, &message);
@@ -498,7 +498,7 @@ impl Core {
         }
         self.reload.error = Some(format!(
             "reload to gen {failed} aborted: {}",
-            crate::status::bounded(why)
+            crate::echo::message(why)
         ));
         self.reload_settled(now);
         let message = format!(
@@ -521,13 +521,14 @@ impl Core {
     }
 
     fn answer_reload(&mut self, waiters: &[Token], ok: bool, message: &str) {
+        let message = crate::echo::message(message);
         for &token in waiters {
             self.out.push(Effect::Answer {
                 token,
                 answer: Answer::Reload(ReloadOutcome {
                     ok,
                     generation: self.gen.number,
-                    message: message.to_owned(),
+                    message: message.clone(),
                 }),
             });
         }
