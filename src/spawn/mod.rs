@@ -1,4 +1,5 @@
 //! Starting one worker: fork, set up the child's sockets, signals and environment, exec.
+//! This module is the parent's side; [`child`] is what runs between fork and exec.
 //!
 //! Everything the child needs is prepared in the parent as an [`ExecPlan`]: C strings, pointer
 //! arrays, the `LISTEN_PID=` entry with room for the digits, scratch space for fd numbers. Between
@@ -26,6 +27,9 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
+
+mod child;
+use child::IdentityPlan;
 
 /// What the supervisor wants started; turned into an [`ExecPlan`] in the parent.
 pub struct WorkerSpec<'a> {
@@ -333,7 +337,7 @@ impl ExecPlan {
     /// stall the supervisor. [`ExecStatus::read`] tells, once the pipe is readable, whether the
     /// exec succeeded.
     pub fn spawn(&mut self) -> Result<(Pid, ExecStatus), SpawnError> {
-        debug_assert_single_threaded();
+        single_threaded()?;
         let (err_read, err_write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(SpawnError::Fork)?;
         let all = nix::sys::signal::SigSet::all();
@@ -344,7 +348,7 @@ impl ExecPlan {
             Some(&all),
             Some(&mut old),
         );
-        // SAFETY: the process is single-threaded (asserted above in debug builds); the child runs
+        // SAFETY: the process is single-threaded (checked above); the child runs
         // only `child_after_fork`, which keeps to async-signal-safe calls and never returns.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -372,147 +376,6 @@ impl ExecPlan {
                 working_directory: self.working_directory_path.clone(),
             },
         ))
-    }
-
-    /// The child's side. Only async-signal-safe libc calls on memory prepared by the parent.
-    ///
-    /// # Safety
-    /// Must be called only in the child, right after `fork()`, with all signals blocked.
-    unsafe fn child_after_fork(&mut self, err_fd: RawFd) -> ! {
-        let n = self.listen_fds.len() as RawFd;
-        libc::setpgid(0, 0);
-
-        // The error pipe and the sockets may sit anywhere, including at 3..3+n where the sockets
-        // must end up: move the pipe above that range first (the copy is close-on-exec).
-        let err_fd = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, 3 + n);
-        if err_fd < 0 {
-            libc::_exit(127);
-        }
-        let fail = |step: Step| -> ! {
-            let errno = *libc::__errno_location();
-            let mut msg = [0u8; 5];
-            msg[0] = step as u8;
-            msg[1..].copy_from_slice(&errno.to_ne_bytes());
-            libc::write(err_fd, msg.as_ptr().cast(), msg.len());
-            libc::_exit(127)
-        };
-
-        // What may need preforkd's privileges comes before the switch to the workers' user.
-        if let Some(value) = &self.oom_score_adj {
-            let fd = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
-                fail(Step::Limits);
-            }
-            libc::close(fd);
-        }
-        if let Some(limit) = &self.nofile {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
-                fail(Step::Limits);
-            }
-        }
-        if let Some(set) = &self.cpu_set {
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-                fail(Step::Affinity);
-            }
-        }
-        if let Some(id) = &self.identity {
-            if !switch_identity(id) {
-                fail(Step::Identity);
-            }
-        }
-
-        // Die with the parent, and close the race where it died before prctl. After the user
-        // switch, because a change of effective uid clears the parent-death signal.
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != self.parent {
-            libc::_exit(1);
-        }
-
-        if libc::dup2(self.dev_null.as_raw_fd(), 0) < 0 {
-            fail(Step::Stdin);
-        }
-        for i in 0..self.listen_fds.len() {
-            let moved = libc::fcntl(self.listen_fds[i], libc::F_DUPFD_CLOEXEC, 3 + n);
-            if moved < 0 {
-                fail(Step::Sockets);
-            }
-            self.scratch[i] = moved;
-        }
-        for i in 0..self.listen_fds.len() {
-            // dup2 to a different number leaves the new fd without FD_CLOEXEC, as the child needs.
-            if libc::dup2(self.scratch[i], 3 + i as RawFd) < 0 {
-                fail(Step::Sockets);
-            }
-        }
-        // No other fd of preforkd may reach the worker: mark everything above the sockets
-        // close-on-exec (the error pipe must stay open until exec, so not closed now).
-        let first = (3 + n) as libc::c_uint;
-        if libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            CLOSE_RANGE_CLOEXEC,
-        ) != 0
-        {
-            for fd in (3 + n)..self.max_fd {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
-
-        // As the workers' user: a directory only they may enter is still reachable.
-        if let Some(dir) = &self.working_directory {
-            if libc::chdir(dir.as_ptr()) != 0 {
-                fail(Step::Chdir);
-            }
-        }
-        libc::umask(self.umask);
-        if self.no_new_privileges
-            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0
-        {
-            fail(Step::Identity);
-        }
-
-        // exec keeps SIG_IGN and the mask: reset all of them, as systemd does for a service.
-        // The raw syscall, because glibc's sigaction refuses the signals it reserves (32, 33),
-        // which an ancestor may have left ignored. An all-zero kernel sigaction is SIG_DFL with
-        // no flags and an empty mask, whatever the architecture's field order.
-        let dfl = [0u64; 4];
-        for sig in 1..65 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    dfl.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                );
-            }
-        }
-
-        let pid = libc::getpid();
-        for &digits in &self.pid_digits {
-            write_pid_digits(std::slice::from_raw_parts_mut(digits, PID_DIGITS + 1), pid);
-        }
-
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-
-        libc::execve(
-            self.program.as_ptr(),
-            self.argv_ptrs.as_ptr(),
-            self.envp_ptrs.as_ptr(),
-        );
-        fail(Step::Exec)
     }
 }
 
@@ -565,156 +428,26 @@ impl ExecStatus {
     }
 }
 
-/// The user switch, prepared: ids, groups, and capability masks for raw syscalls.
-struct IdentityPlan {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    groups: Vec<libc::gid_t>,
-    /// Bit per capability to keep, as ambient capabilities.
-    keep: u64,
-    /// The highest capability this kernel knows (/proc/sys/kernel/cap_last_cap).
-    cap_last: u32,
-}
-
-impl IdentityPlan {
-    fn new(id: &crate::config::Identity, ambient: &[caps::Capability]) -> IdentityPlan {
-        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(40);
-        IdentityPlan {
-            uid: id.uid,
-            gid: id.gid,
-            groups: id.groups.clone(),
-            keep: ambient.iter().fold(0u64, |m, c| m | c.bitmask()),
-            cap_last,
-        }
-    }
-}
-
-/// The kernel's capability header and data for capget/capset (version 3: two 32-bit halves).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// Becomes the workers' user keeping only `keep` (as ambient capabilities, so they survive
-/// exec). Raw syscalls only: it runs between fork and exec. False on any failure.
-///
-/// # Safety
-/// Only in the forked child.
-unsafe fn switch_identity(id: &IdentityPlan) -> bool {
-    // The bounding set first, while CAP_SETPCAP is still there: nothing else can come back.
-    for cap in 0..=id.cap_last {
-        if id.keep & (1u64 << cap) == 0 {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-        }
-    }
-    if id.keep != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
-        return false;
-    }
-    if libc::setgroups(id.groups.len(), id.groups.as_ptr()) != 0
-        || libc::setresgid(id.gid, id.gid, id.gid) != 0
-        || libc::setresuid(id.uid, id.uid, id.uid) != 0
-    {
-        return false;
-    }
-    // Always set all three sets: setuid clears permitted and effective, but inheritable would
-    // come over from preforkd. Ambient capabilities must be both permitted and inheritable.
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let half = |shift: u32| (id.keep >> shift) as u32;
-    let data = [
-        CapData {
-            effective: half(0),
-            permitted: half(0),
-            inheritable: half(0),
-        },
-        CapData {
-            effective: half(32),
-            permitted: half(32),
-            inheritable: half(32),
-        },
-    ];
-    if libc::syscall(
-        libc::SYS_capset,
-        &mut header as *mut CapHeader,
-        data.as_ptr(),
-    ) != 0
-    {
-        return false;
-    }
-    if id.keep == 0 {
-        return true;
-    }
-    for cap in 0..=id.cap_last {
-        if id.keep & (1u64 << cap) != 0
-            && libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                cap as libc::c_ulong,
-                0,
-                0,
-            ) != 0
-        {
-            return false;
-        }
-    }
-    libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0);
-    true
-}
-
-/// Writes `pid` in decimal followed by a NUL into `buf`, without allocating.
-fn write_pid_digits(buf: &mut [u8], pid: libc::pid_t) {
-    let mut digits = [0u8; PID_DIGITS];
-    let mut n = pid.max(0) as u32;
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 || len == PID_DIGITS {
-            break;
-        }
-    }
-    for i in 0..len {
-        buf[i] = digits[len - 1 - i];
-    }
-    buf[len] = 0;
-}
-
 /// fork() in a multi-threaded process leaves the child with only async-signal-safe calls and
-/// copies of locks other threads held: the supervisor must never have a second thread.
-fn debug_assert_single_threaded() {
-    #[cfg(debug_assertions)]
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        let threads = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .map(str::trim);
-        assert_eq!(
-            threads,
-            Some("1"),
-            "preforkd must be single-threaded when it forks"
-        );
+/// copies of locks other threads held: the supervisor must never have a second thread. Checked
+/// before every fork, in release builds too (one small read of /proc).
+fn single_threaded() -> Result<(), SpawnError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(str::trim)
+    {
+        Some("1") | None => Ok(()),
+        Some(n) => Err(SpawnError::Plan(format!(
+            "preforkd has {n} threads: forking now could leave the worker holding another thread's lock; this is a bug in preforkd, please report it"
+        ))),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::child::write_pid_digits;
     use super::*;
 
     #[test]
