@@ -8,8 +8,10 @@
 //!
 //! Modules, from the edges in: [`cli`] (command line), [`config`] (TOML and flags), [`sockets`]
 //! (LISTEN_FDS or bind), [`spawn`] (fork + exec, the only process-level `unsafe`),
-//! [`restart`] (back-off policy), [`signals`], [`notify`] (to systemd), [`log`], and
-//! [`supervisor`], the event loop where all state changes. [`http_worker`] is the demo app.
+//! [`restart`] (back-off policy), [`signals`], [`notify`] (to systemd), [`relay`] (the workers'
+//! notify socket), [`control`] and [`status`] (`preforkd status` and `reload`), [`runtime_dir`],
+//! [`log`], [`echo`] (how outside input is quoted), and [`supervisor`]: its `core` makes every
+//! decision as a pure state machine, its shell carries them out. [`http_worker`] is the demo app.
 
 pub mod cli;
 pub mod config;

@@ -1,5 +1,6 @@
-//! What happens when a worker ends: its exit in plain words, the back-off before it is started
-//! again, and the crash-loop limit past which preforkd gives up and lets systemd decide.
+//! What happens when a worker ends: the back-off before it is started again, and the crash-loop
+//! limit past which preforkd gives up and lets systemd decide. (Its exit in plain words is
+//! `ExitStatus`'s Display, in the core.)
 //!
 //! A worker that ran at least `min_uptime` is replaced at once. One that died sooner counts as a
 //! failed start: its slot waits `restart_delay`, doubling with each failure in a row up to
@@ -9,8 +10,6 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-
-use nix::sys::wait::WaitStatus;
 
 use crate::config::Config;
 
@@ -85,28 +84,6 @@ impl CrashWindow {
     }
 }
 
-/// A wait status in an operator's words: "exited with status 3", "killed by SIGSEGV (core dumped)".
-pub fn describe_exit(status: &WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, sig, core) => format!(
-            "killed by {}{}",
-            sig.as_str(),
-            if *core { " (core dumped)" } else { "" }
-        ),
-        other => format!("{other:?}"),
-    }
-}
-
-/// True for an exit a worker makes when asked to stop: status 0 or the stop signal itself.
-pub fn is_clean_stop(status: &WaitStatus, stop_signal: nix::sys::signal::Signal) -> bool {
-    match status {
-        WaitStatus::Exited(_, 0) => true,
-        WaitStatus::Signaled(_, sig, _) => *sig == stop_signal,
-        _ => false,
-    }
-}
-
 /// "1.5s", "250ms": durations for log lines.
 pub fn human(d: Duration) -> String {
     if d.subsec_millis() == 0 && d >= Duration::from_secs(1) {
@@ -121,8 +98,6 @@ pub fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::Signal;
-    use nix::unistd::Pid;
 
     fn policy() -> RestartPolicy {
         RestartPolicy {
@@ -157,23 +132,5 @@ mod tests {
         assert_eq!(w.count(t0 + Duration::from_secs(6), i), 2);
         assert_eq!(w.count(t0 + Duration::from_secs(11), i), 1);
         assert_eq!(w.count(t0 + Duration::from_secs(16), i), 0);
-    }
-
-    #[test]
-    fn exits_in_plain_words() {
-        let pid = Pid::from_raw(42);
-        assert_eq!(
-            describe_exit(&WaitStatus::Exited(pid, 3)),
-            "exited with status 3"
-        );
-        assert_eq!(
-            describe_exit(&WaitStatus::Signaled(pid, Signal::SIGSEGV, true)),
-            "killed by SIGSEGV (core dumped)"
-        );
-        assert!(is_clean_stop(
-            &WaitStatus::Signaled(pid, Signal::SIGTERM, false),
-            Signal::SIGTERM
-        ));
-        assert!(!is_clean_stop(&WaitStatus::Exited(pid, 1), Signal::SIGTERM));
     }
 }

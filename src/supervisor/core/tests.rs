@@ -385,3 +385,20 @@ fn the_exit_waits_for_forks_in_flight() {
         .iter()
         .any(|e| matches!(e, Effect::Exit { code: 0, .. })));
 }
+
+#[test]
+fn exits_in_plain_words() {
+    assert_eq!(ExitStatus::Code(3).to_string(), "exited with status 3");
+    let segv = ExitStatus::Signal {
+        signal: Signal::SIGSEGV,
+        core_dumped: true,
+    };
+    assert_eq!(segv.to_string(), "killed by SIGSEGV (core dumped)");
+    let term = ExitStatus::Signal {
+        signal: Signal::SIGTERM,
+        core_dumped: false,
+    };
+    assert!(term.is_clean_stop(Signal::SIGTERM));
+    assert!(ExitStatus::Code(0).is_clean_stop(Signal::SIGTERM));
+    assert!(!ExitStatus::Code(1).is_clean_stop(Signal::SIGTERM));
+}
