@@ -131,7 +131,7 @@ struct Invocation {
     json: bool,
 }
 
-/// Runs preforkd with `args` (including argv[0]); returns the exit code.
+/// Runs preforkd with `args` (including `argv[0]`); returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
     if args.get(1).is_some_and(|a| a == "hello-worker") {
         let rest: Vec<String> = args[2..]

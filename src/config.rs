@@ -250,7 +250,7 @@ pub struct Config {
     pub worker_watchdog_grace: Duration,
     /// How long the pool may have no ready worker before systemd's watchdog is told.
     pub collapse_grace: Duration,
-    /// Names the instance: its runtime directory is …/preforkd/<name>.
+    /// Names the instance: its runtime directory is `…/preforkd/<name>`.
     pub name: String,
     pub runtime_dir: Option<PathBuf>,
     /// New workers a reload starts before old ones are stopped.

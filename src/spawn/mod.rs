@@ -1,5 +1,5 @@
 //! Starting one worker: fork, set up the child's sockets, signals and environment, exec.
-//! This module is the parent's side; [`child`] is what runs between fork and exec.
+//! This module is the parent's side; `child` is what runs between fork and exec.
 //!
 //! Everything the child needs is prepared in the parent as an [`ExecPlan`]: C strings, pointer
 //! arrays, the `LISTEN_PID=` entry with room for the digits, scratch space for fd numbers. Between
