@@ -29,7 +29,7 @@ use crate::supervisor::{Setup, Supervisor};
 const USAGE: &str = "\
 Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
        preforkd check [OPTIONS] [--] [COMMAND [ARGS...]]
-       preforkd demo [OPTIONS]
+       preforkd demo [--debug-routes] [OPTIONS]
        preforkd status [--json] [--name NAME | --runtime-dir DIR | --config FILE]
        preforkd reload [--name NAME | --runtime-dir DIR | --config FILE]
 
@@ -39,7 +39,8 @@ way (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and accepts connections on them.
 Commands:
   (none)   run the supervisor
   check    validate the configuration and print the effective settings, start nothing
-  demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080);
+  demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080):
+           /, /sleep?ms=N, /health; --debug-routes adds /env?name=VAR and /crash;
            a command in the config or after -- replaces the built-in worker
   status   show the workers of a running instance (--json for machines)
   reload   roll a running instance to its current config (as SIGHUP does) and wait
@@ -129,6 +130,8 @@ struct Invocation {
     command: Vec<String>,
     /// `status --json`.
     json: bool,
+    /// `demo --debug-routes`: the built-in worker also serves /env and /crash.
+    debug_routes: bool,
 }
 
 /// Runs preforkd with `args` (including `argv[0]`); returns the exit code.
@@ -193,6 +196,7 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
         flags: Vec::new(),
         command: Vec::new(),
         json: false,
+        debug_routes: false,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -224,6 +228,7 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
                 inv.flags.push((name, value));
             }
             Arg::Long("json") if inv.mode == Mode::Status => inv.json = true,
+            Arg::Long("debug-routes") if inv.mode == Mode::Demo => inv.debug_routes = true,
             Arg::Value(v) => {
                 // The command starts here; everything after it is its own.
                 inv.command.push(v.string().map_err(|e| e.to_string())?);
@@ -361,6 +366,10 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
             snippet: None,
         })?;
         cfg.command = vec![me.display().to_string(), "hello-worker".to_owned()];
+        if inv.debug_routes {
+            cfg.command
+                .push(crate::http_worker::DEBUG_ROUTES.to_owned());
+        }
         // The built-in worker speaks sd_notify: it is ready when it says so.
         cfg.ready.get_or_insert(Readiness::Notify);
     }

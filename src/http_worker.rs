@@ -84,15 +84,25 @@ const KICK_INTERVAL: Duration = Duration::from_millis(20);
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The flag that turns on /env and /crash.
+pub const DEBUG_ROUTES: &str = "--debug-routes";
+
 /// Entry point of `preforkd hello-worker`; returns the process exit code.
 ///
 /// Must be called before the process spawns any thread: it edits the
 /// environment and sets signal dispositions and masks.
 pub fn main(args: &[String]) -> i32 {
-    if let Some(arg) = args.first() {
-        eprintln!("{PROG}: unexpected argument {arg:?} (this command takes none)");
-        return EX_USAGE;
-    }
+    // /env and /crash show the worker's environment and end it: only when asked for.
+    let debug_routes = match args {
+        [] => false,
+        [flag] if flag == DEBUG_ROUTES => true,
+        [arg, ..] => {
+            eprintln!(
+                "{PROG}: unexpected argument {arg:?} (this command takes only {DEBUG_ROUTES})"
+            );
+            return EX_USAGE;
+        }
+    };
     // Snapshot before removing anything: /env reports the environment the
     // worker was started with, LISTEN_PID included.
     let env: HashMap<OsString, OsString> = std::env::vars_os().collect();
@@ -112,7 +122,8 @@ pub fn main(args: &[String]) -> i32 {
             return EX_OSERR;
         }
     };
-    let shared = Arc::new(Shared::new(Identity::from_env(&env), env));
+    let identity = Identity::from_env(&env);
+    let shared = Arc::new(Shared::new(identity, debug_routes.then_some(env)));
     run(listener, shared, signals)
 }
 
@@ -269,8 +280,8 @@ fn prepare_signals() -> io::Result<Signals> {
 /// State shared by every thread of the worker.
 struct Shared {
     identity: Identity,
-    /// The environment as it was at start-up (served by /env).
-    env: HashMap<OsString, OsString>,
+    /// With the debug routes on: the environment as it was at start-up (served by /env).
+    env: Option<HashMap<OsString, OsString>>,
     draining: AtomicBool,
     requests: AtomicU64,
     connections: Mutex<usize>,
@@ -278,7 +289,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(identity: Identity, env: HashMap<OsString, OsString>) -> Self {
+    fn new(identity: Identity, env: Option<HashMap<OsString, OsString>>) -> Self {
         Shared {
             identity,
             env,
@@ -760,7 +771,12 @@ fn receive_body(conn: &Conn, buf: &mut Vec<u8>, head: &RequestHead) -> Result<()
 
 /// Runs the handler for a parsed request.
 fn respond(head: &RequestHead, shared: &Shared) -> Response {
-    match route(&head.method, &head.target, &shared.identity, &shared.env) {
+    match route(
+        &head.method,
+        &head.target,
+        &shared.identity,
+        shared.env.as_ref(),
+    ) {
         Route::Reply(response) => response,
         Route::Sleep(ms) => {
             thread::sleep(Duration::from_millis(ms));
@@ -997,18 +1013,19 @@ enum Route {
     Crash,
 }
 
+/// `env` is the start-up environment when the debug routes (/env, /crash) are on.
 fn route(
     method: &str,
     target: &str,
     identity: &Identity,
-    env: &HashMap<OsString, OsString>,
+    env: Option<&HashMap<OsString, OsString>>,
 ) -> Route {
     if method != "GET" && method != "HEAD" {
         return Route::Reply(Response::new(405, "method not allowed\n"));
     }
     let (path, query) = split_target(target);
-    match path {
-        "/" => {
+    match (path, env) {
+        ("/", _) => {
             let Identity {
                 id,
                 generation,
@@ -1019,9 +1036,10 @@ fn route(
                 format!("worker={id} pid={pid} gen={generation}\n"),
             ))
         }
-        "/sleep" => sleep_route(query),
-        "/env" => Route::Reply(env_reply(query, env)),
-        "/crash" => Route::Crash,
+        ("/sleep", _) => sleep_route(query),
+        ("/health", _) => Route::Reply(Response::new(200, "ok\n")),
+        ("/env", Some(env)) => Route::Reply(env_reply(query, env)),
+        ("/crash", Some(_)) => Route::Crash,
         _ => Route::Reply(Response::new(404, "not found\n")),
     }
 }
@@ -1373,7 +1391,7 @@ mod tests {
     }
 
     fn reply(method: &str, target: &str) -> Response {
-        match route(method, target, &identity(), &env()) {
+        match route(method, target, &identity(), Some(&env())) {
             Route::Reply(response) => response,
             other => panic!("{method} {target}: expected a reply, got {other:?}"),
         }
@@ -1389,12 +1407,25 @@ mod tests {
         assert_eq!(reply("GET", "/nope"), Response::new(404, "not found\n"));
         assert_eq!(reply("POST", "/").status, 405);
         assert_eq!(reply("get", "/").status, 405);
-        assert_eq!(route("GET", "/crash", &identity(), &env()), Route::Crash);
+        assert_eq!(
+            route("GET", "/crash", &identity(), Some(&env())),
+            Route::Crash
+        );
+        assert_eq!(reply("GET", "/health"), Response::new(200, "ok\n"));
+        // Without the debug routes, neither the environment nor a crash is on offer.
+        for target in ["/env?name=PATH", "/crash"] {
+            let off = route("GET", target, &identity(), None);
+            assert_eq!(
+                off,
+                Route::Reply(Response::new(404, "not found\n")),
+                "{target}"
+            );
+        }
     }
 
     #[test]
     fn sleep_route_parses_and_caps() {
-        let sleep = |target| route("GET", target, &identity(), &env());
+        let sleep = |target| route("GET", target, &identity(), Some(&env()));
         assert_eq!(sleep("/sleep?ms=250"), Route::Sleep(250));
         assert_eq!(sleep("/sleep?ms=0"), Route::Sleep(0));
         assert_eq!(sleep("/sleep?ms=999999999"), Route::Sleep(MAX_SLEEP_MS));
@@ -1645,7 +1676,7 @@ mod tests {
             generation: "5".into(),
             pid: std::process::id(),
         };
-        let shared = Arc::new(Shared::new(identity, env()));
+        let shared = Arc::new(Shared::new(identity, Some(env())));
         let server = Server::start(OwnedFd::from(listener), Arc::clone(&shared), || {}).unwrap();
         std::mem::forget(server);
         (addr, shared)
@@ -1830,7 +1861,8 @@ mod tests {
     #[ignore = "entry point of child processes spawned by other tests"]
     fn worker_process_entry() {
         if std::env::var_os(CHILD_MARKER).is_some() {
-            std::process::exit(main(&[]));
+            // The tests below use /env and /crash.
+            std::process::exit(main(&[DEBUG_ROUTES.to_owned()]));
         }
     }
 

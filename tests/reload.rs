@@ -14,7 +14,7 @@ use common::*;
 fn demo_with_config(dir: &Path, config: &str, systemd: Option<&FakeSystemd>) -> Preforkd {
     let path = dir.join("app.toml");
     std::fs::write(&path, config).unwrap();
-    let mut start = Preforkd::demo_start(&["--config", path.to_str().unwrap()]);
+    let mut start = Preforkd::demo_start(&["--debug-routes", "--config", path.to_str().unwrap()]);
     if let Some(s) = systemd {
         start = start.env("NOTIFY_SOCKET", s.address.clone());
     }

@@ -97,7 +97,7 @@ fn build_deb() -> PathBuf {
         .expect("a .deb")
 }
 
-const APP_CONFIG: &str = r#"command = ["/usr/bin/preforkd", "hello-worker"]
+const APP_CONFIG: &str = r#"command = ["/usr/bin/preforkd", "hello-worker", "--debug-routes"]
 workers = 2
 ready = "1500ms"
 stop_timeout = "10s"

@@ -124,7 +124,7 @@ fn a_killed_worker_is_replaced_with_the_same_worker_id() {
 
 #[test]
 fn a_crash_is_logged_in_plain_words_and_healed() {
-    let mut p = Preforkd::demo(&["--workers", "1", "--min-uptime", "100ms"]);
+    let mut p = Preforkd::demo(&["--debug-routes", "--workers", "1", "--min-uptime", "100ms"]);
     let pids = p.wait_workers(1);
     // /crash exits with status 70; the connection just closes.
     let _ = get(p.port, "/crash");
@@ -307,4 +307,20 @@ fn workers_get_their_file_limit_umask_and_oom_score() {
     // preforkd itself keeps its own score: the workers go first when memory runs out.
     let own = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", p.pid)).unwrap();
     assert_ne!(own.trim(), "500");
+}
+
+/// The packaged demo must not show its environment nor take a request to crash: /env and
+/// /crash answer only with --debug-routes; /health always.
+#[test]
+fn the_demo_serves_env_and_crash_only_with_debug_routes() {
+    let mut plain = Preforkd::demo(&["--workers", "1"]);
+    plain.wait_workers(1);
+    assert_eq!(get(plain.port, "/env?name=PATH").unwrap().status, 404);
+    assert_eq!(get(plain.port, "/crash").unwrap().status, 404);
+    let health = get(plain.port, "/health").unwrap();
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let mut debug = Preforkd::demo(&["--debug-routes", "--workers", "1"]);
+    let pid = debug.wait_workers(1)[0];
+    let env = get(debug.port, "/env?name=LISTEN_PID").unwrap();
+    assert_eq!((env.status, env.body.clone()), (200, format!("{pid}\n")));
 }
