@@ -270,7 +270,11 @@ impl Supervisor {
     /// Sleeps in poll() until an fd is ready or the nearest deadline.
     fn wait(&mut self) {
         let now = Instant::now();
-        let mut next = self.core.next_deadline(now);
+        // The control clients' deadlines too: a client that connects and says nothing is cut.
+        let mut next = [self.core.next_deadline(now), self.control.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
         if !self.watched.is_empty() || self.leaving.is_some() {
             // Groups and orphans that are not our children end without a SIGCHLD.
             next = Some(next.map_or(now + RECHECK, |n| n.min(now + RECHECK)));
@@ -344,11 +348,17 @@ impl Supervisor {
                     return;
                 }
             };
-            // A child that dies before its exec-status pipe was read: the pipe speaks first.
+            // A child that dies before its exec-status pipe was read: a report of a failed exec
+            // speaks first. A bare EOF cannot tell an exec from a death on the way there, so
+            // the core hears only the exit, and counts it as a failed start.
             if let Some(i) = self.spawning.iter().position(|s| s.pid == pid) {
                 let s = self.spawning.swap_remove(i);
-                let result = s.status.read().unwrap_or(Ok(())).map_err(|e| e.to_string());
-                self.feed(Event::Execd { pid, result });
+                if let Some(Err(e)) = s.status.read() {
+                    self.feed(Event::Execd {
+                        pid,
+                        result: Err(e.to_string()),
+                    });
+                }
             }
             self.feed(Event::Exited { pid, status });
             let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));

@@ -25,9 +25,13 @@ impl World {
             p.exited = true;
             let tell_exec = !p.exec_told;
             p.exec_told = true;
-            if tell_exec {
-                let result = p.exec_error.take().map_or(Ok(()), Err);
-                self.feed(Event::Execd { pid, result });
+            // As the shell: a failed exec's report is read as the child is reaped; a bare EOF
+            // is not told, and the core sees a worker that died before it was seen to start.
+            if let Some(error) = p.exec_error.take().filter(|_| tell_exec) {
+                self.feed(Event::Execd {
+                    pid,
+                    result: Err(error),
+                });
             }
             self.feed(Event::Exited { pid, status });
             self.procs.get_mut(&pid).expect("exited").reaped = true;

@@ -478,4 +478,6 @@ impl Core {
 }
 
 #[cfg(test)]
+mod regressions;
+#[cfg(test)]
 mod tests;

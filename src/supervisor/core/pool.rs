@@ -15,7 +15,9 @@ use crate::restart::human;
 impl Core {
     /// Asks for a worker in every empty slot whose time has come.
     pub(super) fn start_due(&mut self, now: Instant) {
-        if self.phase != Phase::Running {
+        // While a reload reads its config, a start would race it: the fork's outcome would come
+        // back after the new generation took over, for a slot no longer current.
+        if self.phase != Phase::Running || self.reload.is_loading() {
             return;
         }
         let generation = self.gen.number;
@@ -58,6 +60,9 @@ impl Core {
             .iter()
             .position(|f| (f.0, f.1) == (id, generation))
             .map(|i| self.in_flight.swap_remove(i).2);
+        if let Some(r) = self.reload.rollout.as_mut() {
+            r.fork_returned(id, generation);
+        }
         let current = generation == self.gen.number && self.phase == Phase::Running;
         let slot_there = current && self.slot_mut(id).is_some_and(|s| s.forking);
         if let Some(slot) = self.slot_mut(id).filter(|_| current) {
@@ -258,9 +263,11 @@ impl Core {
         self.signal(w.pid, Signal::SIGKILL, Target::Group);
         self.report.last_death = Some((format!("worker {} {status}", w.id), now));
         if w.state == State::Spawning {
-            // Ended before the exec-status pipe said anything: a failed start.
+            // Ended before its exec was seen (killed on its way, or a program that died at once):
+            // a failed start either way, never a ready worker.
             if w.generation == self.gen.number && self.phase == Phase::Running {
-                self.spawn_failed(w.id, format!("worker {status} before exec"), now);
+                let why = format!("worker {} {status} before it was ready", w.id);
+                self.spawn_failed(w.id, why, now);
             }
             return;
         }

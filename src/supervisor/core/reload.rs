@@ -74,6 +74,11 @@ impl ReloadState {
     pub fn busy(&self) -> bool {
         self.loading.is_some() || self.rollout.is_some()
     }
+
+    /// The configuration is being read.
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
 }
 
 /// What a reload under way must remember to finish or to undo.
@@ -99,6 +104,16 @@ impl Rollout {
 
     pub fn old_size(&self) -> usize {
         self.old.slots.len()
+    }
+
+    /// A fork of the generation being replaced came back: its slot is no longer forking, so
+    /// an abort that restores it can start it again.
+    pub fn fork_returned(&mut self, id: u32, generation: u32) {
+        if generation == self.old.number {
+            if let Some(slot) = self.old.slots.iter_mut().find(|s| s.id == id) {
+                slot.forking = false;
+            }
+        }
     }
 }
 
@@ -291,6 +306,9 @@ impl Core {
         {
             self.finish_rollout(now);
         }
+        // The quorum may have been reached while a reload held READY=1 back (one that was then
+        // refused or aborted before the first READY=1).
+        self.send_ready_if_quorum(now);
     }
 
     /// At most `reload_surge` new workers on their way to ready at a time, and only the canary
@@ -537,8 +555,23 @@ impl Core {
     /// When a ready new worker may replace an old one (min_uptime with ready = "exec"), or
     /// will have passed the canary.
     pub(super) fn rollout_deadline(&self, now: Instant) -> Option<Instant> {
-        let r = self.reload.rollout.as_ref()?;
         let generation = self.gen.number;
+        let Some(r) = self.reload.rollout.as_ref() else {
+            // After an abort, the failed generation's ready workers go as the restored ones may
+            // replace them (ready = "exec": once past min_uptime).
+            return self
+                .workers
+                .iter()
+                .any(|w| w.generation != generation)
+                .then(|| {
+                    self.workers
+                        .iter()
+                        .filter(|w| w.generation == generation)
+                        .filter_map(|w| w.replace_at(now))
+                        .min()
+                })
+                .flatten();
+        };
         let canary = self.gen.cfg.reload_canary;
         let new = || {
             self.workers
