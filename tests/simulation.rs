@@ -33,6 +33,7 @@ fn run(seed: u64) -> Result<(), String> {
             }
             world.step();
         }
+        world.converge();
         world.finish();
     });
     result.map_err(|e| {

@@ -225,6 +225,99 @@ impl World {
         self.wake(events, exits);
     }
 
+    /// After the random part, the world calms down: one good deploy, workers that behave. The
+    /// pool must converge: no reload under way, every slot of one generation with a ready
+    /// worker, nothing of another generation serving, READY=1 sent.
+    pub(crate) fn converge(&mut self) {
+        if self.exited.is_some() || self.stop_requested {
+            return;
+        }
+        self.calm = true;
+        self.wake(vec![Event::Signal(Signal::SIGHUP)], vec![]);
+        for _ in 0..5_000 {
+            if self.exited.is_some() {
+                // A crash loop of the deploy before the good one may end preforkd: allowed.
+                return;
+            }
+            let mut pids: Vec<Pid> = self
+                .procs
+                .iter()
+                .filter(|(_, p)| !p.exited)
+                .map(|(pid, _)| *pid)
+                .collect();
+            pids.sort();
+            // Whatever is dying or starting acts first; then the good ones say READY=1.
+            let pending = pids.iter().copied().find(|pid| {
+                let p = &self.procs[pid];
+                p.exit_with.is_some()
+                    || !p.exec_told
+                    || (!p.ready_sent && p.program == Program::Good)
+            });
+            if let Some(pid) = pending {
+                let (e, x) = self.act_calmly(pid);
+                self.wake(e, x);
+                continue;
+            }
+            if let Some(&g) = self.groups.iter().min() {
+                self.groups.remove(&g);
+                self.wake(vec![Event::GroupGone(g)], vec![]);
+                continue;
+            }
+            if self.converged() {
+                return;
+            }
+            // Healthy workers ping their watchdog before time moves on.
+            let pings: Vec<Event> = pids
+                .iter()
+                .filter(|pid| self.procs[*pid].ready_sent)
+                .map(|&pid| Event::Notify {
+                    sender: Some(pid),
+                    group: Some(pid),
+                    message: notify::parse(b"WATCHDOG=1"),
+                })
+                .collect();
+            self.wake(pings, vec![]);
+            let step = Duration::from_millis(250);
+            let at = self
+                .core
+                .next_deadline(self.now)
+                .filter(|&at| at > self.now)
+                .map_or(self.now + step, |at| at.min(self.now + step));
+            self.now = at;
+            self.wake(vec![Event::Tick], vec![]);
+        }
+        self.fail("the pool did not converge after a good deploy in a calm world".into());
+    }
+
+    fn converged(&self) -> bool {
+        let view = self.core.view();
+        let one_generation = view
+            .workers
+            .iter()
+            .all(|w| w.generation == view.generation || w.stopping);
+        let full = (0..view.wanted as u32).all(|id| {
+            view.workers
+                .iter()
+                .any(|w| w.id == id && w.generation == view.generation && w.ready && w.live)
+        });
+        view.rollout.is_none() && one_generation && full && view.ready_sent
+    }
+
+    /// What a process does when the world is calm: its program, but no random crash or trigger.
+    fn act_calmly(&mut self, pid: Pid) -> (Vec<Event>, Vec<Pid>) {
+        let p = &self.procs[&pid];
+        if p.exit_with.is_some() || !p.exec_told || p.program != Program::Good || p.ready_sent {
+            return self.act(pid);
+        }
+        self.procs.get_mut(&pid).expect("acting").ready_sent = true;
+        let ready = Event::Notify {
+            sender: Some(pid),
+            group: Some(pid),
+            message: notify::parse(b"READY=1"),
+        };
+        (vec![ready], vec![])
+    }
+
     /// After the random part: stop, and everything must end with an exit.
     pub(crate) fn finish(&mut self) {
         if self.exited.is_none() {

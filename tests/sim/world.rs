@@ -33,6 +33,8 @@ pub(crate) struct World {
     pub(crate) stop_requested: bool,
     /// The wake-up being handled holds a stop signal.
     pub(crate) stop_in_batch: bool,
+    /// The world has calmed down: deploys are good, and the pool must converge.
+    pub(crate) calm: bool,
     /// The event being handled comes after stops in the documented order.
     pub(crate) late_in_batch: bool,
     pub(crate) tokens: HashMap<u64, u32>,
@@ -79,6 +81,7 @@ impl World {
             exited: None,
             stop_requested: false,
             stop_in_batch: false,
+            calm: false,
             late_in_batch: false,
             tokens: HashMap::new(),
             last_spawn: HashMap::new(),
@@ -256,7 +259,10 @@ impl World {
             }
             Effect::LoadConfig => {
                 self.configs += 1;
-                let result = if self.rng.chance(15) {
+                let result = if self.calm {
+                    let (cfg, _, workers) = config(&mut self.rng, true);
+                    Ok(Box::new(loaded(cfg, Program::Good, workers)))
+                } else if self.rng.chance(15) {
                     Err("app.toml:3:11: workers: invalid value".to_owned())
                 } else {
                     let (mut cfg, program, workers) = config(&mut self.rng, false);
@@ -350,10 +356,11 @@ impl World {
                     .iter()
                     .filter(|w| w.ready && !w.stopping)
                     .count();
-                if ready < after.wanted {
+                // All slots during a reload; after an abort, what the pool had before it began.
+                if ready < after.keep_ready {
                     self.fail(format!(
-                        "ready worker {pid} retired leaving {ready} ready of {} wanted",
-                        after.wanted
+                        "ready worker {pid} retired leaving {ready} ready, {} to keep",
+                        after.keep_ready
                     ));
                 }
             }
@@ -398,13 +405,8 @@ impl World {
     }
 
     pub(crate) fn check(&self, view: &View, cause: &Event) {
-        // A child whose exec failed never ran the app; it is on its way out with status 127.
-        let mut generations: Vec<u32> = self
-            .procs
-            .values()
-            .filter(|p| p.is_worker())
-            .map(|p| p.generation)
-            .collect();
+        // Generations with workers the core tracks, in any state (draining ones too).
+        let mut generations: Vec<u32> = view.workers.iter().map(|w| w.generation).collect();
         generations.sort_unstable();
         generations.dedup();
         if generations.len() > 2 {

@@ -67,6 +67,9 @@ pub struct View {
     pub surge: usize,
     /// During a reload: the size of the generation being replaced.
     pub old_wanted: usize,
+    /// Ready workers the pool keeps before it retires a worker of another generation: its
+    /// size during a reload, after an abort what it had when the reload began.
+    pub keep_ready: usize,
     /// During a reload: the generation being replaced, and whether the canary has passed.
     pub rollout: Option<(u32, bool)>,
     pub workers: Vec<WorkerView>,
@@ -336,6 +339,7 @@ impl Core {
             ready_sent: self.ready_sent,
             surge: self.gen.cfg.reload_surge.needed(self.gen.slots.len()),
             old_wanted: self.reload.rollout.as_ref().map_or(0, |r| r.old_size()),
+            keep_ready: self.retire_target(),
             rollout: self
                 .reload
                 .rollout

@@ -13,8 +13,10 @@
 //!    listen sockets stay open throughout, so the kernel never refuses a connection.
 //! 3. If new workers fail more than [`MAX_ROLLOUT_FAILURES`] times before they are ready, the
 //!    reload is aborted: the old generation, its configuration and its slots are restored; new
-//!    workers that are not ready are stopped, ready ones keep serving until old workers are
-//!    ready again in their place, so an abort never lowers the number of ready workers.
+//!    workers that are not ready are stopped, ready ones keep serving until the restored
+//!    generation has as many ready workers as when the reload began (or the next reload
+//!    retires them), so an abort never lowers the number of ready workers, and a generation
+//!    that cannot recover never holds a later deploy back.
 //! 4. When every slot of the new generation has a ready worker (or on abort), systemd hears
 //!    `READY=1`, so `systemctl reload` returns once the new code serves.
 //!
@@ -55,6 +57,9 @@ pub(super) struct ReloadState {
     pub rollout: Option<Rollout>,
     /// Why the last reload failed, for STATUS= until one succeeds.
     pub error: Option<String>,
+    /// After an abort: the ready workers the restored generation must have again before the
+    /// failed generation's ready workers are retired.
+    restore_target: usize,
 }
 
 impl ReloadState {
@@ -67,6 +72,7 @@ impl ReloadState {
             queued_waiters: Vec::new(),
             rollout: None,
             error: None,
+            restore_target: 0,
         }
     }
 
@@ -89,6 +95,8 @@ pub(super) struct Rollout {
     started: Instant,
     /// A new worker stayed ready for `reload_canary`: old workers may be retired.
     canary_passed: bool,
+    /// Ready workers when the reload began: what an abort must give back.
+    ready_before: usize,
     /// Control clients waiting for the outcome.
     waiters: Vec<Token>,
 }
@@ -129,6 +137,24 @@ impl Core {
             return;
         }
         self.reload.queued_waiters.extend(waiter);
+        // Ready workers kept from an aborted reload wait for the restored generation to be as
+        // ready as before; if it never gets there, they would hold this reload back for ever.
+        // A new deploy is the operator's answer: they retire now, and the reload follows.
+        if self.reload.rollout.is_none() && self.reload.restore_target > 0 {
+            let current = self.gen.number;
+            if self
+                .workers
+                .iter()
+                .any(|w| w.generation > current && w.is_live())
+            {
+                log!(
+                    self,
+                    Info,
+                    "a new reload retires the ready workers kept from the aborted one"
+                );
+            }
+            self.reload.restore_target = 0;
+        }
         if self.reload.busy() || self.other_generations_alive() {
             if !self.reload.queued {
                 log!(self, Info, "reload queued: it starts once the current one has finished and old workers have drained";
@@ -269,11 +295,13 @@ impl Core {
             "surge" => cfg.reload_surge, "canary" => human(cfg.reload_canary),
             "command" => cfg.command.join(" "));
         self.reload.error = None;
+        let ready_before = self.workers.iter().filter(|w| w.is_ready()).count();
         self.reload.rollout = Some(Rollout {
             old,
             failures: 0,
             started: now,
             canary_passed: cfg.reload_canary.is_zero(),
+            ready_before,
             waiters,
         });
     }
@@ -309,6 +337,14 @@ impl Core {
         // The quorum may have been reached while a reload held READY=1 back (one that was then
         // refused or aborted before the first READY=1).
         self.send_ready_if_quorum(now);
+    }
+
+    /// How many ready workers of the pool's generation let all workers of other generations go.
+    pub(super) fn retire_target(&self) -> usize {
+        match &self.reload.rollout {
+            Some(_) => self.gen.slots.len(),
+            None => self.reload.restore_target.min(self.gen.slots.len()),
+        }
     }
 
     /// At most `reload_surge` new workers on their way to ready at a time, and only the canary
@@ -399,7 +435,11 @@ impl Core {
             .filter(|w| w.generation == generation && w.can_replace(now))
             .map(|w| w.id)
             .collect();
-        let keep_old = self.gen.slots.len().saturating_sub(ready_new.len());
+        // During a reload, until the pool's generation fills its slots; after an abort, until
+        // the restored generation has as many ready workers as it had when the reload began
+        // (all it can promise: if it was failing before, waiting for more would keep the failed
+        // generation's workers, and every later reload behind them, for ever).
+        let keep_old = self.retire_target().saturating_sub(ready_new.len());
         let mut old: Vec<usize> = (0..self.workers.len())
             .filter(|&i| self.workers[i].generation != generation && self.workers[i].is_live())
             .collect();
@@ -502,6 +542,12 @@ impl Core {
             }
         }
         self.gen = r.old;
+        // A reload queued meanwhile is the next deploy: it does not wait for kept workers.
+        self.reload.restore_target = if self.reload.queued {
+            0
+        } else {
+            r.ready_before
+        };
         // Old workers already retired for new ones: start them again. Ready new workers serve
         // until then, and are retired as the old ones become ready.
         let workers = &self.workers;
