@@ -171,7 +171,7 @@ impl World {
                     }
                 }
                 self.last_spawn.insert((generation, worker), self.now);
-                let result = if self.rng.chance(3) {
+                let result = if !self.calm && self.rng.chance(3) {
                     Err("cannot fork a worker: Resource temporarily unavailable (11)".to_owned())
                 } else {
                     let pid = Pid::from_raw(self.next_pid);
