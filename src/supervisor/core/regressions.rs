@@ -1,25 +1,10 @@
 //! Event orders found by a review of the core, kept as regression tests: each failed before its fix.
 
+use super::tests::config;
 use super::*;
-use crate::config::{Readiness, Workers};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn config(workers: u32) -> Loaded {
-    let cfg = Config {
-        command: vec!["/srv/app".into()],
-        workers: Workers::Count(workers),
-        ready: Some(Readiness::Notify),
-        ..Config::default()
-    };
-    Loaded {
-        cfg,
-        program: PathBuf::from("/srv/app"),
-        workers,
-    }
-}
 
 struct W {
     core: Core,

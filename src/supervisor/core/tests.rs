@@ -16,7 +16,7 @@ struct Pool {
     next_pid: i32,
 }
 
-fn config(workers: u32) -> Loaded {
+pub(super) fn config(workers: u32) -> Loaded {
     let cfg = Config {
         command: vec!["/srv/app".into()],
         workers: Workers::Count(workers),
