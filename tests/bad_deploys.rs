@@ -83,6 +83,12 @@ fn deploy(shape: &Shape, workers: u32) {
         .env("NOTIFY_SOCKET", systemd.address.clone())
         .spawn();
     let before = p.wait_workers(2);
+    // Serving means ready: a reload before the first READY=1 is part of the start-up.
+    systemd
+        .wait_for(Duration::from_secs(10), |m| {
+            m.lines().any(|l| l == "READY=1")
+        })
+        .unwrap_or_else(|| panic!("no READY=1\n{}", p.log()));
     let serving = generations(&p);
     assert_eq!(serving.len(), 2, "{serving:?}");
     let load = Load::start(p.port, 2, 2, "/");
