@@ -7,7 +7,6 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::ReloadOutcome;
 use crate::config::Config;
 use crate::control::Token;
 use crate::notify::Message;
@@ -177,4 +176,12 @@ pub enum Effect {
         code: i32,
         orphan_grace: Duration,
     },
+}
+
+/// The answer to `preforkd reload`, as JSON.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub generation: u32,
+    pub message: String,
 }

@@ -25,8 +25,10 @@
 
 mod events;
 mod pool;
+mod refuse;
 mod reload;
 mod report;
+mod retire;
 mod stop;
 mod worker;
 
@@ -40,9 +42,10 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::restart::{CrashWindow, RestartPolicy};
 pub use events::{
-    by_priority, Answer, Effect, Event, ExitStatus, Level, Loaded, LogLine, Sd, Target,
+    by_priority, Answer, Effect, Event, ExitStatus, Level, Loaded, LogLine, ReloadOutcome, Sd,
+    Target,
 };
-pub use reload::{ReloadOutcome, MAX_ROLLOUT_FAILURES};
+pub use reload::MAX_ROLLOUT_FAILURES;
 use worker::{Escalation, Worker};
 
 /// Exit code when the pool was crash-looping and preforkd gave up (EX_UNAVAILABLE).

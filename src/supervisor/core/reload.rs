@@ -27,26 +27,18 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+pub use super::events::ReloadOutcome;
 use super::worker::Worker;
 use super::{log, Answer, Core, Effect, Generation, Loaded, Phase, Sd};
-use crate::config::Config;
 use crate::control::Token;
 use crate::restart::human;
 
 /// Failed starts of new workers a reload tolerates; one more aborts it.
 pub const MAX_ROLLOUT_FAILURES: u32 = 2;
 
-/// The answer to `preforkd reload`, as JSON.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReloadOutcome {
-    pub ok: bool,
-    pub generation: u32,
-    pub message: String,
-}
-
 pub(super) struct ReloadState {
     /// The sockets came from systemd, so `listen` cannot change on a reload.
-    socket_activated: bool,
+    pub socket_activated: bool,
     /// The configuration is being read; these clients wait for the outcome.
     loading: Option<Vec<Token>>,
     /// RELOADING=1 went to systemd for the reload under way; READY=1 must follow it.
@@ -59,7 +51,7 @@ pub(super) struct ReloadState {
     pub error: Option<String>,
     /// After an abort: the ready workers the restored generation must have again before the
     /// failed generation's ready workers are retired.
-    restore_target: usize,
+    pub restore_target: usize,
 }
 
 impl ReloadState {
@@ -219,67 +211,6 @@ impl Core {
         }
     }
 
-    /// Settings a reload cannot apply while preforkd runs. The workers' identity and the
-    /// capabilities preforkd kept for them were fixed at start (the notify socket's owner,
-    /// preforkd's own capability sets): a reload that changes them is refused, with the keys.
-    /// Others (sockets, names, log level) are said and left as they are.
-    fn restart_only_changes(&mut self, new: &Config) -> Option<String> {
-        let old = Rc::clone(&self.gen.cfg);
-        let mut keys = Vec::new();
-        if new.identity != old.identity {
-            keys.push("user, group, supplementary_groups");
-        }
-        if !new
-            .ambient_capabilities
-            .iter()
-            .all(|c| old.ambient_capabilities.contains(c))
-        {
-            keys.push("ambient_capabilities (added capabilities)");
-        }
-        let negative = |c: &Config| c.oom_score_adj.is_some_and(|v| v < 0);
-        if negative(new) && !negative(&old) {
-            keys.push("oom_score_adj (a negative value)");
-        }
-        if !keys.is_empty() {
-            return Some(format!(
-                "{} changed: these take effect only when preforkd restarts (systemctl restart); the reload was refused so the running workers are untouched",
-                keys.join("; ")
-            ));
-        }
-        let socket_settings_changed = new.backlog != old.backlog
-            || new.socket_mode != old.socket_mode
-            || new.socket_user != old.socket_user
-            || new.socket_group != old.socket_group;
-        if new.listen != old.listen || socket_settings_changed {
-            let how = if self.reload.socket_activated {
-                "the sockets come from systemd: change the socket unit and run `systemctl restart <name>.socket`"
-            } else {
-                "the sockets stay open across reloads so no connection is refused: restart preforkd to bind new addresses"
-            };
-            log!(
-                self,
-                Warning,
-                "listen or socket settings changed, but a reload keeps the current sockets: {}",
-                how
-            );
-        }
-        if new.name != old.name || new.runtime_dir != old.runtime_dir {
-            log!(
-                self,
-                Warning,
-                "name and runtime_dir take effect only when preforkd restarts"
-            );
-        }
-        if new.log_level != old.log_level {
-            log!(
-                self,
-                Warning,
-                "log_level takes effect only when preforkd restarts"
-            );
-        }
-        None
-    }
-
     fn start_rollout(&mut self, loaded: Loaded, waiters: Vec<Token>, now: Instant) {
         let to = self.next_generation;
         self.next_generation += 1;
@@ -337,14 +268,6 @@ impl Core {
         // The quorum may have been reached while a reload held READY=1 back (one that was then
         // refused or aborted before the first READY=1).
         self.send_ready_if_quorum(now);
-    }
-
-    /// How many ready workers of the pool's generation let all workers of other generations go.
-    pub(super) fn retire_target(&self) -> usize {
-        match &self.reload.rollout {
-            Some(_) => self.gen.slots.len(),
-            None => self.reload.restore_target.min(self.gen.slots.len()),
-        }
     }
 
     /// At most `reload_surge` new workers on their way to ready at a time, and only the canary
@@ -414,51 +337,6 @@ impl Core {
             let (id, pid) = (w.id, w.pid);
             log!(self, Info, "the first new worker stayed ready for reload_canary: retiring old workers";
                 "worker" => id, "pid" => pid, "gen" => generation, "reload_canary" => human(canary));
-        }
-    }
-
-    /// Each ready worker of the pool's generation lets one worker of another generation go;
-    /// during a reload only once the canary has passed.
-    fn retire_replaced(&mut self, now: Instant) {
-        if self
-            .reload
-            .rollout
-            .as_ref()
-            .is_some_and(|r| !r.canary_passed)
-        {
-            return;
-        }
-        let generation = self.gen.number;
-        let ready_new: Vec<u32> = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == generation && w.can_replace(now))
-            .map(|w| w.id)
-            .collect();
-        // During a reload, until the pool's generation fills its slots; after an abort, until
-        // the restored generation has as many ready workers as it had when the reload began
-        // (all it can promise: if it was failing before, waiting for more would keep the failed
-        // generation's workers, and every later reload behind them, for ever).
-        let keep_old = self.retire_target().saturating_sub(ready_new.len());
-        let mut old: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.workers[i].generation != generation && self.workers[i].is_live())
-            .collect();
-        // Keep the ready ones longest; of those, retire first the ones whose id already has a
-        // ready successor, then the highest ids.
-        old.sort_by_key(|&i| {
-            let w = &self.workers[i];
-            (
-                w.is_ready(),
-                !ready_new.contains(&w.id),
-                std::cmp::Reverse(w.id),
-            )
-        });
-        let excess = old.len().saturating_sub(keep_old);
-        for &i in old.iter().take(excess) {
-            let w = &self.workers[i];
-            log!(self, Info, "retiring an old worker"; "worker" => w.id, "pid" => w.pid,
-                "gen" => w.generation, "stop_signal" => w.cfg.stop_signal.as_str());
-            self.stop_worker(i, now);
         }
     }
 
