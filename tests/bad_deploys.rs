@@ -41,10 +41,11 @@ const HANGS_AT_BOOT: Shape = Shape {
     reason: "was not ready within 1s",
 };
 /// Says READY=1, then dies half a second later: the canary catches it before any old worker
-/// is retired. It accepts no connection, so its death cannot cut a request.
+/// is retired. It accepts no connection, so its death cannot cut a request. The canary is
+/// given 3 s here, not the default 1 s: on a loaded test machine the half second can stretch.
 const CRASHES_AFTER_READY: Shape = Shape {
-    config: "command = [\"python3\", \"-c\", \"import os,socket,time; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(0.5); os._exit(3)\"]\nready = \"notify\"\n",
-    reason: "within reload_canary (1s) of becoming ready",
+    config: "command = [\"python3\", \"-c\", \"import os,socket,time; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(0.5); os._exit(3)\"]\nready = \"notify\"\nreload_canary = \"3s\"\n",
+    reason: "within reload_canary (3s) of becoming ready",
 };
 
 fn generations(p: &Preforkd) -> Vec<(i32, u64)> {
