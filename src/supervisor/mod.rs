@@ -151,13 +151,15 @@ impl Supervisor {
                 .filter(|&s| s != Signal::SIGCHLD)
                 .map(Event::Signal)
                 .collect();
-            self.reap();
-            self.check_spawning();
-            self.check_groups();
+            // Datagrams before the exec-status pipes: a worker's READY=1 is sent after its exec,
+            // so by the time the pipes are read, its exec is seen and told to the core first.
             for _ in 0..NOTIFY_BATCH {
                 let Some(d) = self.relay.recv() else { break };
                 batch.push(self.notify_event(d.pid, d.bytes));
             }
+            self.reap();
+            self.check_spawning();
+            self.check_groups();
             for (token, request) in self.control.service(Instant::now()) {
                 batch.push(match request {
                     Request::Status => Event::Status(token),

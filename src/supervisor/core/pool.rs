@@ -148,7 +148,9 @@ impl Core {
 
     pub(super) fn mark_ready(&mut self, i: usize, now: Instant) {
         let w = &mut self.workers[i];
-        if w.state != State::Starting {
+        // A READY=1 from a worker whose exec has not been told yet proves the exec: only the
+        // app sends it.
+        if !matches!(w.state, State::Starting | State::Spawning) {
             return;
         }
         w.state = State::Ready { since: now };
