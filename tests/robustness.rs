@@ -229,7 +229,12 @@ fn status_shows_an_empty_slot_and_its_last_spawn_error() {
     })
     .unwrap_or_else(|| panic!("no empty slot with an error\n{}", p.log()));
     let error = slot["last_error"].as_str().unwrap();
-    assert!(error.contains("Exec format error (errno 8)"), "{error}");
+    // Usually the child's exec report ("Exec format error (errno 8)"); once in about eight
+    // loaded CI runs the exit (status 127) was seen without it: still a failed start, shown.
+    assert!(
+        error.contains("Exec format error (errno 8)") || error.contains("exited with status 127"),
+        "{error}"
+    );
     let (code, table) = p.status(&[]);
     assert_eq!(code, 0);
     assert!(
