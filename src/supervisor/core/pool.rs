@@ -128,6 +128,12 @@ impl Core {
     /// A start that did not get as far as the app: back off, count it, and fail the reload it
     /// belongs to. Logged at warning each time: the back-off spaces the lines out.
     fn spawn_failed(&mut self, id: u32, message: String, now: Instant) {
+        let why = format!("worker {id} could not start: {message}");
+        self.failed_start(id, message, why, now);
+    }
+
+    /// A failed start: `message` for the log and `status`, `why` for a reload it fails.
+    fn failed_start(&mut self, id: u32, message: String, why: String, now: Instant) {
         let generation = self.gen.number;
         let policy = self.gen.policy;
         let Some(slot) = self.slot_mut(id) else {
@@ -140,7 +146,7 @@ impl Core {
             "worker" => id, "gen" => generation, "retry_in" => human(delay));
         self.crashes.record(now, policy.interval, id);
         if self.reload.rollout.is_some() {
-            self.rollout_failed(format!("worker {id} could not start: {message}"), now);
+            self.rollout_failed(why, now);
             return;
         }
         self.give_up_if_crash_looping(now);
@@ -269,7 +275,7 @@ impl Core {
             // a failed start either way, never a ready worker.
             if w.generation == self.gen.number && self.phase == Phase::Running {
                 let why = format!("worker {} {status} before it was ready", w.id);
-                self.spawn_failed(w.id, why, now);
+                self.failed_start(w.id, why.clone(), why, now);
             }
             return;
         }
