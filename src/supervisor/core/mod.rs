@@ -115,8 +115,6 @@ struct Slot {
     restarts: u32,
     /// When the slot is empty: when to start its next worker.
     start_at: Option<Instant>,
-    /// A spawn was asked for and its fork outcome has not come back.
-    forking: bool,
     /// When its last worker was started: no slot restarts sooner than `restart_delay` after.
     last_start: Option<Instant>,
     /// Why its last start failed, for `preforkd status`; cleared by a start that works.
@@ -130,7 +128,6 @@ impl Slot {
             failures_in_row: 0,
             restarts: 0,
             start_at: None,
-            forking: false,
             last_start: None,
             last_error: None,
         }
@@ -309,7 +306,7 @@ impl Core {
             .gen
             .slots
             .iter()
-            .filter(|s| running && !s.forking)
+            .filter(|s| running && !self.forking(s.id))
             .filter_map(|s| s.start_at);
         let workers = self
             .workers
@@ -375,9 +372,21 @@ impl Core {
             .count()
     }
 
-    /// Whether [`Effect::Exit`] went out.
-    pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+    /// A spawn for this slot of the pool's generation was asked for and its fork outcome has
+    /// not come back.
+    fn forking(&self, id: u32) -> bool {
+        self.in_flight
+            .iter()
+            .any(|f| f.0 == id && f.1 == self.gen.number)
+    }
+
+    /// The slots of the pool's generation whose fork outcome has not come back.
+    fn forking_slots(&self) -> Vec<u32> {
+        let generation = self.gen.number;
+        (self.in_flight.iter())
+            .filter(|f| f.1 == generation)
+            .map(|f| f.0)
+            .collect()
     }
 
     fn start(&mut self, now: Instant) {

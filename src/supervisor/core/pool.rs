@@ -21,9 +21,10 @@ impl Core {
             return;
         }
         let generation = self.gen.number;
+        let forking = self.forking_slots();
         let workers = &self.workers;
         for slot in &mut self.gen.slots {
-            if slot.forking || slot.start_at.is_none_or(|at| at > now) {
+            if forking.contains(&slot.id) || slot.start_at.is_none_or(|at| at > now) {
                 continue;
             }
             if workers
@@ -35,7 +36,6 @@ impl Core {
                 continue;
             }
             slot.start_at = None;
-            slot.forking = true;
             slot.last_start = Some(now);
             self.in_flight
                 .push((slot.id, generation, Rc::clone(&self.gen.cfg)));
@@ -60,14 +60,10 @@ impl Core {
             .iter()
             .position(|f| (f.0, f.1) == (id, generation))
             .map(|i| self.in_flight.swap_remove(i).2);
-        if let Some(r) = self.reload.rollout.as_mut() {
-            r.fork_returned(id, generation);
-        }
         let current = generation == self.gen.number && self.phase == Phase::Running;
-        let slot_there = current && self.slot_mut(id).is_some_and(|s| s.forking);
-        if let Some(slot) = self.slot_mut(id).filter(|_| current) {
-            slot.forking = false;
-        }
+        // Its slot is still there to take it: the fork was asked for this generation, which
+        // is still the pool's, and no stop came in between.
+        let slot_there = current && spawned_with.is_some() && self.slot_mut(id).is_some();
         match result {
             Ok(pid) => {
                 // Its number leads a new group now: any old group of that number is gone.
@@ -314,7 +310,8 @@ impl Core {
             .workers
             .iter()
             .any(|o| o.generation == w.generation && o.id == w.id && o.is_live());
-        let Some(slot) = self.slot_mut(w.id).filter(|s| !taken && !s.forking) else {
+        let forking = self.forking(w.id);
+        let Some(slot) = self.slot_mut(w.id).filter(|_| !taken && !forking) else {
             log!(self, Warning, "worker ended: {}", status; "worker" => w.id, "pid" => pid,
                 "gen" => w.generation);
             return;

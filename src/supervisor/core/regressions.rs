@@ -77,6 +77,23 @@ impl W {
             }
         }
     }
+    /// Two workers of generation 1 started (ready at once, or left to the test); generation 2
+    /// will fail to exec.
+    fn started(ready_gen1: bool) -> W {
+        let now = Instant::now();
+        let mut w = W {
+            core: Core::new(config(2), None, false, now),
+            now,
+            next: 100,
+            all: vec![],
+            queue: vec![],
+            bad_gen: 2,
+            ready_gen1,
+        };
+        w.feed(Event::Start);
+        w
+    }
+
     fn tick(&mut self, d: Duration) {
         self.now += d;
         self.feed(Event::Tick);
@@ -88,17 +105,7 @@ impl W {
 /// "forking" for ever: after the abort it was never started again.
 #[test]
 fn a_fork_that_returns_after_its_generation_moved_on_does_not_leave_its_slot_empty() {
-    let now = Instant::now();
-    let mut w = W {
-        core: Core::new(config(2), None, false, now),
-        now,
-        next: 100,
-        all: vec![],
-        queue: vec![],
-        bad_gen: 2,
-        ready_gen1: true,
-    };
-    w.feed(Event::Start);
+    let mut w = W::started(true);
     assert_eq!(w.core.view().workers.iter().filter(|x| x.ready).count(), 2);
     // worker 0 fails soon after start: restart backed off by restart_delay
     w.now += Duration::from_millis(300);
@@ -125,17 +132,7 @@ fn a_fork_that_returns_after_its_generation_moved_on_does_not_leave_its_slot_emp
 /// and READY=1 never went out: systemd's start timeout would have killed a healthy service.
 #[test]
 fn ready_goes_out_after_a_reload_aborted_during_start_up() {
-    let now = Instant::now();
-    let mut w = W {
-        core: Core::new(config(2), None, false, now),
-        now,
-        next: 100,
-        all: vec![],
-        queue: vec![],
-        bad_gen: 2,
-        ready_gen1: false,
-    };
-    w.feed(Event::Start);
+    let mut w = W::started(false);
     w.feed(Event::Signal(Signal::SIGHUP));
     for pid in [100, 101] {
         w.feed(Event::Notify {

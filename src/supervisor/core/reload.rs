@@ -105,16 +105,6 @@ impl Rollout {
     pub fn old_size(&self) -> usize {
         self.old.slots.len()
     }
-
-    /// A fork of the generation being replaced came back: its slot is no longer forking, so
-    /// an abort that restores it can start it again.
-    pub fn fork_returned(&mut self, id: u32, generation: u32) {
-        if generation == self.old.number {
-            if let Some(slot) = self.old.slots.iter_mut().find(|s| s.id == id) {
-                slot.forking = false;
-            }
-        }
-    }
 }
 
 impl Core {
@@ -281,6 +271,7 @@ impl Core {
                 .iter()
                 .any(|w| w.generation == generation && w.id == id)
         };
+        let forking = self.forking_slots();
         let pending = self
             .workers
             .iter()
@@ -290,7 +281,10 @@ impl Core {
                 .gen
                 .slots
                 .iter()
-                .filter(|s| (s.start_at.is_some() || s.forking) && !has_worker(&self.workers, s.id))
+                .filter(|s| {
+                    (s.start_at.is_some() || forking.contains(&s.id))
+                        && !has_worker(&self.workers, s.id)
+                })
                 .count();
         let mut room = surge.saturating_sub(pending);
         if self
@@ -311,7 +305,10 @@ impl Core {
             if room == 0 {
                 break;
             }
-            if slot.start_at.is_none() && !slot.forking && !has_worker(&self.workers, slot.id) {
+            if slot.start_at.is_none()
+                && !forking.contains(&slot.id)
+                && !has_worker(&self.workers, slot.id)
+            {
                 slot.start_at = Some(now);
                 room -= 1;
             }
@@ -428,13 +425,14 @@ impl Core {
         };
         // Old workers already retired for new ones: start them again. Ready new workers serve
         // until then, and are retired as the old ones become ready.
+        let forking = self.forking_slots();
         let workers = &self.workers;
         let min_gap = self.gen.policy.delay;
         for slot in &mut self.gen.slots {
             let alive = workers
                 .iter()
                 .any(|w| w.generation == from && w.id == slot.id && !w.is_stopping());
-            if !alive && slot.start_at.is_none() && !slot.forking {
+            if !alive && slot.start_at.is_none() && !forking.contains(&slot.id) {
                 slot.schedule(now, Duration::ZERO, min_gap);
             }
         }

@@ -141,7 +141,6 @@ impl Core {
             Some(old) if old.id == id => old,
             _ => Slot::new(id),
         };
-        slot.forking = false;
         slot.schedule(now, policy.delay(slot.failures_in_row), policy.delay);
         self.gen.slots.push(slot);
         log!(self, Info, "SIGTTIN: adding a worker"; "workers" => self.gen.slots.len());
