@@ -26,7 +26,7 @@ use crate::status::Snapshot;
 use crate::supervisor::ReloadOutcome;
 use crate::supervisor::{Setup, Supervisor};
 
-const USAGE: &str = "\
+const USAGE_START: &str = "\
 Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
        preforkd check [OPTIONS] [--] [COMMAND [ARGS...]]
        preforkd demo [--debug-routes] [OPTIONS]
@@ -48,57 +48,9 @@ Commands:
 
 Options (each also a key of the config file, with _ for -):
   --config FILE              TOML configuration file
-  --workers N|auto           number of workers (auto: the CPUs this process may use)
-  --listen ADDR              address to bind when systemd passed no sockets; repeatable:
-                             127.0.0.1:8080, [::1]:8080, unix:/run/app.sock
-  --backlog N                listen backlog for sockets preforkd binds (1024)
-  --socket-mode MODE         permissions of unix sockets preforkd binds, e.g. 0660
-  --socket-user USER, --socket-group GROUP
-                             owner of unix sockets preforkd binds
-  --env NAME=VALUE           environment variable for workers; repeatable
-  --working-directory DIR    directory workers start in
-  --stop-signal SIG          signal that asks a worker to stop (SIGTERM)
-  --stop-timeout DURATION    how long a worker may take to stop before SIGKILL (30s)
-  --restart-delay DURATION   first back-off after a failed start (100ms)
-  --restart-delay-max DURATION
-                             longest back-off (10s)
-  --min-uptime DURATION      a worker that dies sooner failed to start (1s)
-  --restart-burst N          failed starts allowed within --restart-interval (5)
-  --restart-interval DURATION
-                             window for --restart-burst (10s); past it preforkd exits 69
-  --cpu-affinity[=BOOL]      pin worker i to the i-th allowed CPU
-  --log-level LEVEL          error, warning, info or debug (info)
-  --ready notify|exec|DURATION
-                             when a worker counts as ready: its READY=1, its exec, or
-                             having lived that long (exec; notify for the demo)
-  --ready-timeout DURATION   a worker not ready by then is killed as a failed start (60s)
-  --ready-quorum all|N|P%    ready workers that make the service ready (all)
-  --worker-watchdog DURATION|off
-                             each worker must send WATCHDOG=1 this often (off)
-  --worker-watchdog-grace DURATION
-                             from SIGABRT to SIGKILL for a hung worker (5s)
-  --collapse-grace DURATION  with no ready worker this long, stop systemd's watchdog (30s)
-  --reload-surge N|P%|all     new workers a reload starts at a time (1)
-  --reload-canary DURATION   a reload's first new worker must stay ready this long before
-                             old ones retire (1s; 0: none)
-  --rlimit-nofile max|N      workers' open-files soft limit (max: their hard limit)
-  --umask MODE               workers' umask (0022)
-  --oom-score-adj N          workers' OOM score, -1000..1000, e.g. 500 so the kernel
-                             kills a worker before preforkd (unset: inherited)
-  --user USER                run workers as this user (needs preforkd to run as root)
-  --group GROUP              their group (default: the user's own)
-  --supplementary-groups G1,G2
-                             groups added to the user's own
-  --ambient-capabilities CAP1,CAP2
-                             capabilities workers keep, e.g. CAP_NET_BIND_SERVICE
-  --no-new-privileges BOOL   workers can never gain privileges, e.g. by setuid (true)
-  --allow-root-workers BOOL  false: refuse to run workers as root (true: only warn)
-  --name NAME                instance name, for the runtime directory (preforkd)
-  --runtime-dir DIR          where the notify and control sockets live; $RUNTIME_DIRECTORY
-                             (set by systemd) wins over it; without either:
-                             /run/preforkd/NAME as root, $XDG_RUNTIME_DIR/preforkd/NAME
-                             otherwise
-  -h, --help                 this text
+";
+
+const USAGE_END: &str = "  -h, --help                 this text
   -V, --version              the version
 
 Signals: TERM, INT, QUIT stop gracefully (another one a second or more later kills at
@@ -201,7 +153,7 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
             Arg::Short('h') | Arg::Long("help") => {
-                println!("{USAGE}");
+                println!("{USAGE_START}{}{USAGE_END}", config::flags_help());
                 return Ok(None);
             }
             Arg::Short('V') | Arg::Long("version") => {
@@ -211,20 +163,20 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
             Arg::Long("config") => {
                 inv.config_file = Some(parser.value().map_err(|e| e.to_string())?.into());
             }
-            Arg::Long("cpu-affinity") => {
-                let value = match parser.optional_value() {
-                    Some(v) => v.string().map_err(|e| e.to_string())?,
-                    None => "true".to_owned(),
-                };
-                inv.flags.push(("cpu-affinity".to_owned(), value));
-            }
-            Arg::Long(name) if is_config_flag(name) => {
+            Arg::Long(name) if config::flag(name).is_some() => {
                 let name = name.to_owned();
-                let value = parser
-                    .value()
-                    .map_err(|e| e.to_string())?
-                    .string()
-                    .map_err(|e| e.to_string())?;
+                let value = match config::flag(&name) {
+                    // A switch stands alone (`--cpu-affinity`) or takes `=BOOL`.
+                    Some((_, true)) => match parser.optional_value() {
+                        Some(v) => v.string().map_err(|e| e.to_string())?,
+                        None => "true".to_owned(),
+                    },
+                    _ => parser
+                        .value()
+                        .map_err(|e| e.to_string())?
+                        .string()
+                        .map_err(|e| e.to_string())?,
+                };
                 inv.flags.push((name, value));
             }
             Arg::Long("json") if inv.mode == Mode::Status => inv.json = true,
@@ -243,11 +195,6 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
         }
     }
     Ok(Some(inv))
-}
-
-fn is_config_flag(name: &str) -> bool {
-    let key = name.replace('-', "_");
-    key != "cpu_affinity" && config::KEYS.contains(&key.as_str()) && key != "command"
 }
 
 /// `preforkd status` and `preforkd reload`: ask the running instance over its control socket.
@@ -340,15 +287,7 @@ fn layer_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
         Some(path) => config::load_file(path)?,
         None => Config::default(),
     };
-    let mut listen_given = false;
-    for (flag, value) in &inv.flags {
-        if flag == "listen" && !listen_given {
-            // Addresses on the command line replace the file's list rather than adding to it.
-            cfg.listen.clear();
-            listen_given = true;
-        }
-        config::apply_flag(&mut cfg, flag, value)?;
-    }
+    config::apply_flags(&mut cfg, &inv.flags)?;
     Ok(cfg)
 }
 

@@ -1,69 +1,59 @@
-//! What a reload cannot change while preforkd runs: the workers' identity and the capabilities
-//! preforkd kept for them are refused, naming the keys; sockets, names and the log level are
-//! said and left as they are.
+//! What a reload cannot change while preforkd runs, as the key table says
+//! ([`crate::config::OnReload`]): keys fixed at start (the workers' identity, the capabilities
+//! preforkd kept for them) refuse the reload, naming the keys; kept keys (sockets, names, the
+//! log level) are said and left as they are.
 
 use std::rc::Rc;
 
 use super::{log, Core};
-use crate::config::Config;
+use crate::config::{Config, Kept, OnReload, TABLE};
 
 impl Core {
-    /// Settings a reload cannot apply while preforkd runs. The workers' identity and the
-    /// capabilities preforkd kept for them were fixed at start (the notify socket's owner,
-    /// preforkd's own capability sets): a reload that changes them is refused, with the keys.
-    /// Others (sockets, names, log level) are said and left as they are.
+    /// Why the reload to `new` is refused, if it is; warns of the changes it keeps.
     pub(super) fn restart_only_changes(&mut self, new: &Config) -> Option<String> {
         let old = Rc::clone(&self.gen.cfg);
-        let mut keys = Vec::new();
-        if new.identity != old.identity {
-            keys.push("user, group, supplementary_groups");
+        let mut refused = Vec::new();
+        let mut kept: Vec<(Kept, Vec<&str>)> = Vec::new();
+        for key in TABLE {
+            match key.reload {
+                OnReload::Applies => {}
+                OnReload::Refused { when, what } if when(&old, new) => {
+                    refused.push(if what.is_empty() {
+                        key.name.to_owned()
+                    } else {
+                        format!("{} ({what})", key.name)
+                    })
+                }
+                OnReload::Refused { .. } => {}
+                OnReload::Kept(why) if (key.changed)(&old, new) => {
+                    match kept.iter_mut().find(|(w, _)| *w == why) {
+                        Some((_, keys)) => keys.push(key.name),
+                        None => kept.push((why, vec![key.name])),
+                    }
+                }
+                OnReload::Kept(_) => {}
+            }
         }
-        if !new
-            .ambient_capabilities
-            .iter()
-            .all(|c| old.ambient_capabilities.contains(c))
-        {
-            keys.push("ambient_capabilities (added capabilities)");
-        }
-        let negative = |c: &Config| c.oom_score_adj.is_some_and(|v| v < 0);
-        if negative(new) && !negative(&old) {
-            keys.push("oom_score_adj (a negative value)");
-        }
-        if !keys.is_empty() {
+        if !refused.is_empty() {
             return Some(format!(
                 "{} changed: these take effect only when preforkd restarts (systemctl restart); the reload was refused so the running workers are untouched",
-                keys.join("; ")
+                refused.join(", ")
             ));
         }
-        let socket_settings_changed = new.backlog != old.backlog
-            || new.socket_mode != old.socket_mode
-            || new.socket_user != old.socket_user
-            || new.socket_group != old.socket_group;
-        if new.listen != old.listen || socket_settings_changed {
-            let how = if self.reload.socket_activated {
-                "the sockets come from systemd: change the socket unit and run `systemctl restart <name>.socket`"
-            } else {
-                "the sockets stay open across reloads so no connection is refused: restart preforkd to bind new addresses"
+        for (why, keys) in kept {
+            let (keeps, how) = match why {
+                Kept::Sockets if self.reload.socket_activated => ("the current sockets", "the sockets come from systemd: change the socket unit and run `systemctl restart <name>.socket`"),
+                Kept::Sockets => ("the current sockets", "the sockets stay open across reloads so no connection is refused: restart preforkd to bind new addresses"),
+                Kept::Instance => ("the runtime directory", "clients find the instance there: restart preforkd to move it"),
+                Kept::Logging => ("the log level", "restart preforkd to change it"),
             };
             log!(
                 self,
                 Warning,
-                "listen or socket settings changed, but a reload keeps the current sockets: {}",
+                "{} changed, but a reload keeps {}: {}",
+                keys.join(", "),
+                keeps,
                 how
-            );
-        }
-        if new.name != old.name || new.runtime_dir != old.runtime_dir {
-            log!(
-                self,
-                Warning,
-                "name and runtime_dir take effect only when preforkd restarts"
-            );
-        }
-        if new.log_level != old.log_level {
-            log!(
-                self,
-                Warning,
-                "log_level takes effect only when preforkd restarts"
             );
         }
         None
