@@ -191,6 +191,13 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
                     );
                 }
             }
+            Arg::Long(name) => {
+                let hint = config::nearest_key(&name.replace('-', "_"))
+                    .filter(|k| config::flag(k).is_some())
+                    .map(|k| format!("; did you mean '--{}'?", k.replace('_', "-")))
+                    .unwrap_or_default();
+                return Err(format!("{}{hint}", Arg::Long(name).unexpected()));
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }

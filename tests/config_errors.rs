@@ -100,7 +100,11 @@ fn bad_flags_are_config_errors_and_unknown_flags_usage_errors() {
             78,
             "--listen: invalid listen address",
         ),
-        (&["check", "--wrkers", "3"], 64, "invalid option '--wrkers'"),
+        (
+            &["check", "--wrkers", "3"],
+            64,
+            "invalid option '--wrkers'; did you mean '--workers'?",
+        ),
         (&["check", "--workers"], 64, "missing argument"),
     ];
     for (args, code, wanted) in cases {

@@ -50,16 +50,25 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// "unknown field `wrokers`; did you mean `workers`?": the nearest key by edit distance.
+/// "unknown field `wrokers`; did you mean `workers`?".
 pub(crate) fn unknown_key(name: &str) -> String {
-    let best = KEYS
-        .iter()
-        .map(|k| (edit_distance(name, k), k))
-        .min_by_key(|(d, _)| *d);
-    match best {
-        Some((d, key)) if d <= 3 => format!("unknown field `{name}`; did you mean `{key}`?"),
-        _ => format!("unknown field `{name}`: preforkd.toml(5) lists the keys"),
+    match nearest_key(name) {
+        Some(key) => format!("unknown field `{name}`; did you mean `{key}`?"),
+        None => format!("unknown field `{name}`: preforkd.toml(5) lists the keys"),
     }
+}
+
+/// The key `name` was most likely meant to be, by edit distance; None if none is close.
+pub fn nearest_key(name: &str) -> Option<&'static str> {
+    // A long name is no typo of a short key, and comparing it would cost its length squared.
+    if name.len() > 64 {
+        return None;
+    }
+    KEYS.iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, k)| k)
 }
 
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {

@@ -18,7 +18,7 @@ mod scalars;
 mod tests;
 mod types;
 
-pub use error::ConfigError;
+pub use error::{nearest_key, ConfigError};
 pub use file::{load_file, parse, MAX_CONFIG_BYTES};
 pub use identity::{resolve_identity, Identity};
 pub use keys::{Config, KEYS};
