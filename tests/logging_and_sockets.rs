@@ -111,7 +111,7 @@ fn a_program_that_disappears_is_reported_per_slot_then_preforkd_gives_up() {
     assert!(reports.len() >= 3, "{log}");
     for r in &reports {
         assert!(
-            r.contains("WARN") && r.contains(&reason) && r.contains("retry_in="),
+            r.contains("WARN") && r.contains(&reason) && r.contains("restart_in="),
             "{log}"
         );
     }

@@ -13,7 +13,7 @@ use super::durations::*;
 use super::identity::Identity;
 use super::kinds::*;
 use super::scalars::*;
-use super::types::{ListenAddr, LogLevel, Readiness, Share, Workers};
+use super::types::{KillMode, ListenAddr, LogLevel, Readiness, Share, Workers};
 
 /// What a reload does with a key's new value.
 #[derive(Clone, Copy)]
@@ -141,6 +141,9 @@ keys! {
     working_directory: Option<PathBuf> = None, Opt<FsPath>, Some("DIR"), Applies;
     /// signal that asks a worker to stop
     stop_signal: Signal = Signal::SIGTERM, Signal, Some("SIG"), Applies;
+    /// mixed: stop_signal to the worker process, SIGKILL to what remains of its process group
+    /// once it has exited; control-group: stop_signal to its whole process group
+    kill_mode: KillMode = KillMode::Mixed, KillMode, Some("mixed|control-group"), Applies;
     /// how long a worker may take to stop before SIGKILL
     stop_timeout: Duration = secs(30), Dur<1>, Some("DURATION"), Applies;
     /// first back-off after a failed start (at least 10ms, so that a worker that dies at once

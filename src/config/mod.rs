@@ -22,7 +22,7 @@ pub use error::{nearest_key, ConfigError};
 pub use file::{load_file, parse, MAX_CONFIG_BYTES};
 pub use identity::{resolve_identity, Identity};
 pub use keys::{Config, KEYS};
-pub use types::{ListenAddr, LogLevel, Readiness, Share, Workers, MAX_WORKERS};
+pub use types::{KillMode, ListenAddr, LogLevel, Readiness, Share, Workers, MAX_WORKERS};
 
 pub(crate) use keys::{Kept, OnReload, TABLE};
 

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use super::durations::Dur;
 use super::kinds::{quote, Scalar};
-use super::types::{ListenAddr, LogLevel, Readiness, Share, Workers, MAX_WORKERS};
+use super::types::{KillMode, ListenAddr, LogLevel, Readiness, Share, Workers, MAX_WORKERS};
 
 impl Scalar for Workers {
     type Field = Workers;
@@ -423,5 +423,23 @@ impl Scalar for FsPath {
     }
     fn show(p: &PathBuf) -> Option<String> {
         Some(quote(&p.display().to_string()))
+    }
+}
+
+impl Scalar for KillMode {
+    type Field = KillMode;
+    const EXPECTED: &'static str = "\"mixed\" (stop_signal to the worker process, SIGKILL to its group) or \"control-group\" (stop_signal to its whole process group)";
+    fn from_text(s: &str) -> Result<KillMode, String> {
+        match s {
+            "mixed" => Ok(KillMode::Mixed),
+            "control-group" => Ok(KillMode::ControlGroup),
+            _ => Err(format!(
+                "invalid kill mode \"{s}\": expected {}",
+                Self::EXPECTED
+            )),
+        }
+    }
+    fn show(k: &KillMode) -> Option<String> {
+        Some(quote(k.name()))
     }
 }

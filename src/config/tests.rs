@@ -151,6 +151,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("env", "NODE_ENV=production"),
     ("working_directory", "/srv/app"),
     ("stop_signal", "INT"),
+    ("kill_mode", "control-group"),
     ("stop_timeout", "5s"),
     ("restart_delay", "200ms"),
     ("restart_delay_max", "20s"),

@@ -116,3 +116,23 @@ impl LogLevel {
         }
     }
 }
+
+/// How a worker is asked to stop, in the words of systemd's `KillMode=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillMode {
+    /// `stop_signal` to the worker process only; once it has exited, or at `stop_timeout`,
+    /// SIGKILL to whatever remains of its process group. An app's own master (gunicorn, Puma,
+    /// Node's cluster) stops its children itself, so they are not signalled twice.
+    Mixed,
+    /// `stop_signal` to the worker's whole process group; SIGKILL to the group at `stop_timeout`.
+    ControlGroup,
+}
+
+impl KillMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            KillMode::Mixed => "mixed",
+            KillMode::ControlGroup => "control-group",
+        }
+    }
+}

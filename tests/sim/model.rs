@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use preforkd::config::{Config, Readiness, Share, Workers};
+use preforkd::config::{Config, KillMode, Readiness, Share, Workers};
 use preforkd::supervisor::core::{ExitStatus, Loaded};
 
 pub(crate) const STEPS: usize = 200;
@@ -105,6 +105,7 @@ pub(crate) fn config(rng: &mut Rng, first: bool) -> (Config, Program, u32) {
     cfg.ready_timeout = Duration::from_millis(*rng.pick(&[500, 2000, 10_000]));
     cfg.stop_timeout = Duration::from_millis(*rng.pick(&[200, 3000]));
     cfg.stop_signal = *rng.pick(&[Signal::SIGTERM, Signal::SIGTERM, Signal::SIGINT]);
+    cfg.kill_mode = *rng.pick(&[KillMode::Mixed, KillMode::ControlGroup]);
     cfg.worker_watchdog = *rng.pick(&[None, Some(Duration::from_secs(2))]);
     cfg.worker_watchdog_grace = Duration::from_millis(500);
     cfg.reload_surge = *rng.pick(&[Share::Count(1), Share::Count(2), Share::All]);

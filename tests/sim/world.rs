@@ -342,7 +342,7 @@ impl World {
             Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGTTOU)
         );
         let was = before.workers.iter().find(|w| w.pid == pid);
-        if signal == p.cfg.stop_signal && target == Target::Worker && !operator && !after.draining {
+        if signal == p.cfg.stop_signal && !is_group && !operator && !after.draining {
             if let Some(w) = was.filter(|w| w.ready && !w.stopping) {
                 if let Some((old, false)) = before.rollout {
                     if w.generation == old && !canary_passed {

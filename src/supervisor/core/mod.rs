@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::Config;
+use crate::config::{Config, KillMode};
 use crate::restart::{CrashWindow, RestartPolicy};
 pub use events::{
     by_priority, Answer, Effect, Event, ExitStatus, Level, Loaded, LogLine, ReloadOutcome, Sd,
@@ -475,20 +475,25 @@ impl Core {
         }
     }
 
-    /// Asks a worker to stop with its own `stop_signal`, SIGKILL after its own `stop_timeout`.
+    /// Asks a worker to stop with its own `stop_signal`, SIGKILL after its own `stop_timeout`;
+    /// its `kill_mode` says whether the signal goes to the process or its whole group.
     fn stop_worker(&mut self, i: usize, now: Instant) {
         let w = &mut self.workers[i];
         w.state = worker::State::Stopping(Escalation::until(now + w.cfg.stop_timeout));
+        let target = match w.cfg.kill_mode {
+            KillMode::Mixed => Target::Process,
+            KillMode::ControlGroup => Target::Worker,
+        };
         self.out.push(Effect::Signal {
             pid: w.pid,
             signal: w.cfg.stop_signal,
-            target: Target::Worker,
+            target,
         });
         // A stopped (SIGSTOP) worker would keep the stop signal pending until the SIGKILL.
         self.out.push(Effect::Signal {
             pid: w.pid,
             signal: Signal::SIGCONT,
-            target: Target::Worker,
+            target,
         });
     }
 }

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use super::worker::{Escalation, State, Timer, Worker};
 use super::{log, Core, Effect, ExitStatus, Lingering, Phase, Sd, Target, EXIT_CRASH_LOOP};
-use crate::config::Readiness;
+use crate::config::{KillMode, Readiness};
 use crate::restart::human;
 
 impl Core {
@@ -139,7 +139,7 @@ impl Core {
         let delay = slot.schedule(now, policy.delay(slot.failures_in_row), policy.delay);
         slot.last_error = Some(crate::echo::message(&message));
         log!(self, Warning, "worker failed to start: {}", message;
-            "worker" => id, "gen" => generation, "retry_in" => human(delay));
+            "worker" => id, "gen" => generation, "restart_in" => human(delay));
         self.crashes.record(now, policy.interval, id);
         if self.reload.rollout.is_some() {
             self.rollout_failed(why, now);
@@ -246,7 +246,13 @@ impl Core {
         };
         let w = self.workers.swap_remove(index);
         let uptime = now.saturating_duration_since(w.started);
-        if let State::Stopping(escalation) = w.state {
+        if let State::Stopping(mut escalation) = w.state {
+            if w.cfg.kill_mode == KillMode::Mixed && !escalation.killed {
+                // As systemd's KillMode=mixed: what the worker left in its group goes with it.
+                // It is not reaped yet, so the group number cannot have been reused.
+                escalation.killed = true;
+                self.signal(w.pid, Signal::SIGKILL, Target::Group);
+            }
             // Helpers in its group may still be finishing; they get the same deadline.
             self.lingering.push(Lingering {
                 pgid: w.pid,
