@@ -15,7 +15,7 @@
 //!   SIGKILL at its `stop_timeout`, exit once all are gone. A stop signal at least
 //!   [`FORCE_AFTER`] after the first SIGKILLs every worker at once (sooner, it is the same stop
 //!   reaching preforkd twice, as wrappers that signal the whole process group do).
-//! - SIGHUP or `preforkd reload`: roll to a new generation (see `reload.rs`).
+//! - SIGHUP or `preforkd reload`: roll to a new generation (see `reload/`).
 //! - SIGTTIN / SIGTTOU: one worker more / less.
 //! - notify datagrams: a worker's READY=1, WATCHDOG=1, STATUS=, WATCHDOG=trigger.
 //!
