@@ -2,7 +2,7 @@
 //! clocks drives `Core::handle` through random event orders and checks invariants after every
 //! step (FoundationDB's and TigerBeetle's technique, applied to a process supervisor).
 //!
-//! The world plays the shell's part exactly as `supervisor/mod.rs` does: a spawn answers with
+//! The world plays the shell's part exactly as `src/supervisor/` does: a spawn answers with
 //! its fork outcome at once and with its exec outcome later; a child's exec outcome always
 //! comes before its exit; exits are handled before anything else of a wake-up, and the rest of
 //! a wake-up in `by_priority` order. Workers exec or fail (ENOENT, ENOEXEC, EACCES, EAGAIN),

@@ -18,8 +18,7 @@
 //! on that pipe: the supervisor polls it ([`ExecStatus`]), so a child stuck before exec never
 //! stalls it.
 
-use std::ffi::{CString, OsStr, OsString};
-use std::fmt;
+use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -29,7 +28,14 @@ use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 
 mod child;
+mod error;
+mod exec_status;
+mod resolve;
+
 use child::IdentityPlan;
+pub use error::{SpawnError, Step};
+pub use exec_status::ExecStatus;
+pub use resolve::resolve_program;
 
 /// What the supervisor wants started; turned into an [`ExecPlan`] in the parent.
 pub struct WorkerSpec<'a> {
@@ -56,140 +62,6 @@ pub struct WorkerSpec<'a> {
     /// Capabilities kept across the switch and exec, as ambient capabilities.
     pub ambient_capabilities: &'a [caps::Capability],
     pub no_new_privileges: bool,
-}
-
-/// The step of the child's setup that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Step {
-    Stdin = 1,
-    Sockets = 2,
-    Chdir = 3,
-    Affinity = 4,
-    Exec = 5,
-    Limits = 6,
-    Identity = 7,
-}
-
-impl Step {
-    fn from_u8(b: u8) -> Step {
-        match b {
-            1 => Step::Stdin,
-            2 => Step::Sockets,
-            3 => Step::Chdir,
-            4 => Step::Affinity,
-            6 => Step::Limits,
-            7 => Step::Identity,
-            _ => Step::Exec,
-        }
-    }
-}
-
-/// Why a worker could not be started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SpawnError {
-    /// fork() itself failed (EAGAIN: process limit, ENOMEM).
-    Fork(Errno),
-    /// The child failed before or at exec; it has exited and been reaped.
-    Child {
-        step: Step,
-        errno: Errno,
-        program: PathBuf,
-        working_directory: Option<PathBuf>,
-    },
-    /// The plan could not be built (a NUL byte in an argument or variable).
-    Plan(String),
-}
-
-impl fmt::Display for SpawnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpawnError::Fork(e) => write!(f, "cannot fork a worker: {} ({})", e.desc(), *e as i32),
-            SpawnError::Plan(m) => f.write_str(m),
-            SpawnError::Child {
-                step,
-                errno,
-                program,
-                working_directory,
-            } => {
-                let what = match step {
-                    Step::Exec => format!("cannot execute {}", program.display()),
-                    Step::Chdir => format!(
-                        "cannot change to working directory {}",
-                        working_directory
-                            .as_deref()
-                            .unwrap_or(Path::new("?"))
-                            .display()
-                    ),
-                    Step::Stdin => "cannot open stdin for the worker".to_owned(),
-                    Step::Sockets => "cannot pass the listen sockets to the worker".to_owned(),
-                    Step::Affinity => "cannot set the worker's CPU affinity".to_owned(),
-                    Step::Limits => {
-                        "cannot set the worker's rlimit_nofile or oom_score_adj".to_owned()
-                    }
-                    Step::Identity => {
-                        "cannot switch the worker to its user, groups and capabilities".to_owned()
-                    }
-                };
-                write!(f, "{what}: {} (errno {})", errno.desc(), *errno as i32)
-            }
-        }
-    }
-}
-
-/// Finds the program the way `execvp` would, but in the parent, where allocating is allowed,
-/// and returns an absolute path. A name without a slash is looked up in `path_var`; a relative
-/// path (or PATH entry) is taken from `working_directory`, since the child changes there before
-/// exec, or else from preforkd's own directory.
-pub fn resolve_program(
-    program: &str,
-    path_var: Option<&OsStr>,
-    working_directory: Option<&Path>,
-) -> Result<PathBuf, String> {
-    let check = |p: &Path| -> Result<(), String> {
-        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if meta.is_dir() {
-            return Err(format!("{} is a directory, not a program", p.display()));
-        }
-        nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).map_err(|e| {
-            format!(
-                "{} is not executable: {} (chmod +x it, or name an interpreter first, like [\"python3\", \"{}\"])",
-                p.display(),
-                e.desc(),
-                p.display()
-            )
-        })
-    };
-    let absolute = |p: &Path| -> PathBuf {
-        let joined = match working_directory {
-            Some(wd) if p.is_relative() => wd.join(p),
-            _ => p.to_owned(),
-        };
-        std::path::absolute(&joined).unwrap_or(joined)
-    };
-    if program.contains('/') {
-        let full = absolute(Path::new(program));
-        check(&full)?;
-        return Ok(full);
-    }
-    let default_path = OsStr::new("/usr/local/bin:/usr/bin:/bin");
-    let path_var = path_var.unwrap_or(default_path);
-    let mut last_err = None;
-    for dir in std::env::split_paths(path_var) {
-        let candidate = absolute(&dir.join(program));
-        if candidate.exists() {
-            match check(&candidate) {
-                Ok(()) => return Ok(candidate),
-                Err(e) => last_err = Some(e),
-            }
-        }
-    }
-    Err(last_err.unwrap_or_else(|| {
-        format!(
-            "program \"{program}\" not found in PATH ({}): install it or give its full path",
-            path_var.to_string_lossy()
-        )
-    }))
 }
 
 /// Length reserved for the pid digits in `LISTEN_PID=`; a pid has at most 10 digits.
@@ -379,55 +251,6 @@ impl ExecPlan {
     }
 }
 
-/// The read end of a child's exec-status pipe: the child writes (step, errno) to it if its
-/// setup or exec fails; a successful exec closes it (close-on-exec), which reads as EOF.
-pub struct ExecStatus {
-    pipe: OwnedFd,
-    program: PathBuf,
-    working_directory: Option<PathBuf>,
-}
-
-impl ExecStatus {
-    /// Poll this for POLLIN.
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.pipe.as_fd()
-    }
-
-    /// None while the child is still on its way to exec; then Ok when it exec'd, or the error.
-    /// Never blocks. Once the child has exited, always Some.
-    pub fn read(&self) -> Option<Result<(), SpawnError>> {
-        let mut report = [0u8; 5];
-        let mut got = 0;
-        while got < report.len() {
-            match nix::unistd::read(&self.pipe, &mut report[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(Errno::EINTR) => continue,
-                // The report is one write of 5 bytes, so it is never seen in part.
-                Err(Errno::EAGAIN) if got == 0 => return None,
-                Err(_) => break,
-            }
-        }
-        if got == 0 {
-            return Some(Ok(()));
-        }
-        let errno = if got == report.len() {
-            Errno::from_raw(i32::from_ne_bytes([
-                report[1], report[2], report[3], report[4],
-            ]))
-        } else {
-            Errno::UnknownErrno
-        };
-        Some(Err(SpawnError::Child {
-            step: Step::from_u8(report[0]),
-            errno,
-            program: self.program.clone(),
-            working_directory: self.working_directory.clone(),
-        }))
-    }
-}
-
 /// fork() in a multi-threaded process leaves the child with only async-signal-safe calls and
 /// copies of locks other threads held: the supervisor must never have a second thread. Checked
 /// before every fork, in release builds too (one small read of /proc).
@@ -459,57 +282,5 @@ mod tests {
         assert_eq!(&buf[..2], b"0\0");
         write_pid_digits(&mut buf, i32::MAX);
         assert_eq!(&buf[..11], b"2147483647\0");
-    }
-
-    /// A child still on its way to exec (stuck in a chdir on a dead mount, say) must not make
-    /// the supervisor wait: its pipe says "not yet" at once; then EOF is a successful exec and
-    /// a 5-byte report a failure.
-    #[test]
-    fn the_exec_status_never_blocks() {
-        let status = |pipe| ExecStatus {
-            pipe,
-            program: PathBuf::from("/srv/app"),
-            working_directory: Some(PathBuf::from("/srv")),
-        };
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
-        let stuck = status(read);
-        let started = std::time::Instant::now();
-        assert!(stuck.read().is_none());
-        assert!(started.elapsed() < std::time::Duration::from_millis(100));
-        drop(write);
-        assert_eq!(stuck.read(), Some(Ok(())));
-
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
-        let failed = status(read);
-        let mut report = vec![Step::Chdir as u8];
-        report.extend_from_slice(&(libc::ENOENT).to_ne_bytes());
-        nix::unistd::write(&write, &report).unwrap();
-        drop(write);
-        let err = failed.read().unwrap().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cannot change to working directory /srv: No such file or directory (errno 2)"
-        );
-    }
-
-    #[test]
-    fn programs_are_resolved_like_execvp() {
-        let found = resolve_program("sh", Some(OsStr::new("/nonexistent:/bin:/usr/bin")), None);
-        assert!(found.unwrap().ends_with("sh"));
-        let e =
-            resolve_program("no-such-program-here", Some(OsStr::new("/bin")), None).unwrap_err();
-        assert!(e.contains("not found in PATH (/bin)"), "{e}");
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("app.py");
-        std::fs::write(&script, "print(1)").unwrap();
-        let e = resolve_program(script.to_str().unwrap(), None, None).unwrap_err();
-        assert!(e.contains("not executable"), "{e}");
-        let e = resolve_program("/etc", None, None).unwrap_err();
-        assert!(e.contains("is a directory"), "{e}");
-        let rel = resolve_program("./sh", None, Some(Path::new("/bin"))).unwrap();
-        assert_eq!(rel, Path::new("/bin/sh"));
-        let from_cwd =
-            resolve_program("sh", Some(OsStr::new("bin")), Some(Path::new("/"))).unwrap();
-        assert_eq!(from_cwd, Path::new("/bin/sh"));
     }
 }

@@ -14,6 +14,8 @@
 
 pub mod core;
 mod launch;
+mod processes;
+mod sd_notify;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -22,16 +24,16 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
 
-use self::core::{Answer, Core, Effect, Event, ExitStatus, Level, Loaded, LogLine, Sd, Target};
+use self::core::{Answer, Core, Effect, Event, Level, Loaded, LogLine, Target};
 pub use self::core::{ReloadOutcome, EXIT_CRASH_LOOP};
 use self::launch::Launcher;
+use self::processes::{group_alive, signal_worker};
 use crate::config::Config;
 use crate::control::{ControlServer, Request};
-use crate::notify::{self, NotifyState, SystemdNotify};
+use crate::notify::SystemdNotify;
 use crate::relay::NotifyRelay;
 use crate::runtime_dir::RuntimeDir;
 use crate::signals::Signals;
@@ -322,158 +324,6 @@ impl Supervisor {
         }
     }
 
-    /// Every exited child: the core hears of it while it is still a zombie, then it is reaped.
-    fn reap(&mut self) {
-        loop {
-            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-            let (pid, status) = match waitid(Id::All, flags) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
-                    pid,
-                    ExitStatus::Signal {
-                        signal,
-                        core_dumped,
-                    },
-                ),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Err(Errno::EINTR) => continue,
-                Ok(other) => match other.pid() {
-                    // Not an exit (WEXITED asks only for those); reap it so it cannot repeat.
-                    Some(pid) => {
-                        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-                        continue;
-                    }
-                    None => return,
-                },
-                Err(e) => {
-                    error!(self.log, "waitid failed"; "error" => e.desc());
-                    return;
-                }
-            };
-            // A child that dies before its exec-status pipe was read: a report of a failed exec
-            // speaks first. A bare EOF cannot tell an exec from a death on the way there, so
-            // the core hears only the exit, and counts it as a failed start.
-            if let Some(i) = self.spawning.iter().position(|s| s.pid == pid) {
-                let s = self.spawning.swap_remove(i);
-                if let Some(Err(e)) = s.status.read() {
-                    self.feed(Event::Execd {
-                        pid,
-                        result: Err(e.to_string()),
-                    });
-                }
-            }
-            self.feed(Event::Exited { pid, status });
-            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-        }
-    }
-
-    /// Exec-status pipes that have spoken.
-    fn check_spawning(&mut self) {
-        let mut i = 0;
-        while i < self.spawning.len() {
-            match self.spawning[i].status.read() {
-                None => i += 1,
-                Some(result) => {
-                    let s = self.spawning.swap_remove(i);
-                    self.feed(Event::Execd {
-                        pid: s.pid,
-                        result: result.map_err(|e| e.to_string()),
-                    });
-                }
-            }
-        }
-    }
-
-    fn check_groups(&mut self) {
-        let gone: Vec<Pid> = self
-            .watched
-            .iter()
-            .copied()
-            // A number a worker leads now was reused: the group watched is gone.
-            .filter(|&g| !group_alive(g) || self.core.worker_pids().any(|w| w == g))
-            .collect();
-        self.watched.retain(|g| !gone.contains(g));
-        for pgid in gone {
-            self.feed(Event::GroupGone(pgid));
-        }
-    }
-
-    /// Once the core has said exit: whatever is still preforkd's child left its worker's process
-    /// group (setsid, setpgid); it gets SIGTERM, then SIGKILL after the grace. Returns the exit
-    /// code once no child is left.
-    fn leave(&mut self) -> Option<i32> {
-        let leaving = self.leaving.as_mut()?;
-        let children = own_children();
-        if children.is_empty() {
-            return Some(leaving.code);
-        }
-        let list = children
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let now = Instant::now();
-        match leaving.kill_at {
-            None => {
-                warn!(self.log, "processes that left their worker's process group are still running; sending SIGTERM";
-                    "pids" => &list);
-                for &pid in &children {
-                    let _ = kill(pid, Signal::SIGTERM);
-                }
-                leaving.kill_at = Some(now + leaving.grace);
-            }
-            Some(at) if now >= at => {
-                if at + RECHECK > now {
-                    warn!(self.log, "left-over processes did not stop; sending SIGKILL"; "pids" => &list);
-                }
-                for &pid in &children {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-            }
-            Some(_) => {}
-        }
-        None
-    }
-
-    fn notify_event(&self, sender: Option<Pid>, bytes: Option<Vec<u8>>) -> Event {
-        let message = match &bytes {
-            Some(b) => notify::parse(b),
-            None => Err("larger than 4096 bytes"),
-        };
-        // A sender that is not a worker may be one of a worker's children: its process group
-        // says which. pid 0 (no credentials) must not ask for preforkd's own group.
-        let group = sender
-            .filter(|p| p.as_raw() > 0 && !self.core.worker_pids().any(|w| w == *p))
-            .and_then(|p| nix::unistd::getpgid(Some(p)).ok());
-        Event::Notify {
-            sender,
-            group,
-            message,
-        }
-    }
-
-    fn notify_systemd(&mut self, states: &[Sd]) {
-        let mut out: Vec<NotifyState> = Vec::new();
-        for s in states {
-            match s {
-                Sd::Ready => out.push(NotifyState::Ready),
-                Sd::Reloading => {
-                    out.push(NotifyState::Reloading);
-                    // Without MONOTONIC_USEC, newer systemd can leave `systemctl reload` hanging.
-                    out.extend(NotifyState::monotonic_usec_now().ok());
-                }
-                Sd::Stopping => out.push(NotifyState::Stopping),
-                Sd::Status(line) => out.push(NotifyState::Status(line)),
-                Sd::Watchdog => out.push(NotifyState::Watchdog),
-                Sd::WatchdogTrigger => out.push(NotifyState::WatchdogTrigger),
-                Sd::ExtendTimeoutUsec(us) => out.push(NotifyState::ExtendTimeoutUsec(*us)),
-            }
-        }
-        if let Err(e) = self.systemd.send(&out) {
-            debug!(self.log, "cannot notify systemd"; "error" => e.to_string());
-        }
-    }
-
     fn write_log(&self, line: &LogLine) {
         let fields = Fields(&line.fields);
         match line.level {
@@ -495,29 +345,4 @@ impl slog::KV for Fields<'_> {
         }
         Ok(())
     }
-}
-
-/// Signals a worker's whole process group (each worker leads its own), so helper processes it
-/// started go too. A worker that moved itself to another group is signalled by pid as well, so
-/// it cannot escape a stop. A group that is already gone is not an error.
-fn signal_worker(pid: Pid, sig: Signal) {
-    if nix::unistd::getpgid(Some(pid)) != Ok(pid) {
-        let _ = kill(pid, sig);
-    }
-    let _ = killpg(pid, sig);
-}
-
-/// True while any process is left in the group.
-fn group_alive(pgid: Pid) -> bool {
-    killpg(pgid, None).is_ok()
-}
-
-/// preforkd's children per the kernel: workers, and (as a subreaper) orphans of their children.
-fn own_children() -> Vec<Pid> {
-    let pid = std::process::id();
-    std::fs::read_to_string(format!("/proc/self/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok().map(Pid::from_raw))
-        .collect()
 }

@@ -1,5 +1,5 @@
 //! The simulated world as the shell: it carries out the core's effects as
-//! `supervisor/mod.rs` does, and checks the invariants on each effect and after each event.
+//! `src/supervisor/` does, and checks the invariants on each effect and after each event.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

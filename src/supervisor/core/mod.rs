@@ -4,8 +4,8 @@
 //! datagram, a signal, a control request, a config loaded, a timer) and the time, and returns
 //! the [`Effect`]s to carry out (spawn, signal, tell systemd, answer a client, log, exit). It
 //! makes no system call, reads no clock and never calls back into itself: what an effect leads
-//! to comes back as a later event. The shell in `supervisor/mod.rs` owns the fds, fork/exec,
-//! signals and time; `tests/simulation.rs` drives the core through random event orders.
+//! to comes back as a later event. The shell (the rest of `supervisor/`) owns the fds,
+//! fork/exec, signals and time; `tests/simulation.rs` drives the core through random orders.
 //!
 //! What each event does:
 //! - a child exited: a stopping worker is done (its process group may linger until its stop
@@ -15,7 +15,7 @@
 //!   SIGKILL at its `stop_timeout`, exit once all are gone. A stop signal at least
 //!   [`FORCE_AFTER`] after the first SIGKILLs every worker at once (sooner, it is the same stop
 //!   reaching preforkd twice, as wrappers that signal the whole process group do).
-//! - SIGHUP or `preforkd reload`: roll to a new generation (see `reload.rs`).
+//! - SIGHUP or `preforkd reload`: roll to a new generation (see `reload/`).
 //! - SIGTTIN / SIGTTOU: one worker more / less.
 //! - notify datagrams: a worker's READY=1, WATCHDOG=1, STATUS=, WATCHDOG=trigger.
 //!

@@ -1,0 +1,57 @@
+//! Which directory an instance uses: systemd's `$RUNTIME_DIRECTORY`, `--runtime-dir`, or a
+//! per-user default, and who answers for it.
+
+use std::path::{Path, PathBuf};
+
+/// Where an instance named `name` keeps its sockets.
+pub fn locate(name: &str, runtime_dir: Option<&Path>) -> PathBuf {
+    Location::find(name, runtime_dir).path
+}
+
+/// The runtime directory to use, and who answers for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    /// systemd made it (`$RUNTIME_DIRECTORY`) and answers for who may enter it.
+    pub(super) by_systemd: bool,
+    /// preforkd's per-user directory in the shared temporary directory, which holds `path`.
+    pub(super) shared_parent: Option<PathBuf>,
+}
+
+impl Location {
+    /// Where an instance named `name` keeps its sockets.
+    pub fn find(name: &str, runtime_dir: Option<&Path>) -> Location {
+        let at = |path: PathBuf| Location {
+            path,
+            by_systemd: false,
+            shared_parent: None,
+        };
+        if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+            if let Some(first) = std::env::split_paths(&dir).next() {
+                if !first.as_os_str().is_empty() {
+                    return Location {
+                        by_systemd: true,
+                        ..at(first)
+                    };
+                }
+            }
+        }
+        if let Some(dir) = runtime_dir {
+            return at(dir.to_owned());
+        }
+        let euid = nix::unistd::geteuid();
+        if euid.is_root() {
+            return at(Path::new("/run/preforkd").join(name));
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(xdg) if !xdg.is_empty() => at(Path::new(&xdg).join("preforkd").join(name)),
+            _ => {
+                let parent = std::env::temp_dir().join(format!("preforkd-{euid}"));
+                Location {
+                    shared_parent: Some(parent.clone()),
+                    ..at(parent.join(name))
+                }
+            }
+        }
+    }
+}
