@@ -9,11 +9,17 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Package builds share target/: one at a time.
+/// Package builds share the target directory: one at a time.
 static BUILD: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where cargo builds, so where the package builders put their output: `CARGO_TARGET_DIR`
+/// (inherited from the cargo that runs the tests) or the checkout's target/.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |d| root().join(d))
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -164,7 +170,7 @@ fn newest_input() -> std::time::SystemTime {
 fn package(script: &str, dir: &str, ext: &str) -> PathBuf {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let find = || -> Option<(PathBuf, std::time::SystemTime)> {
-        std::fs::read_dir(root().join(dir))
+        std::fs::read_dir(target_dir().join(dir))
             .ok()?
             .flatten()
             .map(|e| e.path())
@@ -187,7 +193,7 @@ fn the_deb_installs_everything_and_passes_lintian() {
     if !require("dpkg-deb") {
         return;
     }
-    let deb = package("packaging/build-deb", "target/debian", "deb");
+    let deb = package("packaging/build-deb", "debian", "deb");
     let (ok, files) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(ok, "{files}");
     for f in [
@@ -233,7 +239,7 @@ fn the_rpm_holds_the_files_config_and_scripts() {
     if !require("rpm") {
         return;
     }
-    let rpm = package("packaging/build-rpm", "target/generate-rpm", "rpm");
+    let rpm = package("packaging/build-rpm", "generate-rpm", "rpm");
     let query = |args: &[&str]| {
         let (ok, out) = run(Command::new("rpm").args(args).arg(&rpm));
         assert!(ok, "rpm {args:?}:\n{out}");

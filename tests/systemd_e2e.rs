@@ -12,6 +12,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where cargo builds, so where the package builders put their output: `CARGO_TARGET_DIR`
+/// (inherited from the cargo that runs the tests) or the checkout's target/.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |d| root().join(d))
+}
+
 fn harness() -> Command {
     Command::new(root().join("tests/e2e/harness.sh"))
 }
@@ -88,7 +94,7 @@ fn build_deb() -> PathBuf {
         "build-deb:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read_dir(root().join("target/debian"))
+    std::fs::read_dir(target_dir().join("debian"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
