@@ -159,6 +159,14 @@ keys! {
     restart_interval: Duration = secs(10), Dur<1>, Some("DURATION"), Applies;
     /// pin worker i to the i-th allowed CPU
     cpu_affinity: bool = false, Switch, Some("BOOL"), Applies;
+    /// under systemd, the name of the workers' output in the journal (journalctl -t NAME);
+    /// unset: the program's file name, such as node
+    syslog_identifier: Option<String> = None, Opt<Identifier>, Some("NAME"), Applies;
+    /// under systemd, the journal priority of what workers write to stdout
+    stdout_priority: u8 = 6, Priority, Some("PRIORITY"), Applies;
+    /// under systemd, the journal priority of what workers write to stderr ("warning" for an
+    /// app whose stderr means trouble)
+    stderr_priority: u8 = 6, Priority, Some("PRIORITY"), Applies;
     /// error, warning, info or debug
     log_level: LogLevel = LogLevel::Info, LogLevel, Some("LEVEL"), K(Kept::Logging);
     /// when a worker counts as ready: its READY=1, its exec, or having lived that long

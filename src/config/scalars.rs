@@ -443,3 +443,62 @@ impl Scalar for KillMode {
         Some(quote(k.name()))
     }
 }
+
+/// The name a worker's output carries in the journal (`SYSLOG_IDENTIFIER`, `journalctl -t`).
+pub(crate) struct Identifier;
+
+impl Scalar for Identifier {
+    type Field = String;
+    const EXPECTED: &'static str =
+        "a name of up to 64 characters without spaces or control characters, such as \"node\"";
+    fn from_text(s: &str) -> Result<String, String> {
+        let ok = !s.is_empty()
+            && s.chars().count() <= 64
+            && !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        if ok {
+            Ok(s.to_owned())
+        } else {
+            Err(format!(
+                "invalid identifier \"{s}\": expected {}",
+                Self::EXPECTED
+            ))
+        }
+    }
+    fn show(s: &String) -> Option<String> {
+        Some(quote(s))
+    }
+}
+
+/// A syslog priority, by name or number; the journal's `PRIORITY=`.
+pub(crate) struct Priority;
+
+/// Syslog's priority names, by number.
+pub const PRIORITIES: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
+
+impl Scalar for Priority {
+    type Field = u8;
+    const EXPECTED: &'static str = "one of \"emerg\", \"alert\", \"crit\", \"err\", \"warning\", \"notice\", \"info\", \"debug\", or 0 to 7";
+    fn from_text(s: &str) -> Result<u8, String> {
+        let alias = match s {
+            "error" => "err",
+            "warn" => "warning",
+            other => other,
+        };
+        match PRIORITIES.iter().position(|p| *p == alias) {
+            Some(n) => Ok(n as u8),
+            None => Self::from_number_text(s),
+        }
+    }
+    fn from_int(i: i64) -> Result<u8, String> {
+        if (0..=7).contains(&i) {
+            Ok(i as u8)
+        } else {
+            Err(format!("invalid priority {i}: expected {}", Self::EXPECTED))
+        }
+    }
+    fn show(p: &u8) -> Option<String> {
+        Some(quote(PRIORITIES[usize::from(*p).min(7)]))
+    }
+}

@@ -55,3 +55,47 @@ impl Location {
         }
     }
 }
+
+/// The systemd unit preforkd runs in (`myapp.service`), from its cgroup; None outside a
+/// service's cgroup.
+pub fn systemd_unit() -> Option<String> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    unit_of_cgroup(&cgroup)
+}
+
+/// The unit of a `/proc/<pid>/cgroup` text: the innermost `*.service` of its path.
+fn unit_of_cgroup(cgroup: &str) -> Option<String> {
+    // cgroup v2 ("0::/system.slice/myapp.service"), or v1's systemd hierarchy.
+    let path = cgroup.lines().find_map(|l| {
+        l.strip_prefix("0::")
+            .or_else(|| l.split_once(":name=systemd:").map(|(_, p)| p))
+    })?;
+    path.split('/')
+        .rev()
+        .find(|part| part.ends_with(".service"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::unit_of_cgroup;
+
+    #[test]
+    fn the_unit_is_the_innermost_service() {
+        let unit = |s: &str| unit_of_cgroup(s);
+        assert_eq!(
+            unit("0::/system.slice/myapp.service\n").as_deref(),
+            Some("myapp.service")
+        );
+        assert_eq!(
+            unit("0::/system.slice/web@2.service/worker\n").as_deref(),
+            Some("web@2.service")
+        );
+        assert_eq!(
+            unit("12:name=systemd:/system.slice/a.service\n0::/\n").as_deref(),
+            Some("a.service")
+        );
+        assert_eq!(unit("0::/user.slice/user-0.slice/session-1.scope\n"), None);
+        assert_eq!(unit("0::/\n"), None);
+    }
+}

@@ -25,7 +25,7 @@ mod safety;
 #[cfg(test)]
 mod tests;
 
-pub use location::{locate, Location};
+pub use location::{locate, systemd_unit, Location};
 pub use reach::{can_search, Barrier};
 use safety::{inspect, MAKE_PRIVATE};
 

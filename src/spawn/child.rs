@@ -136,6 +136,12 @@ impl ExecPlan {
         if unsafe { libc::dup2(self.dev_null.as_raw_fd(), 0) } < 0 {
             fail(Step::Stdin);
         }
+        // As the workers' user, so the journal records theirs; before the sockets move, so the
+        // streams' temporary fds cannot land where a socket must go.
+        if let Some(journal) = &self.journal {
+            // SAFETY: in the forked child, before exec, as connect_in_child requires.
+            unsafe { journal.connect_in_child() };
+        }
         for i in 0..self.listen_fds.len() {
             // SAFETY: fcntl on an fd this process holds; the result goes to the plan's scratch.
             let moved = unsafe { libc::fcntl(self.listen_fds[i], libc::F_DUPFD_CLOEXEC, 3 + n) };

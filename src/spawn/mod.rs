@@ -30,11 +30,14 @@ use nix::unistd::Pid;
 mod child;
 mod error;
 mod exec_status;
+mod journal;
 mod resolve;
 
 use child::IdentityPlan;
 pub use error::{SpawnError, Step};
 pub use exec_status::ExecStatus;
+pub use journal::STDOUT_SOCKET as JOURNAL_STDOUT_SOCKET;
+use journal::{JournalPlan, STREAM_VALUE_ROOM};
 pub use resolve::resolve_program;
 
 /// What the supervisor wants started; turned into an [`ExecPlan`] in the parent.
@@ -62,6 +65,16 @@ pub struct WorkerSpec<'a> {
     /// Capabilities kept across the switch and exec, as ambient capabilities.
     pub ambient_capabilities: &'a [caps::Capability],
     pub no_new_privileges: bool,
+    /// Connect the worker's stdout and stderr to the journal, each a stream of its own.
+    pub journal: Option<JournalSpec<'a>>,
+}
+
+/// The worker's journal streams: where journald listens, the identifier, and the priorities
+/// of stdout and stderr.
+pub struct JournalSpec<'a> {
+    pub socket: &'a Path,
+    pub identifier: &'a str,
+    pub priorities: [u8; 2],
 }
 
 /// Length reserved for the pid digits in `LISTEN_PID=`; a pid has at most 10 digits.
@@ -81,6 +94,9 @@ pub struct ExecPlan {
     /// Where each entry's digits go, taken once at plan time so the child writes through the
     /// same pointers envp holds rather than through a new borrow.
     pid_digits: Vec<*mut u8>,
+    /// `JOURNAL_STREAM=` with room for the worker's own stream, which only the child knows.
+    _stream_entry: Option<Box<[u8]>>,
+    journal: Option<JournalPlan>,
     envp_ptrs: Vec<*const libc::c_char>,
     listen_fds: Vec<RawFd>,
     /// Scratch for moving sockets out of the way; written by the child in its own memory.
@@ -125,6 +141,7 @@ impl ExecPlan {
             .env
             .iter()
             .filter(|(k, _)| !spec.pid_vars.iter().any(|v| k.as_bytes() == v.as_bytes()))
+            .filter(|(k, _)| spec.journal.is_none() || k != "JOURNAL_STREAM")
             .map(|(k, v)| {
                 let mut kv = k.clone().into_vec();
                 kv.push(b'=');
@@ -145,6 +162,26 @@ impl ExecPlan {
             pid_digits.push(unsafe { base.add(prefix.len()) });
             pid_entries.push(entry);
         }
+        // Until the child has its own stream, the value is preforkd's: the stream the worker
+        // writes to should its own fail to connect.
+        let (stream_entry, journal) = match &spec.journal {
+            Some(j) => {
+                let prefix = b"JOURNAL_STREAM=";
+                let mut entry = vec![0u8; prefix.len() + STREAM_VALUE_ROOM].into_boxed_slice();
+                entry[..prefix.len()].copy_from_slice(prefix);
+                if let Some((_, v)) = spec.env.iter().find(|(k, _)| k == "JOURNAL_STREAM") {
+                    let v = &v.as_bytes()[..v.len().min(STREAM_VALUE_ROOM - 1)];
+                    entry[prefix.len()..prefix.len() + v.len()].copy_from_slice(v);
+                }
+                let base = entry.as_mut_ptr();
+                envp_ptrs.push(base.cast_const().cast());
+                // SAFETY: the offset stays inside the allocation, which lives as long as the plan.
+                let digits = unsafe { base.add(prefix.len()) };
+                let plan = JournalPlan::new(j.socket, j.identifier, j.priorities, digits);
+                (Some(entry), plan)
+            }
+            None => (None, None),
+        };
         envp_ptrs.push(std::ptr::null());
 
         let dev_null = nix::fcntl::open(
@@ -184,6 +221,8 @@ impl ExecPlan {
             _env: env,
             _pid_entries: pid_entries,
             pid_digits,
+            _stream_entry: stream_entry,
+            journal,
             envp_ptrs,
             listen_fds: spec.listen_fds.to_vec(),
             scratch: vec![-1; spec.listen_fds.len()],

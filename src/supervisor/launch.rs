@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::sockets::{self, Listener};
-use crate::spawn::{ExecPlan, WorkerSpec};
+use crate::spawn::{ExecPlan, JournalSpec, WorkerSpec, JOURNAL_STDOUT_SOCKET};
 
 pub struct Launcher {
     pub listeners: Vec<Listener>,
@@ -18,6 +18,8 @@ pub struct Launcher {
     /// CPUs this process may use, for `cpu_affinity`.
     cpus: Vec<usize>,
     notify_path: PathBuf,
+    /// Workers get journal streams of their own: preforkd's stderr is one (under systemd).
+    pub journal: bool,
 }
 
 impl Launcher {
@@ -27,6 +29,7 @@ impl Launcher {
             base_env: std::env::vars_os().collect(),
             cpus: allowed_cpus(),
             notify_path,
+            journal: stderr_is_journal(),
         }
     }
 
@@ -59,6 +62,16 @@ impl Launcher {
             identity: cfg.identity.as_ref(),
             ambient_capabilities: &cfg.ambient_capabilities,
             no_new_privileges: cfg.no_new_privileges,
+            journal: self.journal.then(|| JournalSpec {
+                socket: std::path::Path::new(JOURNAL_STDOUT_SOCKET),
+                identifier: cfg.syslog_identifier.as_deref().unwrap_or_else(|| {
+                    program
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("worker")
+                }),
+                priorities: [cfg.stdout_priority, cfg.stderr_priority],
+            }),
         })
     }
 
@@ -101,4 +114,17 @@ fn allowed_cpus() -> Vec<usize> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Whether preforkd's stderr is a journal stream: systemd says so in `JOURNAL_STREAM`
+/// (`dev:ino` of the stream it connected), which must match fd 2 itself, since a redirection
+/// (`2>file` in a wrapper) keeps the variable but not the stream.
+fn stderr_is_journal() -> bool {
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (d, i) = v.split_once(':')?;
+        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }

@@ -118,10 +118,17 @@ impl Supervisor {
             program: setup.program,
             workers,
         };
+        let mut core = Core::new(first, setup.systemd.watchdog, setup.socket_activated, now);
+        let launcher = Launcher::new(setup.listeners, setup.runtime.notify_path());
+        if launcher.journal {
+            if let Some(unit) = crate::runtime_dir::systemd_unit() {
+                core.output_in_journal_of(unit);
+            }
+        }
         Supervisor {
-            core: Core::new(first, setup.systemd.watchdog, setup.socket_activated, now),
+            core,
             loader: setup.loader,
-            launcher: Launcher::new(setup.listeners, setup.runtime.notify_path()),
+            launcher,
             log: setup.log,
             systemd: setup.systemd,
             signals: setup.signals,

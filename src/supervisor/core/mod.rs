@@ -216,11 +216,20 @@ pub struct Core {
     collapsed: bool,
     report: report::Report,
     out: Vec<Effect>,
+    /// The systemd unit whose journal holds each worker's output under its own pid, for the
+    /// command a death report names; None when workers write to preforkd's own output.
+    output_unit: Option<String>,
 }
 
 impl Core {
     /// A core for the first generation. `watchdog` is systemd's WATCHDOG_USEC for preforkd;
     /// `socket_activated` says whether systemd owns the sockets (for reload warnings).
+    /// Workers' output is in the journal of `unit`, each under its own pid: a death report
+    /// says which `journalctl` shows it.
+    pub fn output_in_journal_of(&mut self, unit: String) {
+        self.output_unit = Some(unit);
+    }
+
     pub fn new(
         first: Loaded,
         watchdog: Option<Duration>,
@@ -244,6 +253,7 @@ impl Core {
             collapsed: false,
             report: report::Report::default(),
             out: Vec::new(),
+            output_unit: None,
         }
     }
 

@@ -343,6 +343,10 @@ impl Core {
         log!(self, Warning, "{}: {}", what, status; "worker" => w.id, "pid" => pid,
             "gen" => w.generation, "uptime" => human(uptime),
             "restart_in" => human(delay), "restarts" => restarts);
+        if let (Some(unit), Some(Effect::Log(line))) = (&self.output_unit, self.out.last_mut()) {
+            line.fields
+                .push(("output", format!("journalctl -u {unit} _PID={pid}")));
+        }
         self.give_up_if_crash_looping(now);
         self.start_due(now);
     }
