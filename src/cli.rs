@@ -30,8 +30,8 @@ const USAGE_START: &str = "\
 Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
        preforkd check [OPTIONS] [--] [COMMAND [ARGS...]]
        preforkd demo [--debug-routes] [OPTIONS]
-       preforkd status [--json] [--name NAME | --runtime-dir DIR | --config FILE]
-       preforkd reload [--name NAME | --runtime-dir DIR | --config FILE]
+       preforkd status [--json] [NAME | --name NAME | --runtime-dir DIR | --config FILE]
+       preforkd reload [NAME | --name NAME | --runtime-dir DIR | --config FILE]
 
 Runs COMMAND once per CPU core; every worker gets the listen sockets at fd 3.. the systemd
 way (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and accepts connections on them.
@@ -84,6 +84,8 @@ struct Invocation {
     json: bool,
     /// `demo --debug-routes`: the built-in worker also serves /env and /crash.
     debug_routes: bool,
+    /// `status NAME`, `reload NAME`: the instance asked.
+    instance: Option<String>,
 }
 
 /// Runs preforkd with `args` (including `argv[0]`); returns the exit code.
@@ -149,6 +151,7 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
         command: Vec::new(),
         json: false,
         debug_routes: false,
+        instance: None,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -181,6 +184,12 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
             }
             Arg::Long("json") if inv.mode == Mode::Status => inv.json = true,
             Arg::Long("debug-routes") if inv.mode == Mode::Demo => inv.debug_routes = true,
+            Arg::Value(v) if matches!(inv.mode, Mode::Status | Mode::Reload) => {
+                if inv.instance.is_some() {
+                    return Err("give one instance name, like: preforkd status myapp".into());
+                }
+                inv.instance = Some(v.string().map_err(|e| e.to_string())?);
+            }
             Arg::Value(v) => {
                 // The command starts here; everything after it is its own.
                 inv.command.push(v.string().map_err(|e| e.to_string())?);
@@ -206,14 +215,50 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
 
 /// `preforkd status` and `preforkd reload`: ask the running instance over its control socket.
 fn control_command(inv: &Invocation) -> i32 {
-    let cfg = match layer_config(inv) {
+    let mut cfg = match layer_config(inv) {
         Ok(cfg) => cfg,
         Err(e) => {
             log::print_error(&e.to_string());
             return exit::CONFIG;
         }
     };
-    let dir = runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref());
+    let mut dir = runtime_dir::locate(&cfg.name, cfg.runtime_dir.as_deref());
+    let chosen = inv.instance.is_some()
+        || inv.config_file.is_some()
+        || inv
+            .flags
+            .iter()
+            .any(|(f, _)| f == "name" || f == "runtime-dir")
+        || std::env::var_os("RUNTIME_DIRECTORY").is_some();
+    if !chosen && !dir.join(runtime_dir::CONTROL_SOCKET).exists() {
+        // Not told which, and none by the default name: the one instance there is, if one.
+        match runtime_dir::running_beside(&dir).as_slice() {
+            [only] => {
+                dir = only.clone();
+                cfg.name = dir
+                    .file_name()
+                    .map_or(cfg.name, |n| n.to_string_lossy().into_owned());
+            }
+            [] => {}
+            several => {
+                let names: Vec<String> = several
+                    .iter()
+                    .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
+                    .collect();
+                log::print_error(&format!(
+                    "several preforkd instances run here ({}): name one, like: preforkd {} {}",
+                    names.join(", "),
+                    if inv.mode == Mode::Reload {
+                        "reload"
+                    } else {
+                        "status"
+                    },
+                    names[0]
+                ));
+                return exit::USAGE;
+            }
+        }
+    }
     let path = dir.join(runtime_dir::CONTROL_SOCKET);
     let (request, timeout) = match inv.mode {
         Mode::Reload => ("reload", Duration::from_secs(3600)),
@@ -290,12 +335,33 @@ fn control_command(inv: &Invocation) -> i32 {
 
 /// Defaults, then the file, then the flags: the settings, not yet checked as a whole.
 fn layer_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
-    let mut cfg = match &inv.config_file {
-        Some(path) => config::load_file(path)?,
+    // Under a systemd service the instance is named after its unit, so that `preforkd status
+    // myapp` finds myapp.service's instance (its RuntimeDirectory=preforkd/myapp) unasked.
+    let base = match runtime_dir::systemd_unit().and_then(|u| unit_instance_name(&u)) {
+        Some(name) => Config {
+            name,
+            ..Config::default()
+        },
         None => Config::default(),
     };
+    let mut cfg = match &inv.config_file {
+        Some(path) => config::load_file_over(path, base)?,
+        None => base,
+    };
     config::apply_flags(&mut cfg, &inv.flags)?;
+    if let Some(name) = &inv.instance {
+        config::apply_flag(&mut cfg, "name", name)?;
+    }
     Ok(cfg)
+}
+
+/// The instance name a unit gives: its name without `.service` (`myapp`, `web@2`), if that
+/// is a valid name.
+fn unit_instance_name(unit: &str) -> Option<String> {
+    let name = unit.strip_suffix(".service")?;
+    let mut probe = Config::default();
+    config::apply_flag(&mut probe, "name", name).ok()?;
+    Some(probe.name)
 }
 
 /// Defaults, then the file, then the flags, then the command after `--`; checked as a whole.

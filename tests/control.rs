@@ -138,3 +138,78 @@ fn a_reload_client_that_goes_away_mid_reload_costs_no_cpu() {
     assert_eq!(code, 0, "{json}");
     assert!(json.contains("\"control_rejected\":0"), "{json}");
 }
+
+/// `preforkd status` finds the instance the operator means: by a name given as an argument,
+/// or, told nothing, the one instance that runs; with several it names them. Run in a private
+/// mount namespace with its own /run, where root's instances live (needs root and unshare(1)).
+#[test]
+fn status_finds_an_instance_by_its_name_or_the_only_one() {
+    let ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI must run this as root");
+        println!("SKIPPED: status by name: unshare -m is not possible here (needs root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Each step bounded: an instance that never answers ends the script, not the test run.
+    let script = r#"
+        set -u
+        mount -t tmpfs tmpfs /run || exit 90
+        start() {
+            "$BIN" --name "$1" --listen "unix:$DIR/$1.sock" --workers 1 -- sleep 300 2>/dev/null &
+            eval "pid_$1=$!"
+            for _ in $(seq 200); do
+                [ -S "/run/preforkd/$1/control.sock" ] && return 0
+                sleep 0.05
+            done
+            return 1
+        }
+        start myapp || exit 91
+        echo "== only"; "$BIN" status; echo "exit $?"
+        echo "== named"; "$BIN" status myapp; echo "exit $?"
+        start other || exit 92
+        echo "== several"; "$BIN" status 2>&1; echo "exit $?"
+        echo "== named again"; "$BIN" reload other 2>&1; echo "exit $?"
+        echo "== missing"; "$BIN" status nosuch 2>&1; echo "exit $?"
+        kill -TERM "$pid_myapp" "$pid_other"
+        wait
+    "#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", script])
+        .env("BIN", BIN)
+        .env("DIR", dir.path())
+        .env_remove("RUNTIME_DIRECTORY")
+        .process_group(0);
+    let (code, out) = finish(cmd, &[]);
+    assert_eq!(code, 0, "{out}");
+    let part = |name: &str| {
+        let from = out
+            .find(&format!("== {name}\n"))
+            .unwrap_or_else(|| panic!("{out}"));
+        let rest = &out[from + name.len() + 4..];
+        rest[..rest.find("== ").unwrap_or(rest.len())].to_owned()
+    };
+    let only = part("only");
+    assert!(
+        only.contains("preforkd \"myapp\"") && only.ends_with("exit 0\n"),
+        "{out}"
+    );
+    assert!(part("named").ends_with("exit 0\n"), "{out}");
+    let several = part("several");
+    assert!(
+        several.contains("several preforkd instances run here (myapp, other)")
+            && several.contains("preforkd status myapp")
+            && several.ends_with("exit 64\n"),
+        "{out}"
+    );
+    assert!(part("named again").ends_with("exit 0\n"), "{out}");
+    let missing = part("missing");
+    assert!(
+        missing.contains("\"nosuch\"") && missing.ends_with("exit 3\n"),
+        "{out}"
+    );
+}

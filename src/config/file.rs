@@ -18,6 +18,12 @@ pub const MAX_CONFIG_BYTES: u64 = 1_048_576;
 
 /// Reads and parses a config file, layering it over the defaults.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    load_file_over(path, Config::default())
+}
+
+/// Reads and parses a config file, layering it over `base` (defaults that depend on where
+/// preforkd runs, such as the instance name under a systemd unit).
+pub fn load_file_over(path: &Path, base: Config) -> Result<Config, ConfigError> {
     let display = path.display().to_string();
     let bytes = read_bounded(path).map_err(|m| ConfigError::new(display.clone(), None, m))?;
     let text = match String::from_utf8(bytes) {
@@ -33,7 +39,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     };
-    parse(&text, path)
+    parse_over(&text, path, base)
 }
 
 /// The bytes of the regular file at `path` (symlinks followed), at most [`MAX_CONFIG_BYTES`].
@@ -118,11 +124,15 @@ fn not_a_file(kind: &std::fs::FileType) -> String {
 /// Parses the text of a config file named `path` (for messages), layered over the defaults.
 /// Pure: no I/O, so it can be fuzzed.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_over(text, path, Config::default())
+}
+
+fn parse_over(text: &str, path: &Path, base: Config) -> Result<Config, ConfigError> {
     let src = Source { path, text };
     let doc = DeTable::parse(text).map_err(|e| src.error_from_toml(&e))?;
     let mut cfg = Config {
         file: Some(path.to_owned()),
-        ..Config::default()
+        ..base
     };
     // In the order written, so that the first error reported is the first in the file.
     let mut entries: Vec<_> = doc.get_ref().iter().collect();

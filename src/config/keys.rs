@@ -182,7 +182,8 @@ keys! {
     worker_watchdog_grace: Duration = secs(5), Dur<0>, Some("DURATION"), Applies;
     /// with no ready worker this long, stop systemd's watchdog
     collapse_grace: Duration = secs(30), Dur<0>, Some("DURATION"), Applies;
-    /// instance name, for the runtime directory
+    /// instance name, for the runtime directory and preforkd status NAME; under a systemd
+    /// service, the unit's name (myapp for myapp.service)
     name: String = "preforkd".to_owned(), InstanceName, Some("NAME"), K(Kept::Instance);
     /// where the notify and control sockets live; $RUNTIME_DIRECTORY (set by systemd) wins
     /// over it; without either: /run/preforkd/NAME as root, $XDG_RUNTIME_DIR/preforkd/NAME

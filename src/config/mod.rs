@@ -19,7 +19,7 @@ mod tests;
 mod types;
 
 pub use error::{nearest_key, ConfigError};
-pub use file::{load_file, parse, MAX_CONFIG_BYTES};
+pub use file::{load_file, load_file_over, parse, MAX_CONFIG_BYTES};
 pub use identity::{resolve_identity, Identity};
 pub use keys::{Config, KEYS};
 pub use types::{KillMode, ListenAddr, LogLevel, Readiness, Share, Workers, MAX_WORKERS};

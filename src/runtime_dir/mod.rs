@@ -182,3 +182,27 @@ impl Drop for RuntimeDir {
         }
     }
 }
+
+/// The runtime directories beside `dir` (in the same parent) where an instance answers: what
+/// `preforkd status` may mean when not told which.
+pub fn running_beside(dir: &Path) -> Vec<PathBuf> {
+    let Some(parent) = dir.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        // A bounded look: a parent with thousands of entries is not preforkd's.
+        .take(1000)
+        .filter(|d| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::symlink_metadata(d.join(CONTROL_SOCKET))
+                .is_ok_and(|m| m.file_type().is_socket())
+        })
+        .collect();
+    found.sort();
+    found
+}
