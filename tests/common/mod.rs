@@ -6,11 +6,19 @@
 #![allow(dead_code)]
 
 pub mod bad_configs;
+mod http;
 pub mod load;
+mod notify;
+mod procs;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+pub use http::*;
+// Not every test uses the fake systemd.
+#[allow(unused_imports)]
+pub use notify::*;
+pub use procs::*;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -323,179 +331,6 @@ impl Drop for Preforkd {
     }
 }
 
-/// Children of `pid` per /proc.
-pub fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// Alive and not a zombie.
-pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// The environment a process was started with.
-pub fn environ(pid: i32) -> BTreeMap<String, String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect()
-}
-
-/// The value of a /proc/<pid>/status field.
-pub fn proc_status(pid: i32, field: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{field}:"))
-                .map(|v| v.trim().to_owned())
-        })
-}
-
-pub fn fds(pid: i32) -> BTreeMap<i32, String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| {
-                let e = e.ok()?;
-                let fd = e.file_name().to_str()?.parse().ok()?;
-                let target = std::fs::read_link(e.path()).ok()?;
-                Some((fd, target.display().to_string()))
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// An HTTP response as the test sees it.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A keep-alive HTTP/1.1 connection.
-pub struct Conn {
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    pub fn open(port: u16) -> std::io::Result<Conn> {
-        let s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Conn {
-            reader: BufReader::new(s),
-        })
-    }
-
-    pub fn send(&mut self, path: &str, close: bool) -> std::io::Result<()> {
-        let conn = if close { "close" } else { "keep-alive" };
-        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: {conn}\r\n\r\n");
-        self.reader.get_mut().write_all(req.as_bytes())
-    }
-
-    pub fn read(&mut self) -> std::io::Result<Response> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                headers.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body)?;
-        Ok(Response {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    }
-
-    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
-        self.send(path, false)?;
-        self.read()
-    }
-}
-
-/// One request on a fresh connection.
-pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
-    let mut c = Conn::open(port)?;
-    c.send(path, true)?;
-    c.read()
-}
-
-/// Parses the demo's `worker=<id> pid=<pid> gen=<g>` line.
-pub fn parse_identity(body: &str) -> Option<(u32, i32, u32)> {
-    let mut id = None;
-    let mut pid = None;
-    let mut generation = None;
-    for part in body.split_whitespace() {
-        match part.split_once('=') {
-            Some(("worker", v)) => id = v.parse().ok(),
-            Some(("pid", v)) => pid = v.parse().ok(),
-            Some(("gen", v)) => generation = v.parse().ok(),
-            _ => {}
-        }
-    }
-    Some((id?, pid?, generation?))
-}
-
-/// Makes up to `requests` one-shot requests; returns pid → worker id of those that answered.
-pub fn distinct_workers(port: u16, requests: usize) -> BTreeMap<i32, u32> {
-    let mut seen = BTreeMap::new();
-    for _ in 0..requests {
-        if let Ok(r) = get(port, "/") {
-            if let Some((id, pid, _)) = parse_identity(&r.body) {
-                seen.insert(pid, id);
-            }
-        }
-    }
-    seen
-}
-
 /// Writes a config file into a fresh directory.
 pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -551,97 +386,6 @@ pub fn finish(mut cmd: Command, what: &[&str]) -> (i32, String) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Plays systemd's side of sd_notify: a datagram socket preforkd gets as NOTIFY_SOCKET.
-pub struct FakeSystemd {
-    sock: std::os::unix::net::UnixDatagram,
-    /// Where it listens, as NOTIFY_SOCKET spells it.
-    pub address: String,
-    _dir: Option<tempfile::TempDir>,
-    /// Every message so far, with when it arrived.
-    pub messages: Vec<(Instant, String)>,
-}
-
-impl FakeSystemd {
-    pub fn new() -> FakeSystemd {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        FakeSystemd {
-            sock,
-            address: path.display().to_string(),
-            _dir: Some(dir),
-            messages: Vec::new(),
-        }
-    }
-
-    /// Listening on an abstract socket (`@name`), as older systemd versions use.
-    pub fn abstract_socket() -> FakeSystemd {
-        use std::os::linux::net::SocketAddrExt;
-        let name = format!("preforkd-test-{}-{:?}", std::process::id(), Instant::now());
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
-        FakeSystemd {
-            sock,
-            address: format!("@{name}"),
-            _dir: None,
-            messages: Vec::new(),
-        }
-    }
-
-    /// Receives until `pred` holds for some message (checked on each one, old and new);
-    /// returns its arrival time.
-    pub fn wait_for(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<Instant> {
-        if let Some((t, _)) = self.messages.iter().find(|(_, m)| pred(m)) {
-            return Some(*t);
-        }
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.sock.set_read_timeout(Some(left)).unwrap();
-            let mut buf = [0u8; 4096];
-            let Ok(n) = self.sock.recv(&mut buf) else {
-                return None;
-            };
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let now = Instant::now();
-            let hit = pred(&msg);
-            self.messages.push((now, msg));
-            if hit {
-                return Some(now);
-            }
-        }
-    }
-
-    /// Collects whatever arrives during `span`.
-    pub fn collect(&mut self, span: Duration) {
-        let _ = self.wait_for(span, |_| false);
-    }
-
-    /// Messages with a line equal to `line`, in order of arrival.
-    pub fn with_line(&self, line: &str) -> Vec<Instant> {
-        self.messages
-            .iter()
-            .filter(|(_, m)| m.lines().any(|l| l == line))
-            .map(|(t, _)| *t)
-            .collect()
-    }
-
-    /// Every STATUS= value so far.
-    pub fn statuses(&self) -> Vec<String> {
-        self.messages
-            .iter()
-            .flat_map(|(_, m)| {
-                m.lines()
-                    .filter_map(|l| l.strip_prefix("STATUS="))
-                    .map(str::to_owned)
-            })
-            .collect()
-    }
 }
 
 /// The test worker that speaks sd_notify from Python, as an app would.
