@@ -213,6 +213,17 @@ fn preforkd_under_real_systemd() {
         "info lines at -p warning:\n{all}"
     );
     assert!(warnings.contains("worker="), "{warnings}");
+    // The death names the command that shows that worker's own output.
+    assert!(
+        warnings.contains("output=\"journalctl -u myapp.service _PID="),
+        "{warnings}"
+    );
+    // The instance is named after its unit: `preforkd status myapp`, or just `preforkd status`
+    // with one instance running.
+    for cmd in ["preforkd status myapp", "preforkd status"] {
+        let out = c.ok(cmd);
+        assert!(out.starts_with("preforkd \"myapp\""), "{cmd}: {out}");
+    }
 
     // systemctl reload under load: nothing fails, new pids, returns when the new gen serves.
     c.ok(&format!("cat > /tmp/load.sh <<'EOF'\n{LOAD_SCRIPT}EOF"));
