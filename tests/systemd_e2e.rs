@@ -330,4 +330,37 @@ fn preforkd_under_real_systemd() {
     assert_eq!(c.show("preforkd@demo.service", "ActiveState"), "active");
     let demo_status = c.ok("preforkd status --name demo");
     assert!(demo_status.contains("ready"), "{demo_status}");
+
+    // A deploy that can never start ends in `failed` under the shipped units' start limit,
+    // rather than restarting forever (the test's drop-in, which lifted the limit, goes first).
+    c.ok(
+        "rm /etc/systemd/system/myapp.service.d/test.conf && systemctl daemon-reload && \
+          systemctl stop myapp.socket myapp.service && \
+          sed -i 's|^command = .*|command = [\"/bin/false\"]|' /etc/preforkd/myapp.toml",
+    );
+    let began = Instant::now();
+    c.sh("systemctl start myapp.service");
+    // systemd 252 keeps the service's last result (exit-code) and gives the socket
+    // service-start-limit-hit: it stops listening, so clients are refused, not left hanging.
+    c.until(
+        Duration::from_secs(90),
+        "[ \"$(systemctl show -p Result --value myapp.socket)\" = service-start-limit-hit ]",
+    );
+    let took = began.elapsed();
+    assert_eq!(c.show("myapp.service", "ActiveState"), "failed");
+    assert_eq!(c.show("myapp.socket", "ActiveState"), "failed");
+    assert!(
+        took < Duration::from_secs(60),
+        "crash loop ended after {took:?}"
+    );
+    let status = c.sh("systemctl status --no-pager myapp").1;
+    assert!(
+        status.contains("status=69")
+            && status.contains("gave up: workers keep failing")
+            && status.contains("repeated too quickly"),
+        "{status}"
+    );
+    let last = c.ok("journalctl -b --no-pager -u myapp -t preforkd -p err -n 1 -o cat");
+    assert!(last.contains("workers keep failing: giving up"), "{last}");
+    eprintln!("a crash-looping deploy ended in failed after {took:?}");
 }

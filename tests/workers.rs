@@ -141,6 +141,7 @@ fn a_crash_is_logged_in_plain_words_and_healed() {
 
 #[test]
 fn a_command_that_exits_at_once_is_backed_off_then_preforkd_gives_up() {
+    let mut systemd = FakeSystemd::new();
     let mut p = Start::activated(&[
         "--workers",
         "2",
@@ -155,8 +156,18 @@ fn a_command_that_exits_at_once_is_backed_off_then_preforkd_gives_up() {
         "-c",
         "exit 3",
     ])
+    .env("NOTIFY_SOCKET", systemd.address.clone())
     .spawn();
     assert_eq!(p.exit_code(Duration::from_secs(30)), 69, "{}", p.log());
+    // The STATUS= it leaves behind, which `systemctl status` shows once the unit has failed,
+    // says why.
+    systemd.collect(Duration::from_millis(200));
+    let last = systemd.statuses().last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("gave up: workers keep failing (")
+            && last.contains("failed starts within 20s), last: worker "),
+        "{last}"
+    );
     let log = p.log();
     assert!(log.contains("exited with status 3"), "{log}");
     // A worker that dies before its exec is seen is a failed start, one that died after it a

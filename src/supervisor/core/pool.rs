@@ -369,6 +369,17 @@ impl Core {
             log!(self, Error, "workers keep failing: giving up so that systemd can restart the service";
                 "failed_starts" => failures, "within" => human(policy.interval),
                 "restart_burst" => policy.burst, "exit_code" => EXIT_CRASH_LOOP);
+            let last = self
+                .report
+                .last_death
+                .as_ref()
+                .map(|(what, _)| what.clone())
+                .or_else(|| self.gen.slots.iter().find_map(|s| s.last_error.clone()));
+            self.report.gave_up = Some(format!(
+                "gave up: workers keep failing ({failures} failed starts within {}){}",
+                human(policy.interval),
+                last.map(|l| format!(", last: {l}")).unwrap_or_default()
+            ));
             self.begin_stop(now, EXIT_CRASH_LOOP);
         }
     }

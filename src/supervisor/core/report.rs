@@ -15,6 +15,9 @@ pub(super) struct Report {
     pub refresh_at: Option<Instant>,
     /// The latest worker death, for STATUS=.
     pub last_death: Option<(String, Instant)>,
+    /// Why preforkd gave up on the pool, for the STATUS= it leaves behind (`systemctl status`
+    /// shows it once the unit has failed).
+    pub gave_up: Option<String>,
     notify_dropped: u64,
     /// Drops since the last log line about them, and when that was.
     drops_unlogged: u64,
@@ -56,7 +59,11 @@ impl Core {
     /// killed by SIGSEGV 5m ago`.
     pub(super) fn status_line(&self, now: Instant) -> String {
         if let Phase::Draining { .. } | Phase::Done = self.phase {
-            return format!("stopping: {} workers left", self.workers.len());
+            let left = self.workers.len();
+            return match &self.report.gave_up {
+                Some(why) => format!("{why}; stopping: {left} workers left"),
+                None => format!("stopping: {left} workers left"),
+            };
         }
         if let Some(line) = self.rollout_status() {
             return line;
