@@ -1,0 +1,18 @@
+//! The recipes of examples/, each run under preforkd with 2 workers as its README says:
+//! distinct workers answer, 10 reloads under load fail no request, a stop finishes a slow
+//! request in flight, nothing is left behind (tests/recipes/support.rs). A recipe whose
+//! toolchain is missing prints `SKIPPED: <recipe>: <tool> not installed` and passes, unless
+//! `CI` is set: then it fails. .ci/run installs every toolchain.
+
+mod common;
+#[path = "recipes/support.rs"]
+mod support;
+
+use support::*;
+
+#[test]
+fn python_stdlib() {
+    if have_tools("python-stdlib", &[Need::Program("python3")]) {
+        Recipe::new("python-stdlib").check();
+    }
+}
