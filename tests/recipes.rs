@@ -16,3 +16,26 @@ fn python_stdlib() {
         Recipe::new("python-stdlib").check();
     }
 }
+
+/// gunicorn from PyPI, in the virtual environment .ci/run makes.
+fn gunicorn() -> Option<Recipe> {
+    let bin = venv().join("bin");
+    have_tools("gunicorn", &[Need::File(bin.join("gunicorn"), "gunicorn")])
+        .then(|| Recipe::new("gunicorn").path_first(&bin))
+}
+
+#[test]
+fn gunicorn_sync() {
+    if let Some(r) = gunicorn() {
+        r.label("gunicorn sync").check();
+    }
+}
+
+#[test]
+fn gunicorn_gthread() {
+    if let Some(r) = gunicorn() {
+        r.label("gunicorn gthread")
+            .config("preforkd-gthread.toml")
+            .check();
+    }
+}
