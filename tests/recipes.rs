@@ -39,3 +39,26 @@ fn gunicorn_gthread() {
             .check();
     }
 }
+
+#[test]
+fn node_http() {
+    let needs = [Need::Program("node"), Need::Program("systemd-notify")];
+    if have_tools("node-http", &needs) {
+        Recipe::new("node-http").check();
+    }
+}
+
+#[test]
+fn express() {
+    let needs = [
+        Need::Program("node"),
+        Need::Program("systemd-notify"),
+        Need::File(
+            top().join("examples/express/node_modules/express"),
+            "express (npm ci)",
+        ),
+    ];
+    if have_tools("express", &needs) {
+        Recipe::new("express").check();
+    }
+}

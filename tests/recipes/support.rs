@@ -418,8 +418,14 @@ impl Recipe {
         });
         assert_eq!(status, 200, "{name}: {body}");
         assert!(body.starts_with("slept 1500"), "{name}: {body}");
+        // As a client does once it has its answer to the last request it had (Node waits for
+        // the client's side of the close before the connection counts as closed).
+        drop(conn);
         let code = p.exit_code(Duration::from_secs(20));
         let stopped = sent.elapsed();
+        if std::env::var_os("RECIPES_LOG").is_some() {
+            say(&p.log());
+        }
         assert_eq!(code, 0, "{name}: preforkd exit status\nlog:\n{}", p.log());
 
         // 4. Nothing left behind: no process in any worker's group.
