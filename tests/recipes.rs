@@ -62,3 +62,14 @@ fn express() {
         Recipe::new("express").check();
     }
 }
+
+#[test]
+fn go_net_http() {
+    if have_tools("go", &[Need::Program("go")]) {
+        let r = Recipe::new("go");
+        let mut go = std::process::Command::new("go");
+        go.args(["build", "-o", "app", "."]).current_dir(r.folder());
+        build("go build (examples/go)", go);
+        r.check();
+    }
+}
