@@ -73,3 +73,16 @@ fn go_net_http() {
         r.check();
     }
 }
+
+#[test]
+fn rust_tokio() {
+    // cargo is there: it runs this test.
+    let r = Recipe::new("rust-tokio");
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--release", "--locked", "--target-dir", "target"])
+        .current_dir(r.folder())
+        .env_remove("CARGO_TARGET_DIR");
+    build("cargo build (examples/rust-tokio)", cargo);
+    r.check();
+}
