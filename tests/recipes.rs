@@ -86,3 +86,11 @@ fn rust_tokio() {
     build("cargo build (examples/rust-tokio)", cargo);
     r.check();
 }
+
+#[test]
+fn uvicorn() {
+    let bin = venv().join("bin");
+    if have_tools("uvicorn", &[Need::File(bin.join("uvicorn"), "uvicorn")]) {
+        Recipe::new("uvicorn").path_first(&bin).check();
+    }
+}
