@@ -94,3 +94,17 @@ fn uvicorn() {
         Recipe::new("uvicorn").path_first(&bin).check();
     }
 }
+
+#[test]
+fn puma() {
+    let needs = [
+        Need::Program("puma"),
+        Need::Runs(
+            &["ruby", "-e", "require 'sd_notify'"],
+            "the sd_notify gem (ruby-sd-notify)",
+        ),
+    ];
+    if have_tools("puma", &needs) {
+        Recipe::new("puma").check();
+    }
+}

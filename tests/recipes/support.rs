@@ -46,6 +46,8 @@ pub enum Need {
     Program(&'static str),
     /// A file (a tool installed into the checkout), named by what it is.
     File(PathBuf, &'static str),
+    /// A command that succeeds only with the thing installed, named by what it is.
+    Runs(&'static [&'static str], &'static str),
 }
 
 impl Need {
@@ -54,6 +56,17 @@ impl Need {
             Need::Program(p) => (!on_path(p)).then(|| p.to_string()),
             Need::File(path, what) => {
                 (!path.exists()).then(|| format!("{what} ({})", path.display()))
+            }
+            Need::Runs(cmd, what) => {
+                let ok = on_path(cmd[0])
+                    && Command::new(cmd[0])
+                        .args(&cmd[1..])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                (!ok).then(|| what.to_string())
             }
         }
     }
