@@ -81,6 +81,11 @@ def main():
     if os.environ.get("LISTEN_PID") == str(os.getpid()):
         server.socket.close()
         server.socket = socket.socket(fileno=3)  # the socket preforkd (or systemd) passed
+        # Every worker waits on this socket: when a connection comes, select() wakes them all
+        # and one accept() gets it. A blocking accept() would wait for the next connection
+        # in the others, and serve_forever() could not return on a stop. Non-blocking, the
+        # others just go back to select(). (The flag is the socket's: all workers share it.)
+        server.socket.setblocking(False)
     else:
         server.server_bind()
         server.server_activate()
