@@ -91,7 +91,12 @@ fn rust_tokio() {
 fn uvicorn() {
     let bin = venv().join("bin");
     if have_tools("uvicorn", &[Need::File(bin.join("uvicorn"), "uvicorn")]) {
-        Recipe::new("uvicorn").path_first(&bin).check();
+        // Rarely, a request that reaches an old worker as its drain begins is reset
+        // (examples/uvicorn/README.md).
+        Recipe::new("uvicorn")
+            .path_first(&bin)
+            .known_loss(5)
+            .check();
     }
 }
 

@@ -136,6 +136,9 @@ pub struct Recipe {
     pub env: Vec<(&'static str, String)>,
     /// Extra flags after the config (they win over it).
     pub flags: Vec<String>,
+    /// At most this many requests may fail during the reloads, for a server whose README
+    /// says why (measured, with the upstream issue); 0 for every other recipe.
+    pub known_loss: u64,
 }
 
 /// One identity line: `worker=<id> pid=<pid> gen=<gen>`.
@@ -294,7 +297,15 @@ impl Recipe {
             config: "preforkd.toml",
             env: Vec::new(),
             flags: Vec::new(),
+            known_loss: 0,
         }
+    }
+
+    /// Accepts up to `max` failed requests during the reloads: only for a server that cannot
+    /// reload without loss, which its README says with the measured figure.
+    pub fn known_loss(mut self, max: u64) -> Recipe {
+        self.known_loss = max;
+        self
     }
 
     pub fn label(mut self, label: &'static str) -> Recipe {
@@ -399,9 +410,8 @@ impl Recipe {
         })
         .unwrap_or_else(|| panic!("{name}: no answers after the reloads\nlog:\n{}", p.log()));
         let report = load.stop();
-        assert_eq!(
-            report.failures,
-            0,
+        assert!(
+            report.failures <= self.known_loss,
             "{name}: {} of {} requests failed during 10 reloads, e.g. {:?}\nlog:\n{}",
             report.failures,
             report.requests,
@@ -436,9 +446,6 @@ impl Recipe {
         drop(conn);
         let code = p.exit_code(Duration::from_secs(20));
         let stopped = sent.elapsed();
-        if std::env::var_os("RECIPES_LOG").is_some() {
-            say(&p.log());
-        }
         assert_eq!(code, 0, "{name}: preforkd exit status\nlog:\n{}", p.log());
 
         // 4. Nothing left behind: no process in any worker's group.
@@ -455,6 +462,12 @@ impl Recipe {
         );
         p.assert_no_worker_left();
 
+        if report.failures > 0 {
+            say(&format!(
+                "KNOWN LOSS: {name}: {} of {} requests failed during 10 reloads (at most {} allowed: examples/{}/README.md says why), e.g. {:?}",
+                report.failures, report.requests, self.known_loss, self.name, report.examples
+            ));
+        }
         say(&format!(
             "recipe {name}: 2 workers answered in {:.1}s; 10 reloads under load in {:.1}s: {} requests, {} failed; stop with a 1.5 s request in flight: answered, exit 0 after {:.1}s; {} worker groups, none left; {:.1}s in all",
             up.as_secs_f64(),
