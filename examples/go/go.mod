@@ -1,0 +1,3 @@
+module preforkd.example/go-recipe
+
+go 1.19
