@@ -50,6 +50,7 @@ process.on('SIGINT', stop);
 // READY=1: Node has no unix datagram sockets, so systemd-notify (from the systemd package)
 // sends it; preforkd accepts it from a process in the worker's process group.
 const listening = () => {
+  console.log(`worker ${process.env.PREFORKD_WORKER_ID ?? '-'} (pid ${process.pid}) listening`);
   if (process.env.NOTIFY_SOCKET) {
     execFile('systemd-notify', ['--ready'], (err) => {
       if (err) console.error(`systemd-notify --ready failed: ${err.message}`);

@@ -26,7 +26,8 @@ set -euo pipefail
 CACHE=${PREFORKD_E2E_CACHE:-/var/cache/preforkd-e2e}
 STATE=${PREFORKD_E2E_STATE:-/tmp/preforkd-e2e}
 SUITE=${PREFORKD_E2E_SUITE:-bookworm}
-PACKAGES=${PREFORKD_E2E_PACKAGES:-systemd,systemd-sysv,dbus,procps,python3-minimal,curl,ca-certificates}
+# gunicorn and nodejs: the recipes of examples/ that run under the real systemd too.
+PACKAGES=${PREFORKD_E2E_PACKAGES:-systemd,systemd-sysv,dbus,procps,python3-minimal,curl,ca-certificates,gunicorn,nodejs}
 # Bump when the way the rootfs is post-processed changes (invalidates the cache key).
 RECIPE=2
 GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
