@@ -144,11 +144,52 @@ impl ActivationEnv {
     }
 }
 
+/// `LISTEN_PIDFDID` (systemd 258 and later) names the process by its pidfd's inode, which,
+/// unlike a pid, is never reused: sockets meant for an earlier process that had this pid are
+/// refused. As libsystemd does, it is checked only where the kernel has pidfs (Linux 6.9).
+pub fn check_pidfd_id(value: &str, own: Option<u64>, program: &str) -> Result<(), String> {
+    let id: u64 = value
+        .parse()
+        .map_err(|_| format!("LISTEN_PIDFDID={value:?} is not a number"))?;
+    match own {
+        Some(own) if own != id => Err(format!(
+            "LISTEN_PIDFDID={id} is not {program}'s own ({own}): these sockets were passed to an earlier process with the same pid; unset LISTEN_PID, LISTEN_PIDFDID and LISTEN_FDS, or start {program} directly from the socket unit"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The inode of a pidfd of this process on pidfs (Linux 6.9 and later), which names the
+/// process for its whole life; None where the kernel has no pidfs (every pidfd then shares one
+/// anonymous inode, which names nothing).
+pub fn own_pidfd_inode() -> Option<u64> {
+    const PIDFS_MAGIC: i64 = 0x5049_4446;
+    // SAFETY: pidfd_open takes integers; the fd it returns is owned here at once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id() as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new fd this function alone holds.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
+    if fs.filesystem_type().0 as i64 != PIDFS_MAGIC {
+        return None;
+    }
+    Some(fstat(&fd).ok()?.st_ino)
+}
+
 /// Takes the sockets systemd passed, if any, and removes `LISTEN_*` from the environment.
 /// Must run while the process is single-threaded (it changes the environment).
 pub fn take_from_systemd() -> Result<Option<Vec<Listener>>, SocketError> {
     let env = ActivationEnv::from_process();
-    let parsed = env.parse(std::process::id(), "preforkd");
+    let parsed = env.parse(std::process::id(), "preforkd").and_then(|names| {
+        match (&names, std::env::var("LISTEN_PIDFDID").ok()) {
+            (Some(_), Some(id)) => {
+                check_pidfd_id(&id, own_pidfd_inode(), "preforkd").map(|()| names)
+            }
+            _ => Ok(names),
+        }
+    });
     for var in LISTEN_VARS {
         std::env::remove_var(var);
     }

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::{ExecPlan, Step, CLOSE_RANGE_CLOEXEC, PID_DIGITS};
+use super::{ExecPlan, Step, CLOSE_RANGE_CLOEXEC, PID_DIGITS, U64_DIGITS};
 
 /// The user switch, prepared: ids, groups, and capability masks for raw syscalls.
 pub(super) struct IdentityPlan {
@@ -219,6 +219,30 @@ impl ExecPlan {
             // PID_DIGITS digits and the NUL (ExecPlan::new), and nothing else refers to it now.
             let buf = unsafe { std::slice::from_raw_parts_mut(digits, PID_DIGITS + 1) };
             write_pid_digits(buf, pid);
+        }
+        if let Some((slot, digits)) = self.pidfdid {
+            // SAFETY: pidfd_open, fstat and close on integers and a stat on this stack.
+            let inode = unsafe {
+                let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as libc::c_int;
+                let mut st: libc::stat = std::mem::zeroed();
+                let ok = fd >= 0 && libc::fstat(fd, &mut st) == 0;
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                ok.then_some(st.st_ino)
+            };
+            match inode {
+                Some(inode) => {
+                    // SAFETY: the pointer was taken from the plan's LISTEN_PIDFDID entry, with
+                    // room for U64_DIGITS and the NUL, and nothing else refers to it now.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(digits, U64_DIGITS + 1) };
+                    let n = super::journal::write_decimal(buf, inode);
+                    buf[n] = 0;
+                }
+                // The entry is the last of envp: ending envp there leaves it out, as a worker
+                // must not get an empty value (libsystemd would refuse its sockets).
+                None => self.envp_ptrs[slot] = std::ptr::null(),
+            }
         }
 
         // SAFETY: a zeroed sigset_t is valid storage; sigemptyset and sigprocmask use it; execve

@@ -159,7 +159,7 @@ impl JournalPlan {
 pub const STREAM_VALUE_ROOM: usize = STREAM_DIGITS + 1;
 
 /// `n` in decimal at the start of `buf`; returns how many digits.
-fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
+pub(super) fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
     let mut digits = [0u8; 20];
     let mut len = 0;
     loop {

@@ -67,6 +67,8 @@ pub struct WorkerSpec<'a> {
     pub no_new_privileges: bool,
     /// Connect the worker's stdout and stderr to the journal, each a stream of its own.
     pub journal: Option<JournalSpec<'a>>,
+    /// Give the worker `LISTEN_PIDFDID`, its own pidfd's inode (where the kernel has pidfs).
+    pub pidfd_id: bool,
 }
 
 /// The worker's journal streams: where journald listens, the identifier, and the priorities
@@ -79,6 +81,8 @@ pub struct JournalSpec<'a> {
 
 /// Length reserved for the pid digits in `LISTEN_PID=`; a pid has at most 10 digits.
 const PID_DIGITS: usize = 10;
+/// The digits of the largest u64.
+const U64_DIGITS: usize = 20;
 /// close_range(2) flag: mark close-on-exec instead of closing (Linux 5.11).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
@@ -97,6 +101,10 @@ pub struct ExecPlan {
     /// `JOURNAL_STREAM=` with room for the worker's own stream, which only the child knows.
     _stream_entry: Option<Box<[u8]>>,
     journal: Option<JournalPlan>,
+    /// `LISTEN_PIDFDID=` with room for the digits, the last entry of envp: its slot there and
+    /// where its digits go. The child fills it, or ends envp before it when it cannot.
+    _pidfdid_entry: Option<Box<[u8]>>,
+    pidfdid: Option<(usize, *mut u8)>,
     envp_ptrs: Vec<*const libc::c_char>,
     listen_fds: Vec<RawFd>,
     /// Scratch for moving sockets out of the way; written by the child in its own memory.
@@ -142,6 +150,7 @@ impl ExecPlan {
             .iter()
             .filter(|(k, _)| !spec.pid_vars.iter().any(|v| k.as_bytes() == v.as_bytes()))
             .filter(|(k, _)| spec.journal.is_none() || k != "JOURNAL_STREAM")
+            .filter(|(k, _)| k != "LISTEN_PIDFDID")
             .map(|(k, v)| {
                 let mut kv = k.clone().into_vec();
                 kv.push(b'=');
@@ -181,6 +190,18 @@ impl ExecPlan {
                 (Some(entry), plan)
             }
             None => (None, None),
+        };
+        let (pidfdid_entry, pidfdid) = if spec.pidfd_id {
+            let prefix = b"LISTEN_PIDFDID=";
+            let mut entry = vec![0u8; prefix.len() + U64_DIGITS + 1].into_boxed_slice();
+            entry[..prefix.len()].copy_from_slice(prefix);
+            let base = entry.as_mut_ptr();
+            let slot = envp_ptrs.len();
+            envp_ptrs.push(base.cast_const().cast());
+            // SAFETY: the offset stays inside the allocation, which lives as long as the plan.
+            (Some(entry), Some((slot, unsafe { base.add(prefix.len()) })))
+        } else {
+            (None, None)
         };
         envp_ptrs.push(std::ptr::null());
 
@@ -223,6 +244,8 @@ impl ExecPlan {
             pid_digits,
             _stream_entry: stream_entry,
             journal,
+            _pidfdid_entry: pidfdid_entry,
+            pidfdid,
             envp_ptrs,
             listen_fds: spec.listen_fds.to_vec(),
             scratch: vec![-1; spec.listen_fds.len()],

@@ -20,6 +20,8 @@ pub struct Launcher {
     notify_path: PathBuf,
     /// Workers get journal streams of their own: preforkd's stderr is one (under systemd).
     pub journal: bool,
+    /// The kernel has pidfs: workers get `LISTEN_PIDFDID` of their own.
+    pidfs: bool,
 }
 
 impl Launcher {
@@ -30,6 +32,7 @@ impl Launcher {
             cpus: allowed_cpus(),
             notify_path,
             journal: stderr_is_journal(),
+            pidfs: sockets::own_pidfd_inode().is_some(),
         }
     }
 
@@ -72,6 +75,7 @@ impl Launcher {
                 }),
                 priorities: [cfg.stdout_priority, cfg.stderr_priority],
             }),
+            pidfd_id: self.pidfs,
         })
     }
 
