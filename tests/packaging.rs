@@ -3,7 +3,8 @@
 //!
 //! The packages are built by packaging/build-deb and packaging/build-rpm when missing or older
 //! than the binary's sources; the tools they need (cargo-deb, cargo-generate-rpm, dpkg-deb,
-//! rpm, lintian, mandoc) are installed by .ci/run.
+//! rpm, lintian, rpmlint, mandoc) are installed by .ci/run. A test whose tool build.rs did not
+//! find is ignored, and `cargo test` says why; under CI none is ignored.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,32 +35,20 @@ fn run(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn tool(name: &str) -> bool {
-    Command::new("sh")
+/// Fails the test, saying so, if `name` is not on PATH: the test is not ignored because CI is
+/// set, or the tool was there when build.rs looked.
+fn need(name: &str) {
+    let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Fails under CI when a tool is missing (CI installs them); elsewhere says it skips.
-fn require(name: &str) -> bool {
-    if tool(name) {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{name} is missing; .ci/run installs it"
-    );
-    eprintln!("SKIPPED: {name} is not installed (bash .ci/run installs it)");
-    false
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{name} is not installed (bash .ci/run installs it)");
 }
 
 #[test]
+#[cfg_attr(not(have_systemd_analyze), ignore = "systemd-analyze is not installed")]
 fn unit_files_pass_systemd_analyze_verify() {
-    if !require("systemd-analyze") {
-        return;
-    }
+    need("systemd-analyze");
     // A scratch root with the binary the units name and the host's stock units, so verify
     // checks ours without installing anything on this machine.
     let scratch = tempfile::tempdir().unwrap();
@@ -118,10 +107,10 @@ fn unit_files_pass_systemd_analyze_verify() {
 }
 
 #[test]
+#[cfg_attr(not(have_man_lint), ignore = "mandoc or groff is not installed")]
 fn man_pages_pass_lint() {
-    if !require("mandoc") || !require("groff") {
-        return;
-    }
+    need("mandoc");
+    need("groff");
     let (ok, out) = run(&mut Command::new(root().join("man/lint")));
     assert!(ok, "man/lint:\n{out}");
 }
@@ -136,7 +125,8 @@ fn starts_or_enables(script: &str) -> bool {
                 "systemctl start",
                 "systemctl enable",
                 "systemctl restart",
-                "deb-systemd-invoke",
+                "deb-systemd-invoke start",
+                "deb-systemd-invoke restart",
                 "deb-systemd-helper enable",
             ]
             .iter()
@@ -189,10 +179,9 @@ fn package(script: &str, dir: &str, ext: &str) -> PathBuf {
 }
 
 #[test]
-fn the_deb_installs_everything_and_passes_lintian() {
-    if !require("dpkg-deb") {
-        return;
-    }
+#[cfg_attr(not(have_dpkg_deb), ignore = "dpkg-deb is not installed")]
+fn the_deb_holds_the_files_conffiles_and_scripts() {
+    need("dpkg-deb");
     let deb = package("packaging/build-deb", "debian", "deb");
     let (ok, files) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(ok, "{files}");
@@ -205,6 +194,7 @@ fn the_deb_installs_everything_and_passes_lintian() {
         "./usr/share/man/man5/preforkd.toml.5.gz",
         "./usr/share/doc/preforkd/examples/myapp.service",
         "./usr/share/doc/preforkd/copyright",
+        "./usr/share/lintian/overrides/preforkd",
     ] {
         assert!(files.contains(f), "{f} missing from the .deb:\n{files}");
     }
@@ -214,31 +204,84 @@ fn the_deb_installs_everything_and_passes_lintian() {
         .arg(&deb)
         .arg(control.path()));
     assert!(ok, "{out}");
-    let conffiles = std::fs::read_to_string(control.path().join("conffiles")).unwrap();
+    let read = |name: &str| std::fs::read_to_string(control.path().join(name)).unwrap();
+    let conffiles = read("conffiles");
     assert!(conffiles.contains("/etc/preforkd/demo.toml"), "{conffiles}");
-    let postinst = std::fs::read_to_string(control.path().join("postinst")).unwrap();
-    assert!(postinst.contains("systemctl daemon-reload"), "{postinst}");
-    for script in ["postinst", "postrm"] {
-        let text = std::fs::read_to_string(control.path().join(script)).unwrap();
+    // The synopsis is whole (under 80 columns, not cut mid-sentence) and a long description
+    // follows it.
+    let fields = read("control");
+    let synopsis = fields
+        .lines()
+        .find_map(|l| l.strip_prefix("Description: "))
+        .expect("a Description field");
+    assert!(
+        synopsis.len() < 80 && !synopsis.ends_with([',', '.', ':']),
+        "synopsis: {synopsis:?}"
+    );
+    let long = fields
+        .lines()
+        .skip_while(|l| !l.starts_with("Description: "))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .collect::<Vec<_>>();
+    assert!(
+        long.first()
+            .is_some_and(|l| l.starts_with(" preforkd runs")),
+        "long description:\n{fields}"
+    );
+    // systemd learns of the units on install and removal; removal stops the instances, the
+    // Debian way (deb-systemd-invoke, on a systemd host only); nothing starts or is enabled.
+    let postinst = read("postinst");
+    assert!(
+        postinst.contains("systemctl --system daemon-reload"),
+        "{postinst}"
+    );
+    let prerm = read("prerm");
+    assert!(
+        prerm.contains("deb-systemd-invoke stop 'preforkd@*.socket' 'preforkd@*.service'"),
+        "{prerm}"
+    );
+    let postrm = read("postrm");
+    assert!(
+        postrm.contains("systemctl --system daemon-reload"),
+        "{postrm}"
+    );
+    for (name, text) in [
+        ("postinst", &postinst),
+        ("prerm", &prerm),
+        ("postrm", &postrm),
+    ] {
         assert!(
-            !starts_or_enables(&text),
-            "{script} must not start or enable anything:\n{text}"
+            text.contains("[ -d /run/systemd/system ]"),
+            "{name}:\n{text}"
         );
-    }
-    if require("lintian") {
-        let (_, out) = run(Command::new("lintian")
-            .args(["--tag-display-limit", "0"])
-            .arg(&deb));
-        let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("E:")).collect();
-        assert!(errors.is_empty(), "lintian errors:\n{out}");
+        assert!(
+            !starts_or_enables(text),
+            "{name} must not start or enable anything:\n{text}"
+        );
     }
 }
 
 #[test]
+#[cfg_attr(not(have_lintian), ignore = "lintian is not installed")]
+fn the_deb_passes_lintian_without_a_warning() {
+    need("dpkg-deb");
+    need("lintian");
+    let deb = package("packaging/build-deb", "debian", "deb");
+    let (ok, out) = run(Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--tag-display-limit", "0"])
+        .arg(&deb));
+    let tags: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
+    assert!(ok && tags.is_empty(), "lintian:\n{out}");
+}
+
+#[test]
+#[cfg_attr(not(have_rpm), ignore = "rpm is not installed")]
 fn the_rpm_holds_the_files_config_and_scripts() {
-    if !require("rpm") {
-        return;
-    }
+    need("rpm");
     let rpm = package("packaging/build-rpm", "generate-rpm", "rpm");
     let query = |args: &[&str]| {
         let (ok, out) = run(Command::new("rpm").args(args).arg(&rpm));
@@ -265,11 +308,30 @@ fn the_rpm_holds_the_files_config_and_scripts() {
         flags.contains("/etc/preforkd/demo.toml cn"),
         "config(noreplace): {flags}"
     );
+    let summary = query(&["--qf", "%{SUMMARY}", "-qp"]);
+    assert!(summary.len() < 80, "summary: {summary:?}");
     let scripts = query(&["--scripts", "-qp"]);
     assert!(scripts.contains("systemctl daemon-reload"), "{scripts}");
     assert!(!starts_or_enables(&scripts), "{scripts}");
     let docs = query(&["-qdp"]);
     assert!(docs.contains("preforkd.8.gz"), "{docs}");
+}
+
+/// rpmlint with packaging/rpmlint.toml, which says why each of its exceptions is one.
+#[test]
+#[cfg_attr(not(have_rpmlint), ignore = "rpmlint is not installed")]
+fn the_rpm_passes_rpmlint_without_a_warning() {
+    need("rpm");
+    need("rpmlint");
+    let rpm = package("packaging/build-rpm", "generate-rpm", "rpm");
+    let (ok, out) = run(Command::new("rpmlint")
+        .arg("--config")
+        .arg(root().join("packaging/rpmlint.toml"))
+        .arg(&rpm));
+    assert!(
+        ok && out.contains(" 0 errors, 0 warnings"),
+        "rpmlint:\n{out}"
+    );
 }
 
 #[test]

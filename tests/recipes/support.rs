@@ -3,9 +3,9 @@
 //! reloads under load fail no request, a stop finishes a slow request in flight, and nothing is
 //! left behind.
 //!
-//! A recipe whose toolchain is missing is skipped with a line on the test's stderr that the
-//! harness does not capture (`SKIPPED: <recipe>: <tool> not installed`); with `CI` set it fails
-//! instead, so CI cannot pass without having run it.
+//! A recipe whose toolchain build.rs did not find is ignored (tests/recipes.rs says which
+//! cfg); one that runs checks its toolchain again with [`need_tools`] and fails if it is gone,
+//! so CI (where nothing is ignored) cannot pass without having run it.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -87,19 +87,15 @@ pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-/// True if the recipe can run; false (after saying so) if a tool is missing locally.
-/// Under CI a missing tool fails the test.
-pub fn have_tools(recipe: &str, needs: &[Need]) -> bool {
+/// Fails the test, naming what is missing, unless everything the recipe needs is here: the
+/// test runs because build.rs found it (or CI is set).
+pub fn need_tools(recipe: &str, needs: &[Need]) {
     let missing: Vec<String> = needs.iter().filter_map(Need::missing).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let line = format!("SKIPPED: {recipe}: {} not installed", missing.join(", "));
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{line} (CI is set: .ci/run must install it)");
-    }
-    say(&format!("{line} (.ci/run installs it)"));
-    false
+    assert!(
+        missing.is_empty(),
+        "{recipe}: {} not installed (.ci/run installs it)",
+        missing.join(", ")
+    );
 }
 
 /// Runs a build step to its end, failing the test with its output if it fails.
