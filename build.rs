@@ -28,6 +28,7 @@ const CFGS: &[&str] = &[
     "have_gunicorn",
     "have_uvicorn",
     "have_puma",
+    "have_pidfs",
 ];
 
 fn path_dirs() -> Vec<PathBuf> {
@@ -69,6 +70,15 @@ fn can_unshare() -> bool {
     is_root() && sys_admin && on_path("unshare")
 }
 
+/// The running kernel's version is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 fn probe(cfg: &str, top: &Path) -> bool {
     let examples = top.join("examples");
     match cfg {
@@ -101,6 +111,8 @@ fn probe(cfg: &str, top: &Path) -> bool {
                     .status()
                     .is_ok_and(|s| s.success())
         }
+        // pidfs came with Linux 6.9; without it LISTEN_PIDFDID names nothing.
+        "have_pidfs" => kernel_at_least(6, 9),
         _ => unreachable!("{cfg}"),
     }
 }

@@ -12,17 +12,12 @@ use std::time::Duration;
 
 use common::*;
 
-/// Whether this kernel has pidfs: a pidfd's file system magic says so.
-fn have_pidfs() -> bool {
-    let ok = preforkd::sockets::own_pidfd_inode().is_some();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs a kernel with pidfs"
-        );
-        println!("SKIPPED: LISTEN_PIDFDID: this kernel has no pidfs (Linux 6.9 and later)");
-    }
-    ok
+/// build.rs judged by the kernel's version; a pidfd's file system magic says for sure.
+fn require_pidfs() {
+    assert!(
+        preforkd::sockets::own_pidfd_inode().is_some(),
+        "this kernel has no pidfs (Linux 6.9 and later)"
+    );
 }
 
 /// A launcher that plays systemd for itself: a listening socket at fd 3, the `LISTEN_*`
@@ -48,10 +43,12 @@ fn launch(pidfdid: &str, args: &[&str]) -> Command {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_pidfs),
+    ignore = "the kernel has no pidfs (Linux 6.9 and later)"
+)]
 fn each_worker_gets_the_pidfd_id_that_names_it() {
-    if !have_pidfs() {
-        return;
-    }
+    require_pidfs();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("seen");
     // The worker writes what it got and what names it, as libsystemd would compare them.
@@ -90,10 +87,12 @@ fn each_worker_gets_the_pidfd_id_that_names_it() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_pidfs),
+    ignore = "the kernel has no pidfs (Linux 6.9 and later)"
+)]
 fn sockets_for_another_pidfd_are_refused() {
-    if !have_pidfs() {
-        return;
-    }
+    require_pidfs();
     let (code, out) = finish(launch("12345", &["--", "sleep", "300"]), &["pidfdid"]);
     assert_eq!(code, 78, "{out}");
     assert!(
