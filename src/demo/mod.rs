@@ -4,7 +4,7 @@
 //! (TCP or unix) at fd 3, passed the systemd socket-activation way, and all copies accept on it
 //! directly from the kernel. It is an app, not part of the supervisor: it lives in the binary
 //! only, so the library stays what preforkd itself runs. It speaks just enough HTTP/1.1
-//! (keep-alive, pipelining, HEAD, `Content-Length` bodies) to be a
+//! (keep-alive, pipelining, HEAD, `Content-Length` bodies; heads parsed by httparse) to be a
 //! realistic target for preforkd's tests and benchmarks:
 //!
 //! * `GET /` names the worker, `GET /sleep?ms=N` holds a request open, `GET /health` says ok;
@@ -15,8 +15,8 @@
 //!   connections, then exits with status 0.
 //!
 //! Modules: [`activation`] (the fd 3 handshake), [`server`] (accepting, connection accounting,
-//! the graceful stop, sd_notify), [`conn`] (one connection's requests), [`request`] (heads)
-//! and [`routes`] (answers, pure).
+//! the graceful stop, sd_notify), [`conn`] (one connection's requests), [`request`] (heads, by
+//! httparse) and [`routes`] (answers, pure).
 
 mod activation;
 mod conn;

@@ -1,11 +1,16 @@
-//! Request heads: what the demo worker acts on, parsed from the bytes a connection received.
+//! Request heads: what the demo worker acts on, parsed by the httparse crate.
 //!
-//! Bounded: a head larger than [`MAX_HEAD_BYTES`] gets 431 before it is parsed, and only the
-//! few facts the worker needs are kept: framing (`Content-Length`; `Transfer-Encoding` is
-//! refused) and whether the connection stays open.
+//! httparse does the byte-level work (tokens, the version, header syntax, no obsolete line
+//! folding) and never allocates; this module bounds what it is given and turns the headers into
+//! the few facts the worker needs: framing (`Content-Length`; `Transfer-Encoding` is refused)
+//! and whether the connection stays open.
+
+use std::mem::MaybeUninit;
 
 /// The largest request head accepted; a larger one gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// More header lines than this get 431 too: httparse fills a fixed array.
+const MAX_HEADERS: usize = 100;
 
 /// The parts of a request head the worker acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,50 +35,58 @@ pub enum Parsed {
 
 /// Parses the request head at the start of `buf`.
 pub fn parse_head(buf: &[u8]) -> Parsed {
-    // Looking one byte past the limit is enough to tell "too large".
+    // Looking one byte past the limit is enough to tell "too large", and keeps httparse from
+    // rescanning an endless head on every read.
     let window = buf.get(..MAX_HEAD_BYTES + 1).unwrap_or(buf);
-    let Some((lines, len)) = split_head(window) else {
-        return if buf.len() > MAX_HEAD_BYTES {
-            Parsed::Invalid(431)
-        } else {
-            Parsed::Incomplete
-        };
-    };
-    if len > MAX_HEAD_BYTES {
-        return Parsed::Invalid(431);
-    }
-    match build_head(&lines) {
-        Ok(head) => Parsed::Complete(head, len),
-        Err(status) => Parsed::Invalid(status),
+    let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(window, &mut headers) {
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => Parsed::Invalid(431),
+        Ok(httparse::Status::Partial) => Parsed::Incomplete,
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Parsed::Invalid(431),
+        Ok(httparse::Status::Complete(len)) => match build_head(&request) {
+            Ok(head) => Parsed::Complete(head, len),
+            Err(status) => Parsed::Invalid(status),
+        },
+        Err(httparse::Error::TooManyHeaders) => Parsed::Invalid(431),
+        Err(httparse::Error::Version) => Parsed::Invalid(version_status(window)),
+        Err(_) => Parsed::Invalid(400),
     }
 }
 
-/// Splits a complete head into its non-empty lines (CRLF or bare LF) and
-/// returns them with the head's length, or None if the head is incomplete.
-fn split_head(buf: &[u8]) -> Option<(Vec<&[u8]>, usize)> {
-    let mut lines = Vec::new();
-    let mut pos = 0;
-    while let Some(offset) = buf.get(pos..)?.iter().position(|&b| b == b'\n') {
-        let raw = buf.get(pos..pos + offset)?;
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        pos += offset + 1;
-        if !line.is_empty() {
-            lines.push(line);
-        } else if !lines.is_empty() {
-            return Some((lines, pos));
+/// httparse knows only HTTP/1.0 and 1.1; a well-formed other version deserves 505 (RFC 9110
+/// §15.6.6), garbage 400. httparse stops at the first bad byte, so the version may be cut short.
+fn version_status(buf: &[u8]) -> u16 {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let line = buf.get(start..).unwrap_or_default();
+    let line = line
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let version = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
+    // "HTTP/2", "HTTP/2.0" and "HTTP/1.2" name versions; "HTTP/1.x" and "HTTP/11" do not.
+    match version.strip_prefix(b"HTTP/") {
+        Some([major] | [major, b'.', b'0'..=b'9']) if major.is_ascii_digit() && *major != b'1' => {
+            505
         }
-        // Blank lines before the request line are tolerated (RFC 9112 §2.2).
+        Some([b'1', b'.', b'0'..=b'9']) => 505,
+        _ => 400,
     }
-    None
 }
 
-fn build_head(lines: &[&[u8]]) -> Result<RequestHead, u16> {
-    let (request_line, header_lines) = lines.split_first().ok_or(400u16)?;
-    let (method, target, minor_version) = parse_request_line(request_line)?;
+fn build_head(request: &httparse::Request<'_, '_>) -> Result<RequestHead, u16> {
+    // A complete parse always fills these three.
+    let (Some(method), Some(target), Some(minor_version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(400);
+    };
     let mut facts = HeaderFacts::default();
-    for line in header_lines {
-        let (name, value) = parse_header_line(line)?;
-        facts.note(name, value)?;
+    for header in request.headers.iter() {
+        facts.note(header.name.as_bytes(), header.value.trim_ascii())?;
     }
     if facts.transfer_encoding {
         return Err(501);
@@ -84,69 +97,13 @@ fn build_head(lines: &[&[u8]]) -> Result<RequestHead, u16> {
         !facts.close
     };
     Ok(RequestHead {
-        method,
-        target,
+        method: method.to_owned(),
+        target: target.to_owned(),
         minor_version,
         keep_alive,
         content_length: facts.content_length.unwrap_or(0),
         expect_continue: facts.expect_continue && minor_version >= 1,
     })
-}
-
-/// `METHOD SP request-target SP HTTP/1.x`, with exactly single spaces.
-fn parse_request_line(line: &[u8]) -> Result<(String, String, u8), u16> {
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(400);
-    };
-    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
-        return Err(400);
-    }
-    if target.is_empty() || !target.iter().all(u8::is_ascii_graphic) {
-        return Err(400);
-    }
-    let minor = parse_version(version)?;
-    // Both parts were checked to be ASCII, so nothing is lost here.
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    Ok((text(method), text(target), minor))
-}
-
-/// Returns the minor version of `HTTP/1.x`; other majors get 505.
-fn parse_version(version: &[u8]) -> Result<u8, u16> {
-    match version.strip_prefix(b"HTTP/") {
-        Some(&[major, b'.', minor]) if major.is_ascii_digit() && minor.is_ascii_digit() => {
-            if major == b'1' {
-                Ok(minor - b'0')
-            } else {
-                Err(505)
-            }
-        }
-        _ => Err(400),
-    }
-}
-
-/// `name: value`; no whitespace before the colon, no obsolete line folding.
-fn parse_header_line(line: &[u8]) -> Result<(&[u8], &[u8]), u16> {
-    let colon = line.iter().position(|&b| b == b':').ok_or(400u16)?;
-    let (name, rest) = line.split_at(colon);
-    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-        return Err(400);
-    }
-    let value = rest.get(1..).unwrap_or_default().trim_ascii();
-    if !value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
-    {
-        return Err(400);
-    }
-    Ok((name, value))
-}
-
-/// RFC 9110 token characters.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// What the headers say about framing and connection reuse.
@@ -169,6 +126,7 @@ impl HeaderFacts {
             }
             self.content_length = Some(length);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Chunked bodies are not worth a demo's code; refusing keeps framing unambiguous.
             self.transfer_encoding = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -193,7 +151,6 @@ pub fn parse_decimal(bytes: &[u8]) -> Option<u64> {
     })
 }
 
-// ---------------------------------------------------------------------------
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +277,12 @@ mod tests {
         fits.resize(MAX_HEAD_BYTES - 4, b'p');
         fits.extend_from_slice(b"\r\n\r\n");
         assert!(matches!(parse_head(&fits), Parsed::Complete(_, n) if n == MAX_HEAD_BYTES));
+        // Too many header lines, even short ones.
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(status_of(many.as_bytes()), Some(431));
     }
 
     #[test]
@@ -340,6 +303,8 @@ mod tests {
             ("GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", 400),
             ("GET / HTTP/2.0\r\n\r\n", 505),
+            ("GET / HTTP/3", 505),
+            ("GET / HTTP/1.2\r\n\r\n", 505),
         ];
         for (raw, want) in cases {
             assert_eq!(status_of(raw.as_bytes()), Some(*want), "{raw:?}");
