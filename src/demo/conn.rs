@@ -35,6 +35,12 @@ pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// instead of a connection closed under its request, the keep-alive race that would turn a
 /// reload into failed requests.
 pub const KEEPALIVE_DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// A keep-alive connection is closed (politely, `Connection: close` on its last answer) after
+/// this many requests, as Apache's `MaxKeepAliveRequests` does by default. The client's next
+/// connection goes to whichever worker waits in `accept4()` first, so a spread of keep-alive
+/// connections that a burst made lopsided evens out within a second instead of lasting for as
+/// long as the clients stay connected.
+pub const MAX_REQUESTS_PER_CONNECTION: u32 = 100;
 /// Upper bound on swallowing client input after a final response.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 
@@ -67,6 +73,11 @@ impl Conn {
         if !self.wait(PollFlags::POLLIN, timeout)? {
             return Ok(Fill::Nothing);
         }
+        self.fill_now(buf, max)
+    }
+
+    /// Appends at most `max` bytes to `buf` if any are there, without waiting.
+    fn fill_now(&self, buf: &mut Vec<u8>, max: usize) -> Result<Fill, Errno> {
         let mut chunk = [0u8; READ_CHUNK];
         let want = max.min(READ_CHUNK);
         match socket::recv(self.fd.as_raw_fd(), &mut chunk[..want], MsgFlags::empty()) {
@@ -105,18 +116,19 @@ impl Conn {
     /// Closes after a final response without letting the kernel reset it.
     ///
     /// Closing a socket with unread input makes the kernel send RST, which
-    /// can destroy the response before the client reads it. So half-close,
-    /// and if the client may still be sending, swallow its input for a
-    /// moment (until it closes, at most `LINGER_TIME`).
+    /// can destroy the response before the client reads it. So when input is
+    /// there or may still come, half-close and swallow it for a moment (until
+    /// the client closes, at most `LINGER_TIME`).
     fn finish(self, client_may_be_sending: bool) {
-        let _ = socket::shutdown(self.fd.as_raw_fd(), Shutdown::Write);
         if !client_may_be_sending
             && !self
                 .wait(PollFlags::POLLIN, Duration::ZERO)
                 .unwrap_or(false)
         {
+            // Nothing unread: the close itself sends a clean FIN, no shutdown() needed.
             return;
         }
+        let _ = socket::shutdown(self.fd.as_raw_fd(), Shutdown::Write);
         let deadline = Instant::now() + LINGER_TIME;
         let mut sink = Vec::with_capacity(READ_CHUNK);
         loop {
@@ -150,9 +162,9 @@ enum Next {
 /// Serves requests on one connection until it closes.
 pub fn serve_connection(conn: Conn, shared: &Shared) {
     let mut buf = Vec::with_capacity(READ_CHUNK);
-    let mut first = true;
+    let mut served = 0;
     loop {
-        let head = match next_request(&conn, &mut buf, shared, first) {
+        let head = match next_request(&conn, &mut buf, shared, served == 0) {
             Next::Request(head) => head,
             Next::Close => return,
             Next::Reject(status) => {
@@ -165,15 +177,16 @@ pub fn serve_connection(conn: Conn, shared: &Shared) {
                 return;
             }
         };
-        first = false;
         if receive_body(&conn, &mut buf, &head).is_err() {
             return;
         }
         let response = respond(&head, shared);
         shared.requests.fetch_add(1, Ordering::Relaxed);
+        served += 1;
         // Decided after the handler ran, so a drain that began during a long
         // /sleep still gets `Connection: close`.
-        let keep_alive = keep_open(&head, &buf, shared.is_draining());
+        let winding_down = shared.is_draining() || served >= MAX_REQUESTS_PER_CONNECTION;
+        let keep_alive = keep_open(&head, &buf, winding_down);
         let bytes = render_response(&response, head.method == "HEAD", keep_alive);
         if conn.send_all(&bytes).is_err() {
             return;
@@ -187,18 +200,21 @@ pub fn serve_connection(conn: Conn, shared: &Shared) {
 
 /// Whether to keep the connection open after answering `head`.
 ///
-/// While draining, requests the client already pipelined into `pipelined`
-/// in full still count as received and get served; the last answer then
-/// carries `Connection: close`. Only buffered bytes count, so a client that
-/// keeps sending cannot hold the drain open.
-pub fn keep_open(head: &RequestHead, pipelined: &[u8], draining: bool) -> bool {
-    head.keep_alive && (!draining || matches!(parse_head(pipelined), Parsed::Complete(..)))
+/// While winding down (draining, or at the connection's last request), requests the client
+/// already pipelined into `pipelined` in full still count as received and get served; the last
+/// answer then carries `Connection: close`. Only buffered bytes count, so a client that keeps
+/// sending cannot hold the connection open.
+pub fn keep_open(head: &RequestHead, pipelined: &[u8], winding_down: bool) -> bool {
+    head.keep_alive && (!winding_down || matches!(parse_head(pipelined), Parsed::Complete(..)))
 }
 
 /// Reads until `buf` holds a complete request head, which it removes from
 /// `buf`; pipelined bytes after it stay for the next round.
 fn next_request(conn: &Conn, buf: &mut Vec<u8>, shared: &Shared, first: bool) -> Next {
     let started = Instant::now();
+    // A client usually sends its first request along with the handshake, so it is read
+    // before any poll(): one system call less per Connection: close request.
+    let mut eager = first;
     loop {
         match parse_head(buf) {
             Parsed::Complete(head, len) => {
@@ -211,7 +227,12 @@ fn next_request(conn: &Conn, buf: &mut Vec<u8>, shared: &Shared, first: bool) ->
         // Short slices so an idle connection notices a drain quickly; data
         // that is already readable makes poll() return at once, so a request
         // that arrived before the drain is never dropped.
-        match conn.fill(buf, READ_CHUNK, DRAIN_CHECK_INTERVAL) {
+        let filled = if std::mem::take(&mut eager) {
+            conn.fill_now(buf, READ_CHUNK)
+        } else {
+            conn.fill(buf, READ_CHUNK, DRAIN_CHECK_INTERVAL)
+        };
+        match filled {
             Ok(Fill::Data) => {}
             Ok(Fill::Nothing) => {
                 if give_up_waiting(started.elapsed(), buf, first, shared.is_draining()) {

@@ -20,6 +20,7 @@
 
 mod activation;
 mod conn;
+mod pool;
 mod request;
 mod routes;
 mod server;

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::client::Client;
-use crate::demo::conn::KEEPALIVE_DRAIN_GRACE;
+use crate::demo::conn::{KEEPALIVE_DRAIN_GRACE, MAX_REQUESTS_PER_CONNECTION};
 use crate::demo::request::MAX_HEAD_BYTES;
 use crate::demo::routes::Identity;
 use crate::demo::server::{Server, Shared};
@@ -206,5 +206,21 @@ fn drain_serves_pipelined_requests_then_closes() {
     let second = client.reply(false);
     assert_eq!((second.status, second.body.as_str()), (200, "1234\n"));
     assert!(second.closes(), "{second:?}");
+    assert!(client.closed_within(Duration::from_secs(2)));
+}
+
+#[test]
+fn a_keep_alive_connection_closes_after_its_last_request() {
+    let (addr, _shared) = in_process_server();
+    let mut client = Client::connect(addr);
+    for n in 1..MAX_REQUESTS_PER_CONNECTION {
+        assert!(!client.get("/").closes(), "request {n}");
+    }
+    // The last one, pipelined with another: the buffered one is still served, then close.
+    client.send("GET / HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n");
+    assert!(!client.reply(false).closes());
+    let r = client.reply(false);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    assert!(r.closes(), "{r:?}");
     assert!(client.closed_within(Duration::from_secs(2)));
 }
