@@ -14,9 +14,12 @@
 //!   (with `Connection: close`) every request it has already received, closes idle
 //!   connections, then exits with status 0.
 //!
+//! * A keep-alive connection closes after 100 requests, so the clients' reconnections spread
+//!   its load over the workers again (see [`conn::MAX_REQUESTS_PER_CONNECTION`]).
+//!
 //! Modules: [`activation`] (the fd 3 handshake), [`server`] (accepting, connection accounting,
-//! the graceful stop, sd_notify), [`conn`] (one connection's requests), [`request`] (heads, by
-//! httparse) and [`routes`] (answers, pure).
+//! the graceful stop, sd_notify), [`pool`] (the connection threads), [`conn`] (one
+//! connection's requests), [`request`] (heads, by httparse) and [`routes`] (answers, pure).
 
 mod activation;
 mod conn;
