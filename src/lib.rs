@@ -11,13 +11,13 @@
 //! [`restart`] (back-off policy), [`signals`], [`notify`] (to systemd), [`relay`] (the workers'
 //! notify socket), [`control`] and [`status`] (`preforkd status` and `reload`), [`runtime_dir`],
 //! [`log`], [`echo`] (how outside input is quoted), and [`supervisor`]: its `core` makes every
-//! decision as a pure state machine, its shell carries them out. [`http_worker`] is the demo app.
+//! decision as a pure state machine, its shell carries them out. The demo app behind
+//! `preforkd hello-worker` is not here: it lives in the binary (src/demo/).
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod echo;
-pub mod http_worker;
 pub mod log;
 pub mod notify;
 pub mod privileges;

@@ -14,14 +14,16 @@ heal_probes=${heal_probes:-20}
 
 # heal_one ID PORT SUPERVISOR_PID -> "median_ms hung_total trials"
 heal_one() {
-  local p=$2 sup=$3 times=() hung=0 before victim ms
+  local p=$2 sup=$3 times=() hung=0 before victim ms path=/pid
+  # The demo has no /pid: its GET / answer names the pid ("worker=1 pid=4712 gen=1").
+  [ "$1" = Q ] && path=/
   for _ in $(seq 1 "$heal_trials"); do
     before=$(workers_of "$sup")
     victim=$(head -1 <<<"$before")
     [ -n "$victim" ] || break
     local h
     # shellcheck disable=SC2086 # one argument per old pid
-    read -r ms h < <(python3 bench/lib/probe.py "$p" "$victim" "$heal_probes" $before)
+    read -r ms h < <(PROBE_PATH=$path python3 bench/lib/probe.py "$p" "$victim" "$heal_probes" $before)
     hung=$((hung + h))
     [ "$ms" = "-" ] && ms=""
     [ -n "$ms" ] && times+=("$ms")

@@ -1,8 +1,9 @@
 """One healing trial: kills VICTIM, then measures what a client sees.
 
 Prints "MS HUNG": MS is the time from the kill until a worker not in OLD_PIDS answers
-GET /pid on a fresh connection (probed every millisecond; "-" after 5 s); HUNG is how many
-of PROBES connections opened right after the kill got no answer and no close within 2 s.
+GET /pid (or $PROBE_PATH) with 200 and its pid on a fresh connection (probed every
+millisecond; "-" after 5 s); HUNG is how many of PROBES connections opened right after the
+kill got no answer and no close within 2 s.
 The kill happens here, once Python has started, so its start-up is not in the figure.
 
 The PROBES connections are read and closed by a thread the moment their answer comes, as
@@ -20,6 +21,8 @@ import threading
 import time
 
 port, victim, probes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+# The peers' apps answer GET /pid with their pid; the demo names its pid in GET /'s answer.
+path = os.environ.get("PROBE_PATH", "/pid").encode()
 old = set(sys.argv[4:])
 hung = 0
 
@@ -63,10 +66,13 @@ deadline = t0 + 5
 while time.monotonic() < deadline:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.3) as s:
-            s.sendall(b"GET /pid HTTP/1.0\r\n\r\n")
+            s.sendall(b"GET " + path + b" HTTP/1.0\r\n\r\n")
             data = b""
             while chunk := s.recv(4096):
                 data += chunk
+        # Only a real answer counts: a 404 body is no pid.
+        if not data.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")):
+            raise OSError("not a 200 answer")
         body = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
         pid = body.split("pid=", 1)[1].split()[0] if "pid=" in body else body.strip()
         if pid and pid not in old:

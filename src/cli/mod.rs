@@ -89,13 +89,6 @@ struct Invocation {
 
 /// Runs preforkd with `args` (including `argv[0]`); returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
-    if args.get(1).is_some_and(|a| a == "hello-worker") {
-        let rest: Vec<String> = args[2..]
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        return crate::http_worker::main(&rest);
-    }
     let inv = match parse_args(args) {
         Ok(Some(inv)) => inv,
         Ok(None) => return exit::OK,
@@ -258,8 +251,7 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
         })?;
         cfg.command = vec![me.display().to_string(), "hello-worker".to_owned()];
         if inv.debug_routes {
-            cfg.command
-                .push(crate::http_worker::DEBUG_ROUTES.to_owned());
+            cfg.command.push("--debug-routes".to_owned());
         }
         // The built-in worker speaks sd_notify: it is ready when it says so.
         cfg.ready.get_or_insert(Readiness::Notify);

@@ -160,7 +160,7 @@ keys! {
     /// pin worker i to the i-th allowed CPU
     cpu_affinity: bool = false, Switch, Some("BOOL"), Applies;
     /// under systemd, the name of the workers' output in the journal (journalctl -t NAME);
-    /// unset: the program's file name, such as node
+    /// unset: the program's file name, such as node (preforkd-worker for the demo worker)
     syslog_identifier: Option<String> = None, Opt<Identifier>, Some("NAME"), Applies;
     /// under systemd, the journal priority of what workers write to stdout
     stdout_priority: u8 = 6, Priority, Some("PRIORITY"), Applies;

@@ -68,10 +68,12 @@ impl Launcher {
             journal: self.journal.then(|| JournalSpec {
                 socket: std::path::Path::new(JOURNAL_STDOUT_SOCKET),
                 identifier: cfg.syslog_identifier.as_deref().unwrap_or_else(|| {
-                    program
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("worker")
+                    match program.file_name().and_then(|n| n.to_str()) {
+                        // preforkd's own demo worker: apart from the supervisor's lines.
+                        Some("preforkd") => "preforkd-worker",
+                        Some(name) => name,
+                        None => "worker",
+                    }
                 }),
                 priorities: [cfg.stdout_priority, cfg.stderr_priority],
             }),
