@@ -311,6 +311,17 @@ fn scenario(v: Debian) {
     );
     let status = c.ok("systemctl status --no-pager myapp");
     assert!(status.contains("Status: \"2/2 ready · gen 1"), "{status}");
+    // Workers see their own LISTEN_PID, and no LISTEN_PIDFDID (systemd 259 and later give
+    // preforkd one; it names preforkd's pidfd, not theirs).
+    for (pid, _) in ready_workers(&c, "myapp") {
+        let env = c.ok(&format!("tr '\\0' '\\n' < /proc/{pid}/environ"));
+        assert!(
+            env.contains(&format!("\nLISTEN_PID={pid}\n"))
+                || env.starts_with(&format!("LISTEN_PID={pid}\n")),
+            "worker {pid}:\n{env}"
+        );
+        assert!(!env.contains("LISTEN_PIDFDID="), "worker {pid}:\n{env}");
+    }
     // preforkd and its two workers, all in the service's cgroup.
     let procs = c.ok("cg=$(systemctl show -p ControlGroup --value myapp); \
          for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do \
