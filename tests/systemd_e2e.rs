@@ -251,6 +251,49 @@ fn systemd_version(c: &Container) -> u32 {
         .unwrap_or(0)
 }
 
+/// Workers that take 2 s to boot, so a reload lasts seconds.
+const SLOW_CONFIG: &str = r#"command = ["/bin/sh", "-c", "sleep 2; exec /usr/bin/preforkd hello-worker"]
+workers = 2
+ready = "notify"
+"#;
+
+/// `systemctl stop` during a reload, under the shipped ExecReload= and, on systemd 257 and
+/// later, under the notify-reload drop-in. A test of its own per version (its own container).
+fn stop_during_reloads(v: Debian) {
+    let Some(c) = boot("stop", v) else {
+        return;
+    };
+    operator_files(&c, SLOW_CONFIG);
+    if systemd_version(&c) >= 257 {
+        c.ok(
+            "cp /usr/share/doc/preforkd/examples/preforkd-notify-reload.conf /etc/systemd/system/myapp.service.d/ && \
+             systemctl daemon-reload && systemctl start myapp.socket myapp.service",
+        );
+        stop_during_reload(&c, "Type=notify-reload");
+        c.ok("systemctl stop myapp.service && \
+             rm /etc/systemd/system/myapp.service.d/preforkd-notify-reload.conf && \
+             systemctl daemon-reload && systemctl start myapp.service");
+    } else {
+        c.ok("systemctl start myapp.socket myapp.service");
+    }
+    stop_during_reload(&c, "ExecReload=preforkd reload");
+}
+
+#[test]
+fn debian_12_stop_during_reload() {
+    stop_during_reloads(DEBIAN_12);
+}
+
+#[test]
+fn debian_13_stop_during_reload() {
+    stop_during_reloads(DEBIAN_13);
+}
+
+#[test]
+fn debian_unstable_stop_during_reload() {
+    stop_during_reloads(DEBIAN_UNSTABLE);
+}
+
 #[test]
 fn debian_12_systemd_252() {
     scenario(DEBIAN_12);
@@ -275,14 +318,7 @@ fn scenario(v: Debian) {
         return;
     };
 
-    // The operator's files.
-    c.ok(&format!(
-        "cat > /etc/preforkd/myapp.toml <<'EOF'\n{APP_CONFIG}EOF\n\
-         cp /usr/share/doc/preforkd/examples/myapp.socket /usr/share/doc/preforkd/examples/myapp.service /etc/systemd/system/ && \
-         mkdir -p /etc/systemd/system/myapp.service.d && \
-         printf '{TEST_DROPIN}' > /etc/systemd/system/myapp.service.d/test.conf && \
-         systemctl daemon-reload"
-    ));
+    operator_files(&c, APP_CONFIG);
 
     // The shipped units are sandboxed: systemd rates their exposure 2.5 or lower ("OK").
     for unit in ["myapp.service", "preforkd@demo.service"] {
@@ -505,6 +541,17 @@ fn scenario(v: Debian) {
     eprintln!("a crash-looping deploy ended in failed after {took:?}");
 }
 
+/// The operator's files: the config, the shipped myapp units, the test's drop-in.
+fn operator_files(c: &Container, config: &str) {
+    c.ok(&format!(
+        "cat > /etc/preforkd/myapp.toml <<'EOF'\n{config}EOF\n\
+         cp /usr/share/doc/preforkd/examples/myapp.socket /usr/share/doc/preforkd/examples/myapp.service /etc/systemd/system/ && \
+         mkdir -p /etc/systemd/system/myapp.service.d && \
+         printf '{TEST_DROPIN}' > /etc/systemd/system/myapp.service.d/test.conf && \
+         systemctl daemon-reload"
+    ));
+}
+
 /// Ready workers of the instance `name`: (pid, generation).
 fn ready_workers(c: &Container, name: &str) -> Vec<(u64, u64)> {
     let json = c.ok(&format!("preforkd status --name {name} --json"));
@@ -541,6 +588,61 @@ fn rejected_reload(c: &Container, how: &str) {
     assert!(why.contains("duplicate key"), "{how}: the reason: {why}");
     c.ok("cp /tmp/good.toml /etc/preforkd/myapp.toml");
     eprintln!("{how}: a rejected reload exits {code}; the old workers keep serving");
+
+    // An aborted reload: the configuration is valid, but the new workers fail. Same outcome,
+    // and preforkd stays the same process: systemd never heard STOPPING=1 (systemd 259 and
+    // later take it as final).
+    let (main, restarts) = (
+        c.show("myapp.service", "MainPID"),
+        c.show("myapp.service", "NRestarts"),
+    );
+    c.ok("sed -i 's|^command = .*|command = [\"/bin/false\"]|' /etc/preforkd/myapp.toml");
+    let (code, out) = c.sh("systemctl reload myapp");
+    assert_ne!(code, 0, "{how}: an aborted reload reported success:\n{out}");
+    assert_eq!(c.show("myapp.service", "ActiveState"), "active");
+    assert_eq!(ready_workers(c, "myapp"), before, "{how}: workers changed");
+    let r = c.ok("curl -sf -m 5 http://127.0.0.1:8080/");
+    assert!(r.starts_with("worker="), "{r}");
+    let status = c.ok("systemctl status --no-pager myapp");
+    assert!(status.contains("aborted"), "{how}: {status}");
+    assert_eq!(c.show("myapp.service", "MainPID"), main);
+    assert_eq!(c.show("myapp.service", "NRestarts"), restarts);
+    c.ok("cp /tmp/good.toml /etc/preforkd/myapp.toml");
+    eprintln!("{how}: an aborted reload exits {code}; the old workers keep serving");
+}
+
+/// `systemctl stop` while a slow reload runs: the stop wins at once, the unit ends `inactive`
+/// (a stop the operator asked for is no failure), and nothing is left. Starts the service
+/// again afterwards.
+fn stop_during_reload(c: &Container, how: &str) {
+    let name = c.name.clone();
+    let reload = std::thread::spawn(move || {
+        harness()
+            .args(["exec", &name, "--", "systemctl", "reload", "myapp"])
+            .output()
+            .expect("harness exec")
+    });
+    c.until(
+        Duration::from_secs(10),
+        "[ \"$(systemctl show -p ActiveState --value myapp)\" = reloading ]",
+    );
+    let began = Instant::now();
+    c.ok("timeout 30 systemctl stop myapp.service");
+    let took = began.elapsed();
+    let out = reload.join().unwrap();
+    let state = c.ok("systemctl show -p ActiveState -p Result myapp.service");
+    assert!(
+        state.contains("ActiveState=inactive"),
+        "{how}: after a stop during a reload:\n{state}{}",
+        c.ok("journalctl -b --no-pager -u myapp -n 12 -o cat")
+    );
+    let left = c.sh("pgrep -f 'preforkd [h]ello-worker' || true").1;
+    assert!(left.trim().is_empty(), "{how}: left after stop: {left}");
+    say(&format!(
+        "{how}: stop during a reload took {took:?}; systemctl reload exited {:?}",
+        out.status.code()
+    ));
+    c.ok("systemctl start myapp.service");
 }
 
 /// A reload whose workers take 2 s to boot: `systemctl reload` returns only once the new
