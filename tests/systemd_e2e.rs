@@ -258,7 +258,9 @@ ready = "notify"
 "#;
 
 /// `systemctl stop` during a reload, under the shipped ExecReload= and, on systemd 257 and
-/// later, under the notify-reload drop-in. A test of its own per version (its own container).
+/// later, under the notify-reload drop-in. A test of its own per version (its own container),
+/// named to sort after the scenarios: on a cold cache the first two tests build bookworm's and
+/// trixie's root filesystems at the same time.
 fn stop_during_reloads(v: Debian) {
     let Some(c) = boot("stop", v) else {
         return;
@@ -280,17 +282,17 @@ fn stop_during_reloads(v: Debian) {
 }
 
 #[test]
-fn debian_12_stop_during_reload() {
+fn stop_during_reload_debian_12() {
     stop_during_reloads(DEBIAN_12);
 }
 
 #[test]
-fn debian_13_stop_during_reload() {
+fn stop_during_reload_debian_13() {
     stop_during_reloads(DEBIAN_13);
 }
 
 #[test]
-fn debian_unstable_stop_during_reload() {
+fn stop_during_reload_debian_unstable() {
     stop_during_reloads(DEBIAN_UNSTABLE);
 }
 
