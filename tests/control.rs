@@ -139,6 +139,42 @@ fn a_reload_client_that_goes_away_mid_reload_costs_no_cpu() {
     assert!(json.contains("\"control_rejected\":0"), "{json}");
 }
 
+/// `systemctl stop` during a reload also SIGTERMs the `preforkd reload` of ExecReload=: it says
+/// the reload is cancelled and exits 0, so the unit ends inactive rather than failed.
+#[test]
+fn a_reload_client_stopped_by_sigterm_exits_0_and_says_why() {
+    let mut p =
+        Start::activated(&["--workers", "1", "--ready", "3s", "--", "sleep", "300"]).spawn();
+    wait_for(Duration::from_secs(20), || {
+        let (code, json) = p.status(&["--json"]);
+        (code == 0 && json.contains("\"ready\":1")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never ready\n{}", p.log()));
+    let client = Command::new(BIN)
+        .arg("reload")
+        .env("RUNTIME_DIRECTORY", &p.runtime_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Waiting on the rollout: the new worker is there and not ready for 3 s.
+    wait_for(Duration::from_secs(10), || {
+        (p.workers().len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the reload did not start\n{}", p.log()));
+    // SAFETY: a signal to the client this test started.
+    unsafe { libc::kill(client.id() as i32, libc::SIGTERM) };
+    let out = client.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the reload is cancelled: the service is stopping"),
+        "{err}"
+    );
+}
+
 /// `preforkd status` finds the instance the operator means: by a name given as an argument,
 /// or, told nothing, the one instance that runs; with several it names them. Run in a private
 /// mount namespace with its own /run, where root's instances live (needs root and unshare(1)).

@@ -1,8 +1,10 @@
-//! preforkd under a real systemd: a Debian bookworm container booted with systemd-nspawn
+//! preforkd under a real systemd: Debian 12, 13 and unstable containers booted with systemd-nspawn
 //! (tests/e2e/harness.sh), the freshly built .deb installed with dpkg, and every check made
 //! through systemctl, journalctl and curl inside the container, as an operator would.
 //!
-//! Skips, saying so, only where the machine cannot run a container at all (harness exit 77).
+//! Skips, saying so, where the machine cannot run a container at all (harness exit 77), and a
+//! version whose container cannot be prepared or booted (outside preforkd): the other versions
+//! still run, and under CI only Debian unstable may skip.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -131,34 +133,84 @@ fn the_deb() -> &'static PathBuf {
     DEB.get_or_init(build_deb)
 }
 
-/// Whether containers can run here: the harness prepares (and caches) the root filesystem
-/// once for all the tests of this file. None: they cannot, and why.
-fn prepared() -> &'static Option<String> {
-    static PREPARED: OnceLock<Option<String>> = OnceLock::new();
-    PREPARED.get_or_init(|| {
-        let prepare = harness().arg("prepare").output().expect("harness prepare");
-        if prepare.status.code() == Some(77) {
-            return Some(String::from_utf8_lossy(&prepare.stderr).trim().to_owned());
-        }
-        assert!(
-            prepare.status.success(),
-            "harness prepare:\n{}{}",
-            String::from_utf8_lossy(&prepare.stdout),
-            String::from_utf8_lossy(&prepare.stderr)
-        );
-        None
-    })
+/// A Debian release the end-to-end scenario runs on.
+#[derive(Clone, Copy, Debug)]
+struct Debian {
+    /// What the test output calls it.
+    label: &'static str,
+    /// The suite debootstrap fetches (PREFORKD_E2E_SUITE).
+    suite: &'static str,
+    /// The lowest systemd version it must have (its own for a stable release).
+    systemd: u32,
+    /// Debian unstable: it may be broken on a given day for reasons outside preforkd.
+    unstable: bool,
 }
 
-/// Boots a container with the freshly built .deb installed and examples/ at /opt/examples;
-/// None (and a SKIPPED line) where this machine cannot run one.
-fn boot(what: &str) -> Option<Container> {
+const DEBIAN_12: Debian = Debian {
+    label: "Debian 12",
+    suite: "bookworm",
+    systemd: 252,
+    unstable: false,
+};
+const DEBIAN_13: Debian = Debian {
+    label: "Debian 13",
+    suite: "trixie",
+    systemd: 257,
+    unstable: false,
+};
+const DEBIAN_UNSTABLE: Debian = Debian {
+    label: "Debian unstable",
+    suite: "sid",
+    systemd: 257,
+    unstable: true,
+};
+
+/// A line for the person running the tests, written past libtest's output capture, so a skip
+/// shows in `cargo test`'s output even when the test passes.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The container of `v` cannot be prepared or booted, for reasons outside preforkd (preforkd is
+/// not even installed yet): skipped with a clear line, the other versions still run. Under CI
+/// (env CI set) only Debian unstable may skip; the stable releases must run.
+fn cannot_boot(v: Debian, why: &str) -> Option<Container> {
+    let why = why.trim();
+    if std::env::var_os("CI").is_some() && !v.unstable {
+        panic!("{} ({}) cannot boot under CI:\n{why}", v.label, v.suite);
+    }
+    say(&format!(
+        "SKIPPED: {} ({}): cannot boot a systemd container, for reasons outside preforkd:\n{why}",
+        v.label, v.suite
+    ));
+    None
+}
+
+/// Boots a `v` container with the freshly built .deb installed and examples/ at /opt/examples;
+/// None (and a SKIPPED line) where this machine cannot run one, or `v` cannot boot.
+fn boot(what: &str, v: Debian) -> Option<Container> {
     let deb = the_deb();
-    if let Some(why) = prepared() {
-        eprintln!("SKIPPED: {what}: this machine cannot run a systemd container: {why}");
+    // Cached per suite; a second caller waits on the harness's lock.
+    let prepare = harness()
+        .arg("prepare")
+        .env("PREFORKD_E2E_SUITE", v.suite)
+        .output()
+        .expect("harness prepare");
+    let err = String::from_utf8_lossy(&prepare.stderr);
+    if prepare.status.code() == Some(77) {
+        say(&format!(
+            "SKIPPED: {} ({}): {what}: this machine cannot run a systemd container: {}",
+            v.label,
+            v.suite,
+            err.trim()
+        ));
         return None;
     }
-    let name = format!("preforkd-e2e-{what}-{}", std::process::id());
+    if !prepare.status.success() {
+        return cannot_boot(v, &format!("harness prepare:\n{err}"));
+    }
+    let name = format!("preforkd-e2e-{what}-{}-{}", v.suite, std::process::id());
     let binds = format!(
         "{}:/opt/debs {}:/opt/examples",
         deb.parent().unwrap().display(),
@@ -166,34 +218,109 @@ fn boot(what: &str) -> Option<Container> {
     );
     let up = harness()
         .args(["up", &name])
+        .env("PREFORKD_E2E_SUITE", v.suite)
         .env("PREFORKD_E2E_BINDS", binds)
         .output()
         .expect("harness up");
     let c = Container { name };
+    if !up.status.success() {
+        return cannot_boot(
+            v,
+            &format!("harness up:\n{}", String::from_utf8_lossy(&up.stderr)),
+        );
+    }
+    let number = systemd_version(&c);
     assert!(
-        up.status.success(),
-        "harness up:\n{}",
-        String::from_utf8_lossy(&up.stderr)
+        number >= v.systemd,
+        "{}: expected systemd {} or later, found {number}",
+        v.label,
+        v.systemd
     );
+    say(&format!("{} ({}): systemd {number}", v.label, v.suite));
     let deb_name = deb.file_name().unwrap().to_str().unwrap();
     c.ok(&format!("dpkg -i /opt/debs/{deb_name}"));
     Some(c)
 }
 
+/// systemd's version in the container.
+fn systemd_version(c: &Container) -> u32 {
+    c.ok("systemctl --version | head -n 1")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Workers that take 2 s to boot, so a reload lasts seconds.
+const SLOW_CONFIG: &str = r#"command = ["/bin/sh", "-c", "sleep 2; exec /usr/bin/preforkd hello-worker"]
+workers = 2
+ready = "notify"
+"#;
+
+/// `systemctl stop` during a reload, under the shipped ExecReload= and, on systemd 257 and
+/// later, under the notify-reload drop-in. A test of its own per version (its own container),
+/// named to sort after the scenarios: on a cold cache the first two tests build bookworm's and
+/// trixie's root filesystems at the same time.
+fn stop_during_reloads(v: Debian) {
+    let Some(c) = boot("stop", v) else {
+        return;
+    };
+    operator_files(&c, SLOW_CONFIG);
+    if systemd_version(&c) >= 257 {
+        c.ok(
+            "cp /usr/share/doc/preforkd/examples/preforkd-notify-reload.conf /etc/systemd/system/myapp.service.d/ && \
+             systemctl daemon-reload && systemctl start myapp.socket myapp.service",
+        );
+        stop_during_reload(&c, "Type=notify-reload");
+        c.ok("systemctl stop myapp.service && \
+             rm /etc/systemd/system/myapp.service.d/preforkd-notify-reload.conf && \
+             systemctl daemon-reload && systemctl start myapp.service");
+    } else {
+        c.ok("systemctl start myapp.socket myapp.service");
+    }
+    stop_during_reload(&c, "ExecReload=preforkd reload");
+}
+
 #[test]
-fn preforkd_under_real_systemd() {
-    let Some(c) = boot("demo") else {
+fn stop_during_reload_debian_12() {
+    stop_during_reloads(DEBIAN_12);
+}
+
+#[test]
+fn stop_during_reload_debian_13() {
+    stop_during_reloads(DEBIAN_13);
+}
+
+#[test]
+fn stop_during_reload_debian_unstable() {
+    stop_during_reloads(DEBIAN_UNSTABLE);
+}
+
+#[test]
+fn debian_12_systemd_252() {
+    scenario(DEBIAN_12);
+}
+
+#[test]
+fn debian_13_systemd_257() {
+    scenario(DEBIAN_13);
+}
+
+#[test]
+fn debian_unstable_newest_systemd() {
+    scenario(DEBIAN_UNSTABLE);
+}
+
+/// The operator's scenario, the same on every version: socket activation, READY, STATUS,
+/// journal priorities, reload under load with nothing failed, a rejected reload, stop with a
+/// request in flight, watchdog restart, the template unit, the notify-reload drop-in (systemd
+/// 257 and later) and a crash-looping deploy that ends in failed.
+fn scenario(v: Debian) {
+    let Some(c) = boot("demo", v) else {
         return;
     };
 
-    // The operator's files.
-    c.ok(&format!(
-        "cat > /etc/preforkd/myapp.toml <<'EOF'\n{APP_CONFIG}EOF\n\
-         cp /usr/share/doc/preforkd/examples/myapp.socket /usr/share/doc/preforkd/examples/myapp.service /etc/systemd/system/ && \
-         mkdir -p /etc/systemd/system/myapp.service.d && \
-         printf '{TEST_DROPIN}' > /etc/systemd/system/myapp.service.d/test.conf && \
-         systemctl daemon-reload"
-    ));
+    operator_files(&c, APP_CONFIG);
 
     // The shipped units are sandboxed: systemd rates their exposure 2.5 or lower ("OK").
     for unit in ["myapp.service", "preforkd@demo.service"] {
@@ -224,6 +351,23 @@ fn preforkd_under_real_systemd() {
     );
     let status = c.ok("systemctl status --no-pager myapp");
     assert!(status.contains("Status: \"2/2 ready · gen 1"), "{status}");
+    // Workers see their own LISTEN_PID, and their own LISTEN_PIDFDID (the kernel here has
+    // pidfs): the inode of a pidfd of the worker, not of preforkd, whatever systemd gave it.
+    for (pid, _) in ready_workers(&c, "myapp") {
+        let env = c.ok(&format!("tr '\\0' '\\n' < /proc/{pid}/environ"));
+        assert!(
+            env.contains(&format!("\nLISTEN_PID={pid}\n"))
+                || env.starts_with(&format!("LISTEN_PID={pid}\n")),
+            "worker {pid}:\n{env}"
+        );
+        let own = c.ok(&format!(
+            "python3 -c 'import os; print(os.fstat(os.pidfd_open({pid})).st_ino)'"
+        ));
+        assert!(
+            env.contains(&format!("\nLISTEN_PIDFDID={}\n", own.trim())),
+            "worker {pid} (pidfd inode {own}):\n{env}"
+        );
+    }
     // preforkd and its two workers, all in the service's cgroup.
     let procs = c.ok("cg=$(systemctl show -p ControlGroup --value myapp); \
          for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do \
@@ -243,15 +387,20 @@ fn preforkd_under_real_systemd() {
     );
     assert!(warnings.contains("worker="), "{warnings}");
     // The death names the command that shows that worker's own output.
+    // preforkd finds its unit in /proc/self/cgroup (also how it names the instance below).
+    let cgroup = c.ok("cat /proc/$(systemctl show -p MainPID --value myapp)/cgroup");
     assert!(
         warnings.contains("output=\"journalctl -u myapp.service _PID="),
-        "{warnings}"
+        "{warnings}\npreforkd's /proc/PID/cgroup:\n{cgroup}"
     );
     // The instance is named after its unit: `preforkd status myapp`, or just `preforkd status`
     // with one instance running.
     for cmd in ["preforkd status myapp", "preforkd status"] {
         let out = c.ok(cmd);
-        assert!(out.starts_with("preforkd \"myapp\""), "{cmd}: {out}");
+        assert!(
+            out.starts_with("preforkd \"myapp\""),
+            "{cmd}: {out}\npreforkd's /proc/PID/cgroup:\n{cgroup}"
+        );
     }
 
     // systemctl reload under load: nothing fails, new pids, returns when the new gen serves.
@@ -311,6 +460,8 @@ fn preforkd_under_real_systemd() {
     }
     eprintln!("systemctl reload took {took:?}; {ok} requests, 0 failed");
 
+    rejected_reload(&c, "ExecReload=preforkd reload");
+
     // systemctl stop with a request in flight: it completes, and nothing is left.
     let stop_name = c.name.clone();
     let slow = std::thread::spawn(move || {
@@ -360,6 +511,10 @@ fn preforkd_under_real_systemd() {
     let demo_status = c.ok("preforkd status --name demo");
     assert!(demo_status.contains("ready"), "{demo_status}");
 
+    if systemd_version(&c) >= 257 {
+        notify_reload_dropin(&c);
+    }
+
     // A deploy that can never start ends in `failed` under the shipped units' start limit,
     // rather than restarting forever (the test's drop-in, which lifted the limit, goes first).
     c.ok(
@@ -394,13 +549,215 @@ fn preforkd_under_real_systemd() {
     eprintln!("a crash-looping deploy ended in failed after {took:?}");
 }
 
+/// The operator's files: the config, the shipped myapp units, the test's drop-in.
+fn operator_files(c: &Container, config: &str) {
+    c.ok(&format!(
+        "cat > /etc/preforkd/myapp.toml <<'EOF'\n{config}EOF\n\
+         cp /usr/share/doc/preforkd/examples/myapp.socket /usr/share/doc/preforkd/examples/myapp.service /etc/systemd/system/ && \
+         mkdir -p /etc/systemd/system/myapp.service.d && \
+         printf '{TEST_DROPIN}' > /etc/systemd/system/myapp.service.d/test.conf && \
+         systemctl daemon-reload"
+    ));
+}
+
+/// Ready workers of the instance `name`: (pid, generation).
+fn ready_workers(c: &Container, name: &str) -> Vec<(u64, u64)> {
+    let json = c.ok(&format!("preforkd status --name {name} --json"));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "ready")
+        .map(|w| {
+            (
+                w["pid"].as_u64().unwrap(),
+                w["generation"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A reload with an invalid configuration, under the shipped ExecReload=: `systemctl reload`
+/// fails and says why, and the old workers keep serving untouched.
+fn rejected_reload(c: &Container, how: &str) {
+    let before = ready_workers(c, "myapp");
+    c.ok("cp /etc/preforkd/myapp.toml /tmp/good.toml && echo 'workers = \"many\"' >> /etc/preforkd/myapp.toml");
+    let (code, out) = c.sh("systemctl reload myapp");
+    assert_ne!(code, 0, "{how}: a rejected reload reported success:\n{out}");
+    assert_eq!(c.show("myapp.service", "ActiveState"), "active");
+    let r = c.ok("curl -sf -m 5 http://127.0.0.1:8080/");
+    assert!(r.starts_with("worker="), "{r}");
+    assert_eq!(ready_workers(c, "myapp"), before, "{how}: workers changed");
+    let status = c.ok("systemctl status --no-pager myapp");
+    assert!(status.contains("reload failed"), "{how}: {status}");
+    let why = c.ok("journalctl -b --no-pager -u myapp -t preforkd -p err -n 20 -o cat");
+    assert!(why.contains("reload failed"), "{how}: {why}");
+    assert!(why.contains("duplicate key"), "{how}: the reason: {why}");
+    c.ok("cp /tmp/good.toml /etc/preforkd/myapp.toml");
+    eprintln!("{how}: a rejected reload exits {code}; the old workers keep serving");
+
+    // An aborted reload: the configuration is valid, but the new workers fail. Same outcome,
+    // and preforkd stays the same process: systemd never heard STOPPING=1 (systemd 259 and
+    // later take it as final).
+    let (main, restarts) = (
+        c.show("myapp.service", "MainPID"),
+        c.show("myapp.service", "NRestarts"),
+    );
+    c.ok("sed -i 's|^command = .*|command = [\"/bin/false\"]|' /etc/preforkd/myapp.toml");
+    let (code, out) = c.sh("systemctl reload myapp");
+    assert_ne!(code, 0, "{how}: an aborted reload reported success:\n{out}");
+    assert_eq!(c.show("myapp.service", "ActiveState"), "active");
+    assert_eq!(ready_workers(c, "myapp"), before, "{how}: workers changed");
+    let r = c.ok("curl -sf -m 5 http://127.0.0.1:8080/");
+    assert!(r.starts_with("worker="), "{r}");
+    let status = c.ok("systemctl status --no-pager myapp");
+    assert!(status.contains("aborted"), "{how}: {status}");
+    assert_eq!(c.show("myapp.service", "MainPID"), main);
+    assert_eq!(c.show("myapp.service", "NRestarts"), restarts);
+    c.ok("cp /tmp/good.toml /etc/preforkd/myapp.toml");
+    eprintln!("{how}: an aborted reload exits {code}; the old workers keep serving");
+}
+
+/// `systemctl stop` while a slow reload runs: the stop wins at once, the unit ends `inactive`
+/// (a stop the operator asked for is no failure), and nothing is left. Starts the service
+/// again afterwards.
+fn stop_during_reload(c: &Container, how: &str) {
+    let name = c.name.clone();
+    let reload = std::thread::spawn(move || {
+        harness()
+            .args(["exec", &name, "--", "systemctl", "reload", "myapp"])
+            .output()
+            .expect("harness exec")
+    });
+    c.until(
+        Duration::from_secs(10),
+        "[ \"$(systemctl show -p ActiveState --value myapp)\" = reloading ]",
+    );
+    let began = Instant::now();
+    c.ok("timeout 30 systemctl stop myapp.service");
+    let took = began.elapsed();
+    let out = reload.join().unwrap();
+    let state = c.ok("systemctl show -p ActiveState -p Result myapp.service");
+    assert!(
+        state.contains("ActiveState=inactive"),
+        "{how}: after a stop during a reload:\n{state}{}",
+        c.ok("journalctl -b --no-pager -u myapp -n 12 -o cat")
+    );
+    let left = c.sh("pgrep -f 'preforkd [h]ello-worker' || true").1;
+    assert!(left.trim().is_empty(), "{how}: left after stop: {left}");
+    say(&format!(
+        "{how}: stop during a reload took {took:?}; systemctl reload exited {:?}",
+        out.status.code()
+    ));
+    c.ok("systemctl start myapp.service");
+}
+
+/// A reload whose workers take 2 s to boot: `systemctl reload` returns only once the new
+/// generation is ready on every slot, and ActiveState is `reloading` meanwhile. Returns how
+/// long `systemctl reload` took.
+fn slow_reload(c: &Container, how: &str) -> Duration {
+    let before = ready_workers(c, "myapp");
+    let generation = before[0].1;
+    let name = c.name.clone();
+    let reload = std::thread::spawn(move || {
+        let started = Instant::now();
+        let out = harness()
+            .args(["exec", &name, "--", "systemctl", "reload", "myapp"])
+            .output()
+            .expect("harness exec");
+        (out, started.elapsed())
+    });
+    let seen = c.until(
+        Duration::from_secs(10),
+        "s=$(systemctl show -p ActiveState --value myapp); echo $s; [ $s = reloading ]",
+    );
+    assert!(seen.contains("reloading"));
+    let (out, took) = reload.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{how}: systemctl reload failed: {out:?}"
+    );
+    // The moment systemctl returned, the new generation serves on every slot.
+    let after = ready_workers(c, "myapp");
+    assert_eq!(after.len(), 2, "{how}: {after:?}");
+    for (pid, g) in &after {
+        assert_eq!(
+            *g,
+            generation + 1,
+            "{how}: returned before the new generation was ready: {after:?}"
+        );
+        assert!(
+            !before.iter().any(|(p, _)| p == pid),
+            "{how}: same pid: {before:?} / {after:?}"
+        );
+    }
+    assert!(
+        took >= Duration::from_secs(2),
+        "{how}: returned after {took:?}"
+    );
+    assert_eq!(c.show("myapp.service", "ActiveState"), "active");
+    took
+}
+
+/// systemd 257 and later: the same slow reload under the shipped ExecReload= and under
+/// systemd/preforkd-notify-reload.conf (both wait, both show `reloading`), and what the drop-in
+/// loses: a rejected reload reports success.
+fn notify_reload_dropin(c: &Container) {
+    c.ok(
+        "cp /etc/preforkd/myapp.toml /tmp/good.toml && \
+         sed -i 's|^command = .*|command = [\"/bin/sh\", \"-c\", \"sleep 2; exec /usr/bin/preforkd hello-worker --debug-routes\"]|' /etc/preforkd/myapp.toml && \
+         systemctl restart myapp.service",
+    );
+    let exec_reload = slow_reload(c, "ExecReload=preforkd reload");
+    c.ok(
+        "systemctl stop myapp.service && \
+         cp /usr/share/doc/preforkd/examples/preforkd-notify-reload.conf /etc/systemd/system/myapp.service.d/ && \
+         systemctl daemon-reload && systemctl start myapp.service",
+    );
+    assert_eq!(c.show("myapp.service", "Type"), "notify-reload");
+    assert_eq!(c.show("myapp.service", "ActiveState"), "active");
+    let took = slow_reload(c, "Type=notify-reload");
+
+    // What the drop-in loses: the reload is rejected (STATUS= and the journal say so), but
+    // systemd hears only READY=1, and `systemctl reload` exits 0.
+    let before = ready_workers(c, "myapp");
+    c.ok("echo 'workers = \"many\"' >> /etc/preforkd/myapp.toml");
+    let (code, out) = c.sh("systemctl reload myapp");
+    assert_eq!(
+        code, 0,
+        "notify-reload: a rejected reload now reports failure (update the drop-in's comment):\n{out}"
+    );
+    assert_eq!(ready_workers(c, "myapp"), before);
+    let status = c.ok("systemctl status --no-pager myapp");
+    assert!(status.contains("reload failed"), "{status}");
+    say(&format!(
+        "systemd {}: with a 2 s worker boot, systemctl reload took {exec_reload:?} under \
+         ExecReload=, {took:?} under Type=notify-reload, `reloading` seen in both; a rejected \
+         reload exits 1 under ExecReload=, {code} under Type=notify-reload",
+        systemd_version(c)
+    ));
+
+    c.ok(
+        "rm /etc/systemd/system/myapp.service.d/preforkd-notify-reload.conf && \
+         cp /tmp/good.toml /etc/preforkd/myapp.toml && systemctl daemon-reload && \
+         systemctl restart myapp.service",
+    );
+    assert_eq!(c.show("myapp.service", "Type"), "notify");
+}
+
 /// The gunicorn and Node recipes of examples/ under the real systemd, through systemctl as an
 /// operator runs them: started by the socket, reloaded under load with no failed request,
 /// stopped with a request in flight; and the journal keeps preforkd's lines and the app's
 /// apart (`-t preforkd` / `-t gunicorn`, `-t node`).
+///
+/// On Debian 12 only: the recipes' runtimes make a bigger root filesystem, and what they test
+/// (preforkd's reload and stop around a real app) does not depend on systemd's version. Named
+/// to sort after the version tests: on a cold cache the first two tests (two test threads on
+/// two cores) then build bookworm's and trixie's root filesystems at the same time.
 #[test]
-fn gunicorn_and_node_recipes_under_real_systemd() {
-    let Some(c) = boot("recipes") else {
+fn recipes_gunicorn_and_node_on_debian_12() {
+    let Some(c) = boot("recipes", DEBIAN_12) else {
         return;
     };
     c.ok(&format!("cat > /tmp/load.sh <<'EOF'\n{LOAD_SCRIPT}EOF"));

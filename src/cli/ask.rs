@@ -58,7 +58,10 @@ pub(super) fn control_command(inv: &Invocation) -> i32 {
     }
     let path = dir.join(runtime_dir::CONTROL_SOCKET);
     let (request, timeout) = match inv.mode {
-        Mode::Reload => ("reload", Duration::from_secs(3600)),
+        Mode::Reload => {
+            stop_quietly_on_sigterm();
+            ("reload", Duration::from_secs(3600))
+        }
         _ => ("status", Duration::from_secs(5)),
     };
     let instance = format!("preforkd \"{}\" at {}", cfg.name, path.display());
@@ -127,5 +130,29 @@ pub(super) fn control_command(inv: &Invocation) -> i32 {
             log::print_error(&format!("the instance answered something unexpected: {e}"));
             exit::FAILED
         }
+    }
+}
+
+/// `systemctl stop` during a reload sends SIGTERM to the unit's control process, the
+/// `preforkd reload` of `ExecReload=`, too: killed by it, it would leave the unit `failed`
+/// (Result=signal) although preforkd stops cleanly. The stop cancels the reload; that is no
+/// failure of it, so this client says so and exits 0.
+fn stop_quietly_on_sigterm() {
+    extern "C" fn on_sigterm(_: libc::c_int) {
+        const MSG: &[u8] =
+            b"preforkd: the reload is cancelled: the service is stopping (SIGTERM)\n";
+        // SAFETY: write and _exit are async-signal-safe; MSG is static.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: installs a handler that only makes async-signal-safe calls; this client has one
+    // thread and nothing to clean up.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigterm as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
     }
 }

@@ -63,17 +63,21 @@ pub fn systemd_unit() -> Option<String> {
     unit_of_cgroup(&cgroup)
 }
 
-/// The unit of a `/proc/<pid>/cgroup` text: the innermost `*.service` of its path.
+/// The unit of a `/proc/<pid>/cgroup` text: the innermost `*.service` of its path, on the
+/// unified hierarchy ("0::/system.slice/myapp.service") or else on v1's systemd hierarchy. A
+/// pure v2 container on a host that still has v1 hierarchies lists those first, at "/".
 fn unit_of_cgroup(cgroup: &str) -> Option<String> {
-    // cgroup v2 ("0::/system.slice/myapp.service"), or v1's systemd hierarchy.
-    let path = cgroup.lines().find_map(|l| {
-        l.strip_prefix("0::")
-            .or_else(|| l.split_once(":name=systemd:").map(|(_, p)| p))
-    })?;
-    path.split('/')
-        .rev()
-        .find(|part| part.ends_with(".service"))
-        .map(str::to_owned)
+    let service = |path: &str| {
+        path.split('/')
+            .rev()
+            .find(|part| part.ends_with(".service"))
+            .map(str::to_owned)
+    };
+    let unified = cgroup.lines().find_map(|l| l.strip_prefix("0::"));
+    let v1 = cgroup
+        .lines()
+        .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p));
+    unified.and_then(service).or_else(|| v1.and_then(service))
 }
 
 #[cfg(test)]
@@ -94,6 +98,11 @@ mod unit_tests {
         assert_eq!(
             unit("12:name=systemd:/system.slice/a.service\n0::/\n").as_deref(),
             Some("a.service")
+        );
+        // A v2 container on a host with v1 hierarchies: those come first, at "/".
+        assert_eq!(
+            unit("9:name=systemd:/\n1:cpu:/\n0::/system.slice/myapp.service\n").as_deref(),
+            Some("myapp.service")
         );
         assert_eq!(unit("0::/user.slice/user-0.slice/session-1.scope\n"), None);
         assert_eq!(unit("0::/\n"), None);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end harness: a real systemd (Debian bookworm, systemd 252) as PID 1 in a
-# systemd-nspawn container, for testing preforkd under socket activation.
+# End-to-end harness: a real systemd (Debian bookworm/trixie/sid: systemd 252/257/newest) as
+# PID 1 in a systemd-nspawn container, for testing preforkd under socket activation.
 #
 #   harness.sh prepare                      install host tools, build/cache the rootfs
 #   harness.sh up NAME                      boot a container, wait until running/degraded
@@ -14,8 +14,11 @@
 #   PREFORKD_E2E_CACHE   cache directory         (default /var/cache/preforkd-e2e)
 #   PREFORKD_E2E_STATE   per-container state     (default /tmp/preforkd-e2e)
 #   PREFORKD_E2E_BINDS   "HOST:GUEST ..."         read-only bind mounts for `up`
-#   PREFORKD_E2E_SUITE   Debian suite            (default bookworm)
+#   PREFORKD_E2E_SUITE   Debian suite            (default bookworm; trixie, sid, ... work too)
 #   PREFORKD_E2E_PACKAGES  comma list for debootstrap --include (default below)
+#   PREFORKD_E2E_CGROUP  cgroup layout for `up`: unified (pure cgroup v2), nspawn (nspawn's
+#                        choice: hybrid on a hybrid host); default nspawn for bookworm, unified
+#                        for every other suite (systemd 258+ refuses to boot on v1 or hybrid)
 #   PREFORKD_E2E_MIRROR  override the mirror otherwise taken from the host's apt configuration
 #
 # Exit codes: 77 = this machine cannot run containers (reason on stderr);
@@ -26,8 +29,15 @@ set -euo pipefail
 CACHE=${PREFORKD_E2E_CACHE:-/var/cache/preforkd-e2e}
 STATE=${PREFORKD_E2E_STATE:-/tmp/preforkd-e2e}
 SUITE=${PREFORKD_E2E_SUITE:-bookworm}
-# gunicorn and nodejs: the recipes of examples/ that run under the real systemd too.
-PACKAGES=${PREFORKD_E2E_PACKAGES:-systemd,systemd-sysv,dbus,procps,python3-minimal,curl,ca-certificates,gunicorn,nodejs}
+BASE_PACKAGES=systemd,systemd-sysv,dbus,procps,python3-minimal,curl,ca-certificates
+# gunicorn and nodejs: the recipes of examples/, run under the real systemd on bookworm only.
+if [ "$SUITE" = bookworm ]; then BASE_PACKAGES+=,gunicorn,nodejs; fi
+PACKAGES=${PREFORKD_E2E_PACKAGES:-$BASE_PACKAGES}
+if [ "$SUITE" = bookworm ]; then CGROUP_DEFAULT=nspawn; else CGROUP_DEFAULT=unified; fi
+CGROUP=${PREFORKD_E2E_CGROUP:-$CGROUP_DEFAULT}
+case "$CGROUP" in unified | nspawn) ;; *)
+  echo "harness: error: PREFORKD_E2E_CGROUP must be unified or nspawn, not '$CGROUP'" >&2; exit 1 ;;
+esac
 # Bump when the way the rootfs is post-processed changes (invalidates the cache key).
 RECIPE=2
 GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -146,17 +156,18 @@ build_rootfs() {
   mirror=$(find_mirror)
   tmp="$root.tmp.$$"
   remove_tree "$tmp"
-  log "debootstrap --variant=minbase --include=$PACKAGES $SUITE from $mirror (log: $CACHE/debootstrap.log)"
+  local dlog="$CACHE/debootstrap-$SUITE.log"
+  log "debootstrap --variant=minbase --include=$PACKAGES $SUITE from $mirror (log: $dlog)"
   t0=$(now)
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp" "$mirror" \
-    </dev/null >"$CACHE/debootstrap.log" 2>&1 &
+    </dev/null >"$dlog" 2>&1 &
   local dbs=$! rc=0
   # Interrupted: stop debootstrap (and what it runs), drop the half-built tree.
   trap 'log "prepare interrupted"; kill -TERM "$dbs" 2>/dev/null; pkill_tree_wait "$dbs"; remove_tree "$tmp"; exit 130' INT TERM
   wait "$dbs" || rc=$?
   trap - INT TERM
   if [ "$rc" != 0 ]; then
-    tail -n 20 "$CACHE/debootstrap.log" >&2
+    tail -n 20 "$dlog" >&2
     remove_tree "$tmp"
     die "debootstrap failed ($rc)"
   fi
@@ -181,14 +192,19 @@ cmd_prepare() {
   t0=$(now)
   check_can_run_containers
   mkdir -p "$CACHE"
+  # Tests of several suites prepare at once: one apt-get at a time.
+  exec {toolsfd}>"$CACHE/.tools.lock"
+  flock -w 600 "$toolsfd" || die "timed out waiting for the lock $CACHE/.tools.lock"
   install_host_tools
+  flock -u "$toolsfd"
   root=$(rootfs_dir)
   if [ -f "$root/.preforkd-e2e-ok" ]; then
     log "prepare: rootfs cached at $root ($(since "$t0") s)"
     return 0
   fi
-  exec {lockfd}>"$CACHE/.lock"
-  flock -w 1800 "$lockfd" || die "timed out waiting for the cache lock $CACHE/.lock"
+  # One lock per rootfs, so different suites build at the same time.
+  exec {lockfd}>"$root.lock"
+  flock -w 1800 "$lockfd" || die "timed out waiting for the cache lock $root.lock"
   if [ ! -f "$root/.preforkd-e2e-ok" ]; then
     local old
     for old in "$root".tmp.*; do [ -e "$old" ] && remove_tree "$old"; done
@@ -338,6 +354,8 @@ cmd_up() {
   (
     exec {lockfd}>&- # nspawn must not hold our lock
     cgroup_enter "$name" "$d/cgroups"
+    # Pure cgroup v2 inside the container, whatever the host has (systemd 258+ needs it).
+    if [ "$CGROUP" = unified ]; then export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1; fi
     # setsid: a Ctrl-C in the caller's terminal must not reach nspawn; `down` stops it.
     exec setsid systemd-nspawn "${args[@]}"
   ) </dev/null >"$d/console.log" 2>&1 &
@@ -375,7 +393,7 @@ cmd_up() {
   done
   trap - INT TERM
   flock -u "$lockfd"
-  log "up $name: $state in $(since "$t0") s (PID 1 after $t_pid1 s; nspawn $nsp, pid1 $pid1, console $d/console.log)"
+  log "up $name: $SUITE, cgroup $CGROUP: $state in $(since "$t0") s (PID 1 after $t_pid1 s; nspawn $nsp, pid1 $pid1, console $d/console.log)"
   if [ "$state" = degraded ]; then
     guest_sh "$pid1" systemctl --failed --no-legend --plain 2>/dev/null | sed 's/^/harness:   failed unit: /' >&2 || true
   fi
