@@ -58,10 +58,7 @@ pub(super) fn control_command(inv: &Invocation) -> i32 {
     }
     let path = dir.join(runtime_dir::CONTROL_SOCKET);
     let (request, timeout) = match inv.mode {
-        Mode::Reload => {
-            stop_quietly_on_sigterm();
-            ("reload", Duration::from_secs(3600))
-        }
+        Mode::Reload => ("reload", Duration::from_secs(3600)),
         _ => ("status", Duration::from_secs(5)),
     };
     let instance = format!("preforkd \"{}\" at {}", cfg.name, path.display());
@@ -107,6 +104,12 @@ pub(super) fn control_command(inv: &Invocation) -> i32 {
                 println!("{}", outcome.message);
                 exit::OK
             }
+            // A stop cancelled it: no failure of the reload (and under systemd, a failed
+            // ExecReload= during a stop would leave the unit failed).
+            Ok(outcome) if outcome.stopping => {
+                log::print_error(&outcome.message);
+                exit::OK
+            }
             Ok(outcome) => {
                 log::print_error(&outcome.message);
                 exit::RELOAD_FAILED
@@ -137,7 +140,7 @@ pub(super) fn control_command(inv: &Invocation) -> i32 {
 /// `preforkd reload` of `ExecReload=`, too: killed by it, it would leave the unit `failed`
 /// (Result=signal) although preforkd stops cleanly. The stop cancels the reload; that is no
 /// failure of it, so this client says so and exits 0.
-fn stop_quietly_on_sigterm() {
+pub(super) fn stop_quietly_on_sigterm() {
     extern "C" fn on_sigterm(_: libc::c_int) {
         const MSG: &[u8] =
             b"preforkd: the reload is cancelled: the service is stopping (SIGTERM)\n";

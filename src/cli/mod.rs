@@ -89,6 +89,10 @@ struct Invocation {
 
 /// Runs preforkd with `args` (including `argv[0]`); returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
+    // First of all: systemd may SIGTERM ExecReload='s client the moment it starts.
+    if args.get(1).is_some_and(|a| a == "reload") {
+        ask::stop_quietly_on_sigterm();
+    }
     let inv = match parse_args(args) {
         Ok(Some(inv)) => inv,
         Ok(None) => return exit::OK,

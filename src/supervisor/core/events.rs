@@ -184,4 +184,8 @@ pub struct ReloadOutcome {
     pub ok: bool,
     pub generation: u32,
     pub message: String,
+    /// Not done because preforkd is stopping: no failure of the reload (`preforkd reload`
+    /// exits 0, so `systemctl stop` during a reload leaves the unit inactive, not failed).
+    #[serde(default)]
+    pub stopping: bool,
 }

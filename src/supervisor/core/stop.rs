@@ -65,12 +65,13 @@ impl Core {
 
     /// Stops respawning and asks every worker to stop.
     pub(super) fn begin_stop(&mut self, now: Instant, exit_code: i32) {
-        self.cancel_reloads("preforkd is stopping");
         self.phase = Phase::Draining {
             exit_code,
             forced: false,
             since: now,
         };
+        // After the phase: the answers say the stop is why.
+        self.cancel_reloads("preforkd is stopping");
         // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short;
         // workers of an older generation keep their own stop_timeout.
         let longest = self

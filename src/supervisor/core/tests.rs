@@ -140,6 +140,28 @@ fn a_stop_that_arrives_with_a_reload_wins() {
     assert!(!effects.iter().any(|e| matches!(e, Effect::LoadConfig)));
 }
 
+/// A stop during a reload answers the waiting `preforkd reload` as cancelled by the stop,
+/// which that client takes for no failure (ExecReload= must not fail the unit's stop).
+#[test]
+fn a_reload_cut_short_by_a_stop_is_answered_as_stopping() {
+    let (mut pool, _) = Pool::ready(2);
+    pool.reload_with(config(2));
+    let effects = pool.handle(Event::Signal(Signal::SIGTERM));
+    let answers: Vec<&ReloadOutcome> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Answer {
+                answer: Answer::Reload(o),
+                ..
+            } => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "{effects:?}");
+    assert!(!answers[0].ok && answers[0].stopping, "{:?}", answers[0]);
+    assert_eq!(answers[0].message, "reload cancelled: preforkd is stopping");
+}
+
 #[test]
 fn a_second_stop_signal_forces_only_a_second_after_the_first() {
     let (mut pool, pids) = Pool::ready(1);

@@ -224,6 +224,7 @@ impl Core {
 
     fn answer_reload(&mut self, waiters: &[Token], ok: bool, message: &str) {
         let message = crate::echo::message(message);
+        let stopping = !ok && matches!(self.phase, Phase::Draining { .. } | Phase::Done);
         for &token in waiters {
             self.out.push(Effect::Answer {
                 token,
@@ -231,6 +232,7 @@ impl Core {
                     ok,
                     generation: self.gen.number,
                     message: message.clone(),
+                    stopping,
                 }),
             });
         }
