@@ -547,6 +547,23 @@ fn scenario(v: Debian) {
     let last = c.ok("journalctl -b --no-pager -u myapp -t preforkd -p err -n 1 -o cat");
     assert!(last.contains("workers keep failing: giving up"), "{last}");
     eprintln!("a crash-looping deploy ended in failed after {took:?}");
+    remove_and_purge(&c);
+}
+
+/// The package leaves as Debian's conventions say: removal stops the template's running
+/// instances (its prerm) and keeps the edited conffile, a purge takes that too.
+fn remove_and_purge(c: &Container) {
+    c.ok("systemctl reset-failed; cp /etc/preforkd/demo.toml /etc/preforkd/t.toml && \
+          systemctl start preforkd@t.socket && curl -sf -m 20 --unix-socket /run/preforkd/t.sock http://localhost/ >/dev/null && \
+          systemctl is-active preforkd@t.service");
+    c.ok("dpkg -r preforkd");
+    let (code, states) = c.sh("systemctl is-active preforkd@t.service preforkd@t.socket");
+    assert_ne!(code, 0, "still active after dpkg -r:\n{states}");
+    c.ok(
+        "test ! -e /usr/bin/preforkd && test ! -e /usr/lib/systemd/system/preforkd@.service && \
+          test -e /etc/preforkd/demo.toml",
+    );
+    c.ok("dpkg -P preforkd && test ! -e /etc/preforkd/demo.toml && ! dpkg -s preforkd 2>/dev/null");
 }
 
 /// The operator's files: the config, the shipped myapp units, the test's drop-in.
