@@ -97,15 +97,20 @@ fn cpu_time(pid: i32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
-#[test]
-fn a_reload_client_that_goes_away_mid_reload_costs_no_cpu() {
-    let mut p =
-        Start::activated(&["--workers", "1", "--ready", "3s", "--", "sleep", "300"]).spawn();
+/// One ready worker whose successors take 3 s to be ready: a reload that lasts.
+fn slow_to_reload() -> Preforkd {
+    let p = Start::activated(&["--workers", "1", "--ready", "3s", "--", "sleep", "300"]).spawn();
     wait_for(Duration::from_secs(20), || {
         let (code, json) = p.status(&["--json"]);
         (code == 0 && json.contains("\"ready\":1")).then_some(())
     })
     .unwrap_or_else(|| panic!("never ready\n{}", p.log()));
+    p
+}
+
+#[test]
+fn a_reload_client_that_goes_away_mid_reload_costs_no_cpu() {
+    let mut p = slow_to_reload();
     let old = p.workers();
     let mut client = Command::new(BIN)
         .arg("reload")
@@ -143,13 +148,7 @@ fn a_reload_client_that_goes_away_mid_reload_costs_no_cpu() {
 /// the reload is cancelled and exits 0, so the unit ends inactive rather than failed.
 #[test]
 fn a_reload_client_stopped_by_sigterm_exits_0_and_says_why() {
-    let mut p =
-        Start::activated(&["--workers", "1", "--ready", "3s", "--", "sleep", "300"]).spawn();
-    wait_for(Duration::from_secs(20), || {
-        let (code, json) = p.status(&["--json"]);
-        (code == 0 && json.contains("\"ready\":1")).then_some(())
-    })
-    .unwrap_or_else(|| panic!("never ready\n{}", p.log()));
+    let mut p = slow_to_reload();
     let client = Command::new(BIN)
         .arg("reload")
         .env("RUNTIME_DIRECTORY", &p.runtime_dir)
