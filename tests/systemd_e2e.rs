@@ -273,6 +273,9 @@ fn scenario(v: Debian) {
     let demo_status = c.ok("preforkd status --name demo");
     assert!(demo_status.contains("ready"), "{demo_status}");
 
+    // libsystemd's strict sd_listen_fds() in a worker (LISTEN_PIDFDID on systemd 258+).
+    strict_libsystemd_worker(&c);
+
     if systemd_version(&c) >= 257 {
         notify_reload_dropin(&c);
     }

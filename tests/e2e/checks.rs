@@ -217,3 +217,22 @@ pub(crate) fn notify_reload_dropin(c: &Container) {
     );
     assert_eq!(c.show("myapp.service", "Type"), "notify");
 }
+
+/// A worker that takes its socket with libsystemd's own sd_listen_fds(), which on systemd 258
+/// and later also compares LISTEN_PIDFDID with the worker's pidfd: a reload to it must succeed
+/// and it must answer. Restores the scenario's config afterwards.
+pub(crate) fn strict_libsystemd_worker(c: &Container) {
+    c.ok("cp /etc/preforkd/myapp.toml /tmp/before-strict.toml && \
+          sed -i 's|^command = .*|command = [\"/opt/bin/sd-listen-worker\"]|; s|^ready = .*|ready = \"notify\"|' \
+          /etc/preforkd/myapp.toml");
+    let (code, out) = c.sh("systemctl reload myapp");
+    assert_eq!(
+        code,
+        0,
+        "a worker using sd_listen_fds() was refused its socket:\n{out}\n{}",
+        c.journal()
+    );
+    let answer = c.ok("curl -sf -m 10 http://127.0.0.1:8080/");
+    assert_eq!(answer, "sd_listen_fds=1\n");
+    c.ok("cp /tmp/before-strict.toml /etc/preforkd/myapp.toml && systemctl reload myapp");
+}

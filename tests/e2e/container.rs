@@ -123,6 +123,29 @@ done
 echo "$ok $failed" > /tmp/result.$1
 "#;
 
+/// Programs the containers run, built once on this host: `sd-listen-worker`
+/// (tests/e2e/sd_listen_worker.c), which takes its socket with libsystemd's sd_listen_fds().
+pub(crate) fn helpers() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = target_dir().join("e2e-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("gcc")
+            .args(["-O2", "-Wall", "-o"])
+            .arg(dir.join("sd-listen-worker"))
+            .arg(root().join("tests/e2e/sd_listen_worker.c"))
+            .arg("-ldl")
+            .output()
+            .expect("gcc");
+        assert!(
+            out.status.success(),
+            "gcc:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
 /// The .deb, built once for all the tests of this file.
 pub(crate) fn the_deb() -> &'static PathBuf {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
@@ -208,9 +231,10 @@ pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
     }
     let name = format!("preforkd-e2e-{what}-{}-{}", v.suite, std::process::id());
     let binds = format!(
-        "{}:/opt/debs {}:/opt/examples",
+        "{}:/opt/debs {}:/opt/examples {}:/opt/bin",
         deb.parent().unwrap().display(),
-        root().join("examples").display()
+        root().join("examples").display(),
+        helpers().display()
     );
     let up = harness()
         .args(["up", &name])
