@@ -89,8 +89,9 @@ struct Invocation {
 
 /// Runs preforkd with `args` (including `argv[0]`); returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
-    // First of all: systemd may SIGTERM ExecReload='s client the moment it starts.
-    if args.get(1).is_some_and(|a| a == "reload") {
+    // First of all: systemd may SIGTERM ExecReload='s client the moment it starts. Only there
+    // (systemd sets MAINPID for it): a SIGTERM to a reload an operator typed ends it as usual.
+    if args.get(1).is_some_and(|a| a == "reload") && std::env::var_os("MAINPID").is_some() {
         ask::stop_quietly_on_sigterm();
     }
     let inv = match parse_args(args) {

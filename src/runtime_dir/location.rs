@@ -67,10 +67,13 @@ pub fn systemd_unit() -> Option<String> {
 /// unified hierarchy ("0::/system.slice/myapp.service") or else on v1's systemd hierarchy. A
 /// pure v2 container on a host that still has v1 hierarchies lists those first, at "/".
 fn unit_of_cgroup(cgroup: &str) -> Option<String> {
+    // The innermost unit: a process in a scope below a service (a terminal under
+    // user@1000.service, a job a service's manager started) is no process of that service.
     let service = |path: &str| {
         path.split('/')
             .rev()
-            .find(|part| part.ends_with(".service"))
+            .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
+            .filter(|unit| unit.ends_with(".service"))
             .map(str::to_owned)
     };
     let unified = cgroup.lines().find_map(|l| l.strip_prefix("0::"));
@@ -105,6 +108,11 @@ mod unit_tests {
             Some("myapp.service")
         );
         assert_eq!(unit("0::/user.slice/user-0.slice/session-1.scope\n"), None);
+        // A terminal of a desktop session runs in a scope below the user's manager.
+        assert_eq!(
+            unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/vte-spawn-1.scope\n"),
+            None
+        );
         assert_eq!(unit("0::/\n"), None);
     }
 }

@@ -75,10 +75,20 @@ impl JournalPlan {
                 if fd < 0 {
                     return;
                 }
-                if self.open_stream(fd, header) && libc::dup2(fd, target) >= 0 && target == 2 {
+                // With preforkd's own fd 1 or 2 closed, the socket may get that very number:
+                // it then stays, inheritable, instead of being duplicated and closed.
+                let placed = self.open_stream(fd, header)
+                    && if fd == target {
+                        libc::fcntl(fd, libc::F_SETFD, 0) == 0
+                    } else {
+                        libc::dup2(fd, target) >= 0
+                    };
+                if placed && target == 2 {
                     self.record_stream(2);
                 }
-                libc::close(fd);
+                if !(placed && fd == target) {
+                    libc::close(fd);
+                }
             }
         }
     }
