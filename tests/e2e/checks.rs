@@ -9,8 +9,12 @@ use super::container::*;
 /// instances (its prerm) and keeps the edited conffile, a purge takes that too.
 pub(crate) fn remove_and_purge(c: &Container) {
     c.ok("systemctl reset-failed; cp /etc/preforkd/demo.toml /etc/preforkd/t.toml && \
-          systemctl start preforkd@t.socket && curl -sf -m 20 --unix-socket /run/preforkd/t.sock http://localhost/ >/dev/null && \
-          systemctl is-active preforkd@t.service");
+          systemctl start preforkd@t.socket && curl -sf -m 20 --unix-socket /run/preforkd/t.sock http://localhost/ >/dev/null");
+    // Workers answer a moment before systemd has taken preforkd's READY=1.
+    c.until(
+        Duration::from_secs(10),
+        "systemctl is-active preforkd@t.service",
+    );
     c.ok("dpkg -r preforkd");
     let (code, states) = c.sh("systemctl is-active preforkd@t.service preforkd@t.socket");
     assert_ne!(code, 0, "still active after dpkg -r:\n{states}");
