@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// (cfg, what it means; checked by `probe`)
+/// The cfgs a test may need; `probe` says what each means.
 const CFGS: &[&str] = &[
     "have_systemd_analyze",
     "have_man_lint",

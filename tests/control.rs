@@ -183,12 +183,7 @@ fn a_reload_client_stopped_by_sigterm_exits_0_and_says_why() {
 #[test]
 #[cfg_attr(not(can_unshare), ignore = "needs root (unshare -m)")]
 fn status_finds_an_instance_by_its_name_or_the_only_one() {
-    let ok = Command::new("unshare")
-        .args(["-m", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "unshare -m failed: this test needs root");
+    need_unshare();
     let dir = tempfile::tempdir().unwrap();
     // Each step bounded: an instance that never answers ends the script, not the test run.
     let script = r#"

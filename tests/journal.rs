@@ -65,17 +65,6 @@ fn journald(listener: UnixListener, entries: Arc<Mutex<Vec<Entry>>>, stop: Arc<A
     });
 }
 
-/// Fails the test if it cannot make a private mount namespace: build.rs found it could (or CI
-/// is set, and CI must run this as root).
-fn need_unshare() {
-    let ok = Command::new("unshare")
-        .args(["-m", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "unshare -m failed: this test needs root");
-}
-
 #[test]
 #[cfg_attr(not(can_unshare), ignore = "needs root (unshare -m)")]
 fn each_worker_writes_to_a_journal_stream_of_its_own() {

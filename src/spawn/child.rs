@@ -136,8 +136,7 @@ impl ExecPlan {
         if unsafe { libc::dup2(self.dev_null.as_raw_fd(), 0) } < 0 {
             fail(Step::Stdin);
         }
-        // As the workers' user, so the journal records theirs; before the sockets move, so the
-        // streams' temporary fds cannot land where a socket must go.
+        // After the user switch, so that the journal records the workers' user, not root.
         if let Some(journal) = &self.journal {
             // SAFETY: in the forked child, before exec, as connect_in_child requires.
             unsafe { journal.connect_in_child() };
@@ -236,7 +235,7 @@ impl ExecPlan {
                     // SAFETY: the pointer was taken from the plan's LISTEN_PIDFDID entry, with
                     // room for U64_DIGITS and the NUL, and nothing else refers to it now.
                     let buf = unsafe { std::slice::from_raw_parts_mut(digits, U64_DIGITS + 1) };
-                    let n = super::journal::write_decimal(buf, inode);
+                    let n = write_decimal(buf, inode);
                     buf[n] = 0;
                 }
                 // The entry is the last of envp: ending envp there leaves it out, as a worker
@@ -366,19 +365,24 @@ unsafe fn switch_identity(id: &IdentityPlan) -> bool {
 
 /// Writes `pid` in decimal followed by a NUL into `buf`, without allocating.
 pub(super) fn write_pid_digits(buf: &mut [u8], pid: libc::pid_t) {
-    let mut digits = [0u8; PID_DIGITS];
-    let mut n = pid.max(0) as u32;
+    let len = write_decimal(buf, pid.max(0) as u64);
+    buf[len] = 0;
+}
+
+/// `n` in decimal at the start of `buf`; returns how many digits.
+pub(super) fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
+    let mut digits = [0u8; 20];
     let mut len = 0;
     loop {
         digits[len] = b'0' + (n % 10) as u8;
         len += 1;
         n /= 10;
-        if n == 0 || len == PID_DIGITS {
+        if n == 0 {
             break;
         }
     }
     for i in 0..len {
         buf[i] = digits[len - 1 - i];
     }
-    buf[len] = 0;
+    len
 }

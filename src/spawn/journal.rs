@@ -157,10 +157,10 @@ impl JournalPlan {
         // SAFETY: the pointer was taken from the plan's JOURNAL_STREAM entry, which has room
         // for STREAM_DIGITS and the NUL, and nothing else refers to it in the child.
         let buf = unsafe { std::slice::from_raw_parts_mut(self.stream_digits, STREAM_DIGITS + 1) };
-        let mut at = write_decimal(buf, st.st_dev);
+        let mut at = super::child::write_decimal(buf, st.st_dev);
         buf[at] = b':';
         at += 1;
-        at += write_decimal(&mut buf[at..], st.st_ino);
+        at += super::child::write_decimal(&mut buf[at..], st.st_ino);
         buf[at] = 0;
     }
 }
@@ -168,26 +168,9 @@ impl JournalPlan {
 /// Room the `JOURNAL_STREAM=` entry needs after its `=`, with the NUL.
 pub const STREAM_VALUE_ROOM: usize = STREAM_DIGITS + 1;
 
-/// `n` in decimal at the start of `buf`; returns how many digits.
-pub(super) fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
-    let mut digits = [0u8; 20];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        buf[i] = digits[len - 1 - i];
-    }
-    len
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::child::write_decimal;
     use super::*;
 
     #[test]

@@ -2,6 +2,7 @@
 //! fields and open files.
 
 use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 
 /// Children of `pid` per /proc.
 pub fn children(pid: i32) -> Vec<i32> {
@@ -59,4 +60,15 @@ pub fn fds(pid: i32) -> BTreeMap<i32, String> {
             .collect()
         })
         .unwrap_or_default()
+}
+
+/// Fails the test if it cannot make a private mount namespace: build.rs found it could (or CI
+/// is set, and CI must run this as root).
+pub fn need_unshare() {
+    let ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "unshare -m failed: this test needs root");
 }
