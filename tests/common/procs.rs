@@ -25,10 +25,21 @@ pub fn is_alive(pid: i32) -> bool {
 }
 
 /// The environment a process was started with.
+///
+/// The kernel renames a process (`Name:` in status) before it records where the new
+/// environment lies, so a process caught mid-`execve` shows an empty environ for a moment
+/// (seen under CI load). Workers always have an environment: an empty read is retried for up
+/// to 5 s while the process lives, then returned as it is.
 pub fn environ(pid: i32) -> BTreeMap<String, String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let raw = loop {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if !raw.is_empty() || !is_alive(pid) || std::time::Instant::now() > deadline {
+            break raw;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    raw.split(|b| *b == 0)
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
             kv.split_once('=')
