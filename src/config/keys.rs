@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use super::durations::*;
 use super::identity::Identity;
 use super::kinds::*;
+use super::limits::*;
 use super::scalars::*;
 use super::types::{KillMode, ListenAddr, LogLevel, Readiness, Share, Workers};
 
@@ -182,6 +183,15 @@ keys! {
     worker_watchdog_grace: Duration = secs(5), Dur<0>, Some("DURATION"), Applies;
     /// with no ready worker this long, stop systemd's watchdog
     collapse_grace: Duration = secs(30), Dur<0>, Some("DURATION"), Applies;
+    /// recycle a worker whose process group uses more memory than this (proportional set
+    /// size), e.g. 512M; off: never
+    max_memory: Option<u64> = None, MemoryLimit, Some("SIZE|off"), Applies;
+    /// how often workers' memory is measured for max_memory
+    memory_check_interval: Duration = secs(5), Dur<100>, Some("DURATION"), Applies;
+    /// recycle a worker that has run this long, e.g. 6h; off: never
+    max_lifetime: Option<Duration> = None, Lifetime, Some("DURATION|off"), Applies;
+    /// spread recycles by lifetime: worker i of n is recycled i/n of this later
+    max_lifetime_jitter: Duration = Duration::ZERO, Jitter, Some("DURATION"), Applies;
     /// instance name, for the runtime directory and preforkd status NAME; under a systemd
     /// service, the unit's name (myapp for myapp.service)
     name: String = "preforkd".to_owned(), InstanceName, Some("NAME"), K(Kept::Instance);

@@ -13,6 +13,7 @@ mod file;
 mod identity;
 mod keys;
 mod kinds;
+mod limits;
 mod scalars;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ pub use error::{nearest_key, ConfigError};
 pub use file::{load_file, load_file_over, parse, MAX_CONFIG_BYTES};
 pub use identity::{resolve_identity, Identity};
 pub use keys::{Config, KEYS};
+pub use limits::{mib, size};
 pub use types::{KillMode, ListenAddr, LogLevel, Readiness, Share, Workers, MAX_WORKERS};
 
 pub(crate) use keys::{Kept, OnReload, TABLE};
