@@ -31,6 +31,18 @@ pub struct Snapshot {
     /// Slots with no worker: waiting out a back-off after failed starts, or being started.
     #[serde(default)]
     pub empty_slots: Vec<EmptySlot>,
+    /// Workers replaced while the pool kept its capacity, by reason.
+    #[serde(default)]
+    pub replaced: Replaced,
+}
+
+/// Workers that left without being a crash: retired by their own STOPPING=1, or recycled by
+/// preforkd for `max_memory` or `max_lifetime`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    pub retired: u64,
+    pub max_memory: u64,
+    pub max_lifetime: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +68,13 @@ pub struct WorkerInfo {
     pub status: Option<String>,
     /// Milliseconds since its last WATCHDOG=1.
     pub watchdog_ms_ago: Option<u64>,
+    /// Its process group's proportional set size when last measured (with `max_memory`).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// "retiring" (it said STOPPING=1) or "recycling" (it serves until its successor is
+    /// ready); None otherwise.
+    #[serde(default)]
+    pub leaving: Option<String>,
 }
 
 /// "3s", "5m12s", "2h05m": short durations for tables and STATUS=.
@@ -119,7 +138,15 @@ pub fn render(s: &Snapshot) -> String {
             short(Duration::from_millis(w.uptime_ms)),
             w.restarts,
             watchdog,
-            w.status.as_deref().unwrap_or("-")
+            match (&w.leaving, w.memory_bytes) {
+                (Some(l), _) => format!("{l} · {}", w.status.as_deref().unwrap_or("-")),
+                (None, Some(b)) => format!(
+                    "{} · {}",
+                    crate::config::mib(b),
+                    w.status.as_deref().unwrap_or("-")
+                ),
+                (None, None) => w.status.as_deref().unwrap_or("-").to_owned(),
+            }
         );
     }
     for e in &s.empty_slots {
@@ -137,6 +164,14 @@ pub fn render(s: &Snapshot) -> String {
             e.last_error
                 .as_deref()
                 .map_or(String::new(), |m| format!(" · last start failed: {m}"))
+        );
+    }
+    let r = &s.replaced;
+    if r.retired + r.max_memory + r.max_lifetime > 0 {
+        let _ = writeln!(
+            out,
+            "replaced without a crash: {} retired (STOPPING=1), {} over max_memory, {} past max_lifetime",
+            r.retired, r.max_memory, r.max_lifetime
         );
     }
     if s.control_rejected > 0 {
@@ -208,17 +243,29 @@ mod tests {
                 restarts: 0,
                 status: Some("serving".into()),
                 watchdog_ms_ago: Some(500),
+                memory_bytes: Some(50 << 20),
+                leaving: None,
             }],
             empty_slots: vec![EmptySlot {
                 id: 1,
                 start_in_ms: Some(800),
                 last_error: Some("cannot execute /srv/app: Exec format error (errno 8)".into()),
             }],
+            replaced: Replaced {
+                retired: 2,
+                max_memory: 1,
+                max_lifetime: 0,
+            },
         };
         let text = render(&snap);
         assert!(text.contains("ready"), "{text}");
         assert!(text.contains("0.5s ago"), "{text}");
         assert!(text.contains("3 notify message(s) dropped"), "{text}");
+        assert!(text.contains("50 MiB · serving"), "{text}");
+        assert!(
+            text.contains("2 retired (STOPPING=1), 1 over max_memory"),
+            "{text}"
+        );
         assert!(
             text.contains("next start in 0.8s · last start failed: cannot execute"),
             "{text}"

@@ -14,6 +14,7 @@
 
 pub mod core;
 mod launch;
+mod memory;
 mod processes;
 mod sd_notify;
 
@@ -96,6 +97,8 @@ pub struct Supervisor {
     /// Events that effects produced, handled before anything new is looked at.
     queue: VecDeque<Event>,
     leaving: Option<Leaving>,
+    /// The warning that workers' memory cannot be read was logged.
+    memory_denied_said: bool,
 }
 
 impl Supervisor {
@@ -139,6 +142,7 @@ impl Supervisor {
             watched: Vec::new(),
             queue: VecDeque::new(),
             leaving: None,
+            memory_denied_said: false,
         }
     }
 
@@ -259,6 +263,15 @@ impl Supervisor {
                     Answer::Reload(outcome) => serde_json::to_string(&outcome),
                 };
                 self.control.answer(token, &json.unwrap_or_default());
+            }
+            Effect::MeasureMemory(pids) => {
+                let (sizes, denied) = memory::group_pss(&pids);
+                if !denied.is_empty() && !self.memory_denied_said {
+                    self.memory_denied_said = true;
+                    warn!(self.log, "cannot read workers' memory (/proc/PID/smaps_rollup: permission denied): max_memory cannot act; run the workers as preforkd's own user, or give preforkd CAP_SYS_PTRACE";
+                        "pids" => format!("{denied:?}"));
+                }
+                self.queue.push_back(Event::Memory(sizes));
             }
             Effect::WatchGroup(pgid) => {
                 if group_alive(pgid) {

@@ -128,7 +128,15 @@ impl World {
                 (vec![], vec![pid])
             }
             _ if roll < 5 => (vec![notify("WATCHDOG=trigger")], vec![]),
-            _ if roll < 8 => (vec![notify("STOPPING=1")], vec![]),
+            _ if roll < 8 => {
+                // A worker going by its own choice finishes, then exits by itself.
+                p.goes_by_itself = true;
+                (vec![notify("STOPPING=1")], vec![])
+            }
+            _ if p.goes_by_itself && p.program != Program::Stubborn && roll < 40 => {
+                p.exit_with = Some(ExitStatus::Code(0));
+                (vec![], vec![pid])
+            }
             _ if roll < 12 => (vec![notify("STATUS=serving")], vec![]),
             _ => (vec![notify("WATCHDOG=1")], vec![]),
         }

@@ -87,6 +87,11 @@ pub(crate) struct Proc {
     /// When preforkd first sent it its stop signal, and whether SIGKILL has come since.
     pub(crate) stop_sent_at: Option<std::time::Instant>,
     pub(crate) killed: bool,
+    /// When preforkd last heard its STOPPING=1 (an earlier one may have come before it was
+    /// ready, unheeded).
+    pub(crate) said_stopping_at: Option<std::time::Instant>,
+    /// It said STOPPING=1: it finishes and exits by itself.
+    pub(crate) goes_by_itself: bool,
 }
 
 pub(crate) fn config(rng: &mut Rng, first: bool) -> (Config, Program, u32) {
@@ -117,6 +122,15 @@ pub(crate) fn config(rng: &mut Rng, first: bool) -> (Config, Program, u32) {
     cfg.restart_burst = 5;
     cfg.restart_interval = Duration::from_secs(10);
     cfg.collapse_grace = Duration::from_secs(5);
+    cfg.max_memory = *rng.pick(&[None, None, Some(100 << 20)]);
+    cfg.memory_check_interval = Duration::from_millis(*rng.pick(&[500, 2000]));
+    cfg.max_lifetime = *rng.pick(&[
+        None,
+        None,
+        Some(Duration::from_secs(3)),
+        Some(Duration::from_secs(20)),
+    ]);
+    cfg.max_lifetime_jitter = Duration::from_millis(*rng.pick(&[0, 2000]));
     let program = if first && rng.chance(70) {
         Program::Good
     } else {

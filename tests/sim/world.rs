@@ -123,6 +123,16 @@ impl World {
             let cause = event.clone();
             self.trace
                 .push(format!("t={:?} {:?}", self.now - self.base, short(&event)));
+            if let Event::Notify {
+                sender: Some(pid),
+                message: Ok(m),
+                ..
+            } = &cause
+            {
+                if let Some(p) = self.procs.get_mut(pid).filter(|_| m.stopping) {
+                    p.said_stopping_at = Some(self.now);
+                }
+            }
             let effects = self.core.handle(event, self.now);
             let after = self.core.view();
             for effect in &effects {
@@ -138,6 +148,12 @@ impl World {
                 cause: &cause,
                 canary_passed: passed,
             };
+            for w in after.workers.iter().filter(|w| w.recycling) {
+                let begun = !before.workers.iter().any(|b| b.pid == w.pid && b.recycling);
+                if begun && after.reload_busy {
+                    self.fail(format!("recycle of worker {} begun during a reload", w.pid));
+                }
+            }
             for effect in effects {
                 self.apply(effect, &cx);
             }
@@ -193,6 +209,8 @@ impl World {
                             helpers,
                             stop_sent_at: None,
                             killed: false,
+                            said_stopping_at: None,
+                            goes_by_itself: false,
                         },
                     );
                     Ok(pid)
@@ -289,6 +307,27 @@ impl World {
                         .push(format!("    reload answer: {}", outcome.message));
                 }
             }
+            Effect::MeasureMemory(pids) => {
+                if pids.is_empty() {
+                    self.fail("MeasureMemory with no worker to measure".into());
+                }
+                let sizes = pids
+                    .into_iter()
+                    .map(|pid| {
+                        if !self.procs.contains_key(&pid) {
+                            self.fail(format!("memory of {pid}, which preforkd never started"));
+                        }
+                        // Mostly under the sim's 100M limit; sometimes over; sometimes unreadable.
+                        let bytes = match self.rng.below(10) {
+                            0 => None,
+                            1 | 2 => Some((101 + self.rng.below(400)) << 20),
+                            _ => Some((1 + self.rng.below(99)) << 20),
+                        };
+                        (pid, bytes)
+                    })
+                    .collect();
+                self.queue.push(Event::Memory(sizes));
+            }
             Effect::WatchGroup(pgid) => {
                 if self.procs.get(&pgid).is_some_and(|p| p.helpers) {
                     self.groups.insert(pgid);
@@ -343,7 +382,8 @@ impl World {
         );
         let was = before.workers.iter().find(|w| w.pid == pid);
         if signal == p.cfg.stop_signal && !is_group && !operator && !after.draining {
-            if let Some(w) = was.filter(|w| w.ready && !w.stopping) {
+            // (A recycled worker is replaced one for one: checked below.)
+            if let Some(w) = was.filter(|w| w.ready && !w.stopping && !w.recycling) {
                 if let Some((old, false)) = before.rollout {
                     if w.generation == old && !canary_passed {
                         self.fail(format!(
@@ -361,6 +401,27 @@ impl World {
                     self.fail(format!(
                         "ready worker {pid} retired leaving {ready} ready, {} to keep",
                         after.keep_ready
+                    ));
+                }
+            }
+        }
+        let reload_start = matches!(cause, Event::ConfigLoaded(Ok(_)));
+        if signal == p.cfg.stop_signal && !is_group && !operator && !after.draining && !reload_start
+        {
+            if let Some(w) = was.filter(|w| w.recycling) {
+                // Ready when the event came or after it (a rollout may retire it in the same
+                // event, once new workers are ready).
+                let successor = before.workers.iter().chain(&after.workers).any(|s| {
+                    // (It may already be being recycled in turn: a fresh worker over the limit.)
+                    s.id == w.id
+                        && s.generation == w.generation
+                        && s.ready
+                        && s.live
+                        && s.pid != pid
+                });
+                if !successor {
+                    self.fail(format!(
+                        "recycled worker {pid} sent its stop signal before a successor was ready"
                     ));
                 }
             }
@@ -412,8 +473,41 @@ impl World {
         if generations.len() > 2 {
             self.fail(format!("generations alive: {generations:?}"));
         }
+        // Recycling: one at a time, never begun while a reload is read or rolled out.
+        let recycling: Vec<_> = view.workers.iter().filter(|w| w.recycling).collect();
+        if recycling.len() > 1 {
+            self.fail(format!("{} recycles under way at once", recycling.len()));
+        }
+        for w in &recycling {
+            if !w.live || !w.ready {
+                self.fail(format!("worker {} recycling but not ready", w.pid));
+            }
+            // One under way when a reload is asked for goes on while the config is read; the
+            // rollout calls it off unless its successor is ready already.
+            let successor_ready = view.workers.iter().any(|s| {
+                s.id == w.id && s.generation == w.generation && s.ready && s.live && !s.recycling
+            });
+            if view.rollout.is_some() && !successor_ready {
+                self.fail(format!("worker {} recycling during a rollout", w.pid));
+            }
+            if view.rollout.is_none() && w.generation != view.generation {
+                self.fail(format!(
+                    "worker {} of gen {} recycling",
+                    w.pid, w.generation
+                ));
+            }
+        }
+        for w in view.workers.iter().filter(|w| w.retiring) {
+            if w.ready || w.live {
+                self.fail(format!(
+                    "retiring worker {} counted as ready or live",
+                    w.pid
+                ));
+            }
+        }
         let mut slots = HashSet::new();
-        for w in view.workers.iter().filter(|w| w.live) {
+        // A recycled worker serves beside its successor: the successor holds the slot.
+        for w in view.workers.iter().filter(|w| w.live && !w.recycling) {
             if !slots.insert((w.generation, w.id)) {
                 self.fail(format!(
                     "two live workers for worker {} gen {}",
@@ -438,7 +532,7 @@ impl World {
         let current = view
             .workers
             .iter()
-            .filter(|w| w.live && w.generation == view.generation)
+            .filter(|w| w.live && !w.recycling && w.generation == view.generation)
             .count();
         if current > view.wanted {
             self.fail(format!("{current} live workers for {} slots", view.wanted));
@@ -447,7 +541,11 @@ impl World {
         // not counting workers that drain or are being killed. (After an abort, ready workers of
         // the failed generation serve beside the restored pool until it is ready: checked above,
         // they are all ready, and the pool's own live workers are at most one per slot.)
-        let live = view.workers.iter().filter(|w| w.live).count();
+        let live = view
+            .workers
+            .iter()
+            .filter(|w| w.live && !w.recycling)
+            .count();
         let bound = view.wanted.max(view.old_wanted) + view.surge;
         if view.rollout.is_some() && live > bound {
             self.fail(format!(
@@ -459,6 +557,16 @@ impl World {
                 let due = p.stop_sent_at.map(|t| t + p.cfg.stop_timeout);
                 if !p.exited && !p.killed && due.is_some_and(|d| self.now >= d) {
                     self.fail(format!("{pid} not SIGKILLed at its stop_timeout"));
+                }
+            }
+            for w in view.workers.iter().filter(|w| w.retiring) {
+                let p = &self.procs[&w.pid];
+                let due = p.said_stopping_at.map(|t| t + p.cfg.stop_timeout);
+                if p.stop_sent_at.is_none() && due.is_some_and(|d| self.now >= d) {
+                    self.fail(format!(
+                        "{} said STOPPING=1 stop_timeout ago and got no stop signal",
+                        w.pid
+                    ));
                 }
             }
             for w in view.workers.iter().filter(|w| w.ready && w.live) {

@@ -66,6 +66,9 @@ pub enum Event {
     },
     /// `preforkd status` from a control client.
     Status(Token),
+    /// The answer to [`Effect::MeasureMemory`]: each worker's process group's proportional set
+    /// size in bytes, None where it could not be read (the worker has just exited).
+    Memory(Vec<(Pid, Option<u64>)>),
     /// A deadline may have passed.
     Tick,
 }
@@ -83,7 +86,7 @@ impl Event {
             }
             Event::Signal(Signal::SIGHUP) | Event::ReloadRequest(_) | Event::ConfigLoaded(_) => 2,
             Event::Signal(_) => 3,
-            Event::Notify { .. } => 4,
+            Event::Notify { .. } | Event::Memory(_) => 4,
             Event::Status(_) => 5,
             Event::Start | Event::Tick => 6,
         }
@@ -166,6 +169,8 @@ pub enum Effect {
         token: Token,
         answer: Answer,
     },
+    /// Measure these workers' memory; answer with [`Event::Memory`].
+    MeasureMemory(Vec<Pid>),
     /// Tell the core with [`Event::GroupGone`] once this process group is empty.
     WatchGroup(Pid),
     Log(LogLine),

@@ -24,6 +24,7 @@
 //! arrives with a reload wins.
 
 mod events;
+mod leave;
 mod pool;
 mod refuse;
 mod reload;
@@ -73,6 +74,8 @@ pub struct View {
     /// Ready workers the pool keeps before it retires a worker of another generation: its
     /// size during a reload, after an abort what it had when the reload began.
     pub keep_ready: usize,
+    /// A reload's config is being read, or its rollout is under way.
+    pub reload_busy: bool,
     /// During a reload: the generation being replaced, and whether the canary has passed.
     pub rollout: Option<(u32, bool)>,
     pub workers: Vec<WorkerView>,
@@ -91,6 +94,10 @@ pub struct WorkerView {
     /// When it became ready, and its last WATCHDOG=1.
     pub ready_since: Option<Instant>,
     pub last_ping: Option<Instant>,
+    /// Said STOPPING=1 and finishes by itself while its replacement starts.
+    pub retiring: bool,
+    /// Serves while its successor starts (max_memory, max_lifetime).
+    pub recycling: bool,
 }
 
 /// Pushes a log effect: `log!(self, Warning, "fmt", args; "key" => value, ...)`.
@@ -214,6 +221,8 @@ pub struct Core {
     last_ready: Instant,
     /// The pool had no ready worker for `collapse_grace`; systemd's watchdog was told.
     collapsed: bool,
+    /// When workers' memory is next measured for `max_memory`.
+    memory_due: Option<Instant>,
     report: report::Report,
     out: Vec<Effect>,
     /// The systemd unit whose journal holds each worker's output under its own pid, for the
@@ -251,6 +260,7 @@ impl Core {
             watchdog_due: watchdog.map(|_| now),
             last_ready: now,
             collapsed: false,
+            memory_due: None,
             report: report::Report::default(),
             out: Vec::new(),
             output_unit: None,
@@ -299,6 +309,7 @@ impl Core {
                 let answer = Answer::Status(Box::new(self.snapshot(now)));
                 self.out.push(Effect::Answer { token, answer });
             }
+            Event::Memory(sizes) => self.on_memory(sizes),
             Event::Tick => self.on_deadlines(now),
         }
         if self.phase == Phase::Running {
@@ -331,6 +342,7 @@ impl Core {
             .chain(self.collapse_deadline())
             .chain(self.rollout_deadline(now))
             .chain(self.report.refresh_at)
+            .chain(running.then(|| self.recycle_deadline(now)).flatten())
             .min()
     }
 
@@ -350,6 +362,7 @@ impl Core {
             surge: self.gen.cfg.reload_surge.needed(self.gen.slots.len()),
             old_wanted: self.reload.rollout.as_ref().map_or(0, |r| r.old_size()),
             keep_ready: self.retire_target(),
+            reload_busy: self.reload.busy(),
             rollout: self
                 .reload
                 .rollout
@@ -368,6 +381,8 @@ impl Core {
                     started: w.started,
                     ready_since: w.ready_since(),
                     last_ping: w.last_ping,
+                    retiring: w.is_retiring(),
+                    recycling: w.is_recycling(),
                 })
                 .collect(),
         }
@@ -508,6 +523,8 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+mod leave_tests;
 #[cfg(test)]
 mod regressions;
 #[cfg(test)]

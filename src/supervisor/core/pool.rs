@@ -29,9 +29,10 @@ impl Core {
             }
             if workers
                 .iter()
-                .any(|w| w.generation == generation && w.id == slot.id && w.is_live())
+                .any(|w| w.generation == generation && w.id == slot.id && w.holds_slot())
             {
-                // One live worker per slot: the one there keeps it.
+                // One live worker per slot: the one there keeps it (one that is leaving does
+                // not: its successor is what the slot waits for).
                 slot.start_at = None;
                 continue;
             }
@@ -68,16 +69,9 @@ impl Core {
             Ok(pid) => {
                 // Its number leads a new group now: any old group of that number is gone.
                 self.lingering.retain(|l| l.pgid != pid);
-                self.workers.push(Worker {
-                    id,
-                    pid,
-                    generation,
-                    cfg: spawned_with.unwrap_or_else(|| Rc::clone(&self.gen.cfg)),
-                    started: now,
-                    state: State::Spawning,
-                    status: None,
-                    last_ping: None,
-                });
+                let cfg = spawned_with.unwrap_or_else(|| Rc::clone(&self.gen.cfg));
+                self.workers
+                    .push(Worker::new(id, pid, generation, cfg, now));
                 if !slot_there {
                     // Its slot went away (a stop, an aborted reload) while it was being forked.
                     let i = self.workers.len() - 1;
@@ -216,6 +210,12 @@ impl Core {
                     "stop_timeout" => human(cfg.stop_timeout));
                 self.signal(pid, Signal::SIGKILL, Target::Worker);
             }
+            Timer::RetireTimeout => {
+                log!(self, Warning, "retiring worker still runs stop_timeout after its STOPPING=1; sending {}", cfg.stop_signal.as_str();
+                    "worker" => id, "pid" => pid, "gen" => generation,
+                    "stop_timeout" => human(cfg.stop_timeout));
+                self.stop_worker(i, now);
+            }
         }
     }
 
@@ -246,7 +246,7 @@ impl Core {
         };
         let w = self.workers.swap_remove(index);
         let uptime = now.saturating_duration_since(w.started);
-        if let State::Stopping(mut escalation) = w.state {
+        if let State::Stopping(mut escalation) | State::Retiring(mut escalation) = w.state {
             if w.cfg.kill_mode == KillMode::Mixed && !escalation.killed {
                 // As systemd's KillMode=mixed: what the worker left in its group goes with it.
                 // It is not reaped yet, so the group number cannot have been reused.
@@ -259,7 +259,9 @@ impl Core {
                 escalation,
             });
             self.out.push(Effect::WatchGroup(w.pid));
-            if status.is_clean_stop(w.cfg.stop_signal) {
+            if w.leaving.is_some() {
+                self.left(&w, status, uptime);
+            } else if status.is_clean_stop(w.cfg.stop_signal) {
                 log!(self, Info, "worker stopped"; "worker" => w.id, "pid" => pid,
                     "gen" => w.generation, "status" => status);
             } else {
@@ -315,7 +317,7 @@ impl Core {
         let taken = self
             .workers
             .iter()
-            .any(|o| o.generation == w.generation && o.id == w.id && o.is_live());
+            .any(|o| o.generation == w.generation && o.id == w.id && o.holds_slot());
         let forking = self.forking(w.id);
         let Some(slot) = self.slot_mut(w.id).filter(|_| !taken && !forking) else {
             log!(self, Warning, "worker ended: {}", status; "worker" => w.id, "pid" => pid,
@@ -432,7 +434,7 @@ impl Core {
                 "error" => nix::errno::Errno::from_raw(errno).desc());
         }
         if msg.stopping {
-            log!(self, Debug, "worker says it is stopping"; "worker" => id, "pid" => pid, "gen" => generation);
+            self.on_stopping(i, now);
         }
         let w = &self.workers[i];
         if msg.watchdog_trigger && matches!(w.state, State::Starting | State::Ready { .. }) {

@@ -19,6 +19,8 @@ pub(super) struct Report {
     /// shows it once the unit has failed).
     pub gave_up: Option<String>,
     notify_dropped: u64,
+    /// Workers that left by retirement or recycling, by reason.
+    pub replaced: super::leave::Replaced,
     /// Drops since the last log line about them, and when that was.
     drops_unlogged: u64,
     drops_logged_at: Option<Instant>,
@@ -119,10 +121,12 @@ impl Core {
             .slots
             .iter()
             .filter(|s| {
-                !self
-                    .workers
-                    .iter()
-                    .any(|w| w.id == s.id && w.generation == generation && !w.is_stopping())
+                !self.workers.iter().any(|w| {
+                    w.id == s.id
+                        && w.generation == generation
+                        && !w.is_stopping()
+                        && !w.is_retiring()
+                })
             })
             .map(|s| EmptySlot {
                 id: s.id,
@@ -165,9 +169,22 @@ impl Core {
                     watchdog_ms_ago: w
                         .last_ping
                         .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                    memory_bytes: w.memory,
+                    leaving: if w.is_retiring() {
+                        Some("retiring".to_owned())
+                    } else if w.is_recycling() {
+                        Some("recycling".to_owned())
+                    } else {
+                        None
+                    },
                 })
                 .collect(),
             empty_slots,
+            replaced: status::Replaced {
+                retired: self.report.replaced.retired,
+                max_memory: self.report.replaced.memory,
+                max_lifetime: self.report.replaced.lifetime,
+            },
         }
     }
 

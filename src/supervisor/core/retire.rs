@@ -41,12 +41,14 @@ impl Core {
         let mut old: Vec<usize> = (0..self.workers.len())
             .filter(|&i| self.workers[i].generation != generation && self.workers[i].is_live())
             .collect();
-        // Keep the ready ones longest; of those, retire first the ones whose id already has a
-        // ready successor, then the highest ids.
+        // Keep the ready ones longest; of those, retire first one being recycled (its
+        // successor is ready beside it), then the ones whose id already has a ready successor,
+        // then the highest ids.
         old.sort_by_key(|&i| {
             let w = &self.workers[i];
             (
                 w.is_ready(),
+                !w.is_recycling(),
                 !ready_new.contains(&w.id),
                 std::cmp::Reverse(w.id),
             )

@@ -49,7 +49,7 @@ impl Core {
                         signal: Signal::SIGKILL,
                         target: Target::Worker,
                     });
-                    if let State::Stopping(e) | State::Hung(e) = &mut w.state {
+                    if let State::Stopping(e) | State::Hung(e) | State::Retiring(e) = &mut w.state {
                         e.killed = true;
                     }
                 }
@@ -88,7 +88,8 @@ impl Core {
             slot.start_at = None;
         }
         for i in 0..self.workers.len() {
-            if self.workers[i].is_live() {
+            // A retiring worker too: its own deadline may be later than this stop's.
+            if self.workers[i].is_live() || self.workers[i].is_retiring() {
                 self.stop_worker(i, now);
             }
         }

@@ -10,9 +10,9 @@ use super::*;
 use crate::config::{Identity, Readiness, Workers};
 use crate::control::Token;
 
-struct Pool {
-    core: Core,
-    now: Instant,
+pub(super) struct Pool {
+    pub core: Core,
+    pub now: Instant,
     next_pid: i32,
 }
 
@@ -32,10 +32,15 @@ pub(super) fn config(workers: u32) -> Loaded {
 
 impl Pool {
     /// A pool of `workers` ready workers of generation 1.
-    fn ready(workers: u32) -> (Pool, Vec<Pid>) {
+    pub(super) fn ready(workers: u32) -> (Pool, Vec<Pid>) {
+        Pool::ready_with(config(workers))
+    }
+
+    /// A pool of ready workers of generation 1, started with `loaded`.
+    pub(super) fn ready_with(loaded: Loaded) -> (Pool, Vec<Pid>) {
         let now = Instant::now();
         let mut pool = Pool {
-            core: Core::new(config(workers), None, false, now),
+            core: Core::new(loaded, None, false, now),
             now,
             next_pid: 100,
         };
@@ -44,12 +49,12 @@ impl Pool {
         (pool, pids)
     }
 
-    fn handle(&mut self, event: Event) -> Vec<Effect> {
+    pub(super) fn handle(&mut self, event: Event) -> Vec<Effect> {
         self.core.handle(event, self.now)
     }
 
     /// Carries out the spawns among `effects` as a healthy app: fork, exec, READY=1.
-    fn run_spawns(&mut self, effects: &[Effect]) -> Vec<Pid> {
+    pub(super) fn run_spawns(&mut self, effects: &[Effect]) -> Vec<Pid> {
         let mut pids = Vec::new();
         for e in effects {
             if let Effect::Spawn {
@@ -77,7 +82,7 @@ impl Pool {
         pids
     }
 
-    fn say_ready(&mut self, pid: Pid) -> Vec<Effect> {
+    pub(super) fn say_ready(&mut self, pid: Pid) -> Vec<Effect> {
         self.handle(Event::Notify {
             sender: Some(pid),
             group: Some(pid),
@@ -85,12 +90,12 @@ impl Pool {
         })
     }
 
-    fn advance(&mut self, by: Duration) -> Vec<Effect> {
+    pub(super) fn advance(&mut self, by: Duration) -> Vec<Effect> {
         self.now += by;
         self.handle(Event::Tick)
     }
 
-    fn reload_with(&mut self, loaded: Loaded) -> Vec<Effect> {
+    pub(super) fn reload_with(&mut self, loaded: Loaded) -> Vec<Effect> {
         let mut effects = self.handle(Event::ReloadRequest(Token::new(1)));
         assert!(effects.iter().any(|e| matches!(e, Effect::LoadConfig)));
         effects.extend(self.handle(Event::ConfigLoaded(Ok(Box::new(loaded)))));
@@ -98,7 +103,7 @@ impl Pool {
     }
 }
 
-fn signals_to(effects: &[Effect], pid: Pid) -> Vec<Signal> {
+pub(super) fn signals_to(effects: &[Effect], pid: Pid) -> Vec<Signal> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -108,7 +113,7 @@ fn signals_to(effects: &[Effect], pid: Pid) -> Vec<Signal> {
         .collect()
 }
 
-fn spawns(effects: &[Effect]) -> usize {
+pub(super) fn spawns(effects: &[Effect]) -> usize {
     effects
         .iter()
         .filter(|e| matches!(e, Effect::Spawn { .. }))

@@ -45,6 +45,27 @@ pub enum State {
     Hung(Escalation),
     /// Asked to stop with its `stop_signal`; not replaced.
     Stopping(Escalation),
+    /// Said STOPPING=1 and finishes its work by itself while its replacement starts; its
+    /// `stop_signal` is due at the deadline.
+    Retiring(Escalation),
+}
+
+/// Why a worker is on its way out while the pool keeps its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// It said STOPPING=1 (systemd's word for "going down"): replaced at once.
+    Retiring,
+    /// preforkd replaces it: it serves until its successor is ready, then gets `stop_signal`.
+    Recycled(Recycle),
+}
+
+/// What made preforkd recycle a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recycle {
+    /// Its process group's proportional set size, over `max_memory`.
+    Memory { used: u64, limit: u64 },
+    /// It ran past `max_lifetime` (plus its share of the jitter).
+    Lifetime { lived: Duration },
 }
 
 /// Something a worker's clock asks for.
@@ -58,6 +79,8 @@ pub enum Timer {
     AbortGraceOver,
     /// It did not stop within `stop_timeout`.
     StopTimeout,
+    /// It said STOPPING=1 `stop_timeout` ago and still runs.
+    RetireTimeout,
 }
 
 #[derive(Debug)]
@@ -73,15 +96,36 @@ pub struct Worker {
     /// Its own last STATUS=.
     pub status: Option<String>,
     pub last_ping: Option<Instant>,
+    /// Retiring or being recycled: its slot takes a successor while it finishes or serves.
+    pub leaving: Option<Leaving>,
+    /// Its process group's proportional set size when last measured (for `max_memory`).
+    pub memory: Option<u64>,
 }
 
 impl Worker {
+    /// A worker as forked: spawning, with nothing measured and nothing said.
+    pub fn new(id: u32, pid: Pid, generation: u32, cfg: Rc<Config>, now: Instant) -> Worker {
+        Worker {
+            id,
+            pid,
+            generation,
+            cfg,
+            started: now,
+            state: State::Spawning,
+            status: None,
+            last_ping: None,
+            leaving: None,
+            memory: None,
+        }
+    }
+
     /// The next thing this worker's clock asks for, and when. The core's next deadline and its
     /// timer handling both use it, so they cannot disagree.
     pub fn next_timer(&self) -> Option<(Instant, Timer)> {
         let cfg = &self.cfg;
         match self.state {
             State::Stopping(e) => e.next().map(|at| (at, Timer::StopTimeout)),
+            State::Retiring(e) => e.next().map(|at| (at, Timer::RetireTimeout)),
             State::Hung(e) => e.next().map(|at| (at, Timer::AbortGraceOver)),
             State::NotReady => None,
             State::Spawning => Some((self.started + cfg.ready_timeout, Timer::ReadyTimeout)),
@@ -106,6 +150,21 @@ impl Worker {
 
     pub fn is_stopping(&self) -> bool {
         matches!(self.state, State::Stopping(_))
+    }
+
+    pub fn is_retiring(&self) -> bool {
+        matches!(self.state, State::Retiring(_))
+    }
+
+    /// Serving or on its way there, and not leaving: the worker its slot counts on. (A worker
+    /// being recycled is live but not this: its successor takes the slot.)
+    pub fn holds_slot(&self) -> bool {
+        self.is_live() && self.leaving.is_none()
+    }
+
+    /// Serving while its successor starts.
+    pub fn is_recycling(&self) -> bool {
+        self.is_live() && matches!(self.leaving, Some(Leaving::Recycled(_)))
     }
 
     /// Whether it is serving or on its way to serving: not stopping, not being killed.
@@ -148,7 +207,7 @@ impl Worker {
             // A worker being killed keeps the word it had: the JSON's states are a contract.
             State::Spawning | State::Starting | State::NotReady => "starting",
             State::Ready { .. } | State::Hung(_) => "ready",
-            State::Stopping(_) => "draining",
+            State::Stopping(_) | State::Retiring(_) => "draining",
         }
     }
 }

@@ -76,9 +76,9 @@ impl Core {
         let workers = &self.workers;
         let min_gap = self.gen.policy.delay;
         for slot in &mut self.gen.slots {
-            let alive = workers
-                .iter()
-                .any(|w| w.generation == from && w.id == slot.id && !w.is_stopping());
+            let alive = workers.iter().any(|w| {
+                w.generation == from && w.id == slot.id && !w.is_stopping() && !w.is_retiring()
+            });
             if !alive && slot.start_at.is_none() && !forking.contains(&slot.id) {
                 slot.schedule(now, Duration::ZERO, min_gap);
             }

@@ -152,7 +152,7 @@ impl Core {
     /// asked for in the same batch of effects as the event that ended its generation): a new
     /// reload waits, so that at most two generations are ever alive and no fork lands in a
     /// generation that has moved on.
-    fn other_generations_alive(&self) -> bool {
+    pub(super) fn other_generations_alive(&self) -> bool {
         let current = self.gen.number;
         self.workers.iter().any(|w| w.generation != current) || !self.in_flight.is_empty()
     }

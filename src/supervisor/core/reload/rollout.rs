@@ -19,6 +19,7 @@ impl Core {
         for slot in &mut new.slots {
             slot.restarts = self.slot_mut(slot.id).map_or(0, |s| s.restarts);
         }
+        self.call_off_recycles(now);
         let old = std::mem::replace(&mut self.gen, new);
         let cfg = Rc::clone(&self.gen.cfg);
         log!(self, Info, "rolling to a new generation";
@@ -47,6 +48,7 @@ impl Core {
         if self.reload.rollout.is_some() {
             self.schedule_new_workers(now);
         }
+        self.recycle(now);
         self.start_due(now);
         self.check_canary(now);
         self.retire_replaced(now);
