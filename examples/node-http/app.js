@@ -47,6 +47,28 @@ const stop = () => {
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 
+// Retirement: a worker that has to go (an error it cannot recover from, or its request budget
+// spent) says STOPPING=1 before it drains. preforkd starts its replacement at once, so the pool
+// keeps its capacity, and does not count it as a crash.
+const retire = (why) => {
+  if (draining) return;
+  console.error(`worker ${process.env.PREFORKD_WORKER_ID ?? '-'} retiring: ${why}`);
+  if (!process.env.NOTIFY_SOCKET) return stop();
+  execFile('systemd-notify', ['STOPPING=1'], stop);
+};
+process.on('uncaughtException', (err) => {
+  console.error(err);
+  retire('uncaught exception');
+});
+// RETIRE_AFTER=N: recycle after N requests, as gunicorn's max_requests (0 or unset: never).
+const retireAfter = Number(process.env.RETIRE_AFTER ?? 0);
+let served = 0;
+server.on('request', (req, res) => {
+  res.on('finish', () => {
+    if (retireAfter > 0 && ++served === retireAfter) retire(`served ${served} requests`);
+  });
+});
+
 // READY=1: Node has no unix datagram sockets, so systemd-notify (from the systemd package)
 // sends it; preforkd accepts it from a process in the worker's process group.
 const listening = () => {
