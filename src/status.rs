@@ -31,6 +31,19 @@ pub struct Snapshot {
     /// Slots with no worker: waiting out a back-off after failed starts, or being started.
     #[serde(default)]
     pub empty_slots: Vec<EmptySlot>,
+    /// The paths each live generation runs from, oldest first.
+    #[serde(default)]
+    pub generations: Vec<GenerationInfo>,
+}
+
+/// Where a generation's workers run: resolved through symlinks when it was loaded, so a
+/// release symlink swapped since changes only the next generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    pub generation: u32,
+    /// None: preforkd's own working directory.
+    pub working_directory: Option<String>,
+    pub program: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +152,13 @@ pub fn render(s: &Snapshot) -> String {
                 .map_or(String::new(), |m| format!(" · last start failed: {m}"))
         );
     }
+    for g in &s.generations {
+        let dir = g
+            .working_directory
+            .as_deref()
+            .unwrap_or("preforkd's working directory");
+        let _ = writeln!(out, "gen {} runs {} in {dir}", g.generation, g.program);
+    }
     if s.control_rejected > 0 {
         let _ = writeln!(
             out,
@@ -214,11 +234,22 @@ mod tests {
                 start_in_ms: Some(800),
                 last_error: Some("cannot execute /srv/app: Exec format error (errno 8)".into()),
             }],
+            generations: vec![GenerationInfo {
+                generation: 1,
+                working_directory: Some("/srv/app/releases/42".into()),
+                program: "/srv/app/releases/42/venv/bin/python".into(),
+            }],
         };
         let text = render(&snap);
         assert!(text.contains("ready"), "{text}");
         assert!(text.contains("0.5s ago"), "{text}");
         assert!(text.contains("3 notify message(s) dropped"), "{text}");
+        assert!(
+            text.contains(
+                "gen 1 runs /srv/app/releases/42/venv/bin/python in /srv/app/releases/42\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("next start in 0.8s · last start failed: cannot execute"),
             "{text}"
