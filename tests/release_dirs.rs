@@ -359,7 +359,7 @@ fn a_reload_whose_working_directory_is_gone_is_refused_and_the_old_generation_se
     let current = d.root.join("current");
     assert!(
         out.contains(&format!(
-            "working_directory: \"{}\" is not an existing directory",
+            "working_directory: \"{}\" is a symlink to \"releases/3\", which is not an existing directory",
             current.display()
         )),
         "{out}"
