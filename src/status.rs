@@ -41,7 +41,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerationInfo {
     pub generation: u32,
-    /// None: preforkd's own working directory.
+    /// Where its workers start: `working_directory` resolved, or else preforkd's own
+    /// directory. None only if preforkd cannot tell its own (it was removed).
     pub working_directory: Option<String>,
     pub program: String,
 }

@@ -408,3 +408,38 @@ fn after_an_aborted_reload_the_old_generation_respawns_from_its_own_release() {
     d.wait_reported(&mut p, 1, 2);
     assert_eq!(d.listed(&p), vec![d.entry(1, 1)]);
 }
+
+/// Without `working_directory`, workers start where preforkd runs, and the kernel resolved that
+/// when preforkd started (as with systemd's `WorkingDirectory=`): reloads keep that release,
+/// and `preforkd status` says so rather than hiding it.
+#[test]
+fn without_working_directory_workers_stay_where_preforkd_started() {
+    let d = Deploy::new("", false);
+    std::fs::write(
+        &d.config,
+        format!(
+            "command = [\"venv/bin/python\", \"app.py\"]\nworkers = 2\nready = \"notify\"\n\
+             [env]\nREPORT_DIR = \"{}\"\n",
+            d.reports.display()
+        ),
+    )
+    .unwrap();
+    let chdir: &'static str =
+        Box::leak(format!("env --chdir={}", d.root.join("current").display()).into_boxed_str());
+    let mut start = Start::activated(&["--config", d.config.to_str().unwrap()]);
+    start.wrapper = Some(chdir);
+    let mut p = start.spawn();
+    d.wait_reported(&mut p, 1, 2);
+    d.swap("releases/2");
+    let (code, out) = p.status_like(&["reload"]);
+    assert_eq!(code, 0, "{out}\n{}", p.log());
+    d.wait_reported(&mut p, 2, 2);
+    let always_1 = |_: u32| 1;
+    assert_eq!(d.check_live(&mut p, always_1).len(), 2);
+    d.check_reports(always_1);
+    // Once the old workers are gone, only generation 2 is listed, with preforkd's directory.
+    wait_for(Duration::from_secs(20), || {
+        (d.listed(&p) == vec![d.entry(2, 1)]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", d.listed(&p), p.log()));
+}
