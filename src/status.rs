@@ -34,6 +34,9 @@ pub struct Snapshot {
     /// Workers replaced while the pool kept its capacity, by reason.
     #[serde(default)]
     pub replaced: Replaced,
+    /// The paths each live generation runs from, oldest first.
+    #[serde(default)]
+    pub generations: Vec<GenerationInfo>,
 }
 
 /// Workers that left without being a crash: retired by their own STOPPING=1, or recycled by
@@ -43,6 +46,17 @@ pub struct Replaced {
     pub retired: u64,
     pub max_memory: u64,
     pub max_lifetime: u64,
+}
+
+/// Where a generation's workers run: resolved through symlinks when it was loaded, so a
+/// release symlink swapped since changes only the next generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    pub generation: u32,
+    /// Where its workers start: `working_directory` resolved, or else preforkd's own
+    /// directory. None only if preforkd cannot tell its own (it was removed).
+    pub working_directory: Option<String>,
+    pub program: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +188,13 @@ pub fn render(s: &Snapshot) -> String {
             r.retired, r.max_memory, r.max_lifetime
         );
     }
+    for g in &s.generations {
+        let dir = g
+            .working_directory
+            .as_deref()
+            .unwrap_or("preforkd's working directory");
+        let _ = writeln!(out, "gen {} runs {} in {dir}", g.generation, g.program);
+    }
     if s.control_rejected > 0 {
         let _ = writeln!(
             out,
@@ -256,6 +277,11 @@ mod tests {
                 max_memory: 1,
                 max_lifetime: 0,
             },
+            generations: vec![GenerationInfo {
+                generation: 1,
+                working_directory: Some("/srv/app/releases/42".into()),
+                program: "/srv/app/releases/42/venv/bin/python".into(),
+            }],
         };
         let text = render(&snap);
         assert!(text.contains("ready"), "{text}");
@@ -264,6 +290,12 @@ mod tests {
         assert!(text.contains("50 MiB · serving"), "{text}");
         assert!(
             text.contains("2 retired (STOPPING=1), 1 over max_memory"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "gen 1 runs /srv/app/releases/42/venv/bin/python in /srv/app/releases/42\n"
+            ),
             "{text}"
         );
         assert!(

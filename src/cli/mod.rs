@@ -19,7 +19,7 @@ use crate::relay::NotifyRelay;
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::signals::Signals;
 use crate::sockets::{self, SocketError};
-use crate::spawn::resolve_program;
+use crate::spawn::{pin_directory, pin_program, resolve_program};
 use crate::supervisor::{Setup, Supervisor};
 
 mod ask;
@@ -112,7 +112,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return exit::CONFIG;
         }
     };
-    let program = match resolve_command(&cfg) {
+    let (pinned, program) = match pin_generation(cfg.clone()) {
         Ok(p) => p,
         Err(e) => {
             log::print_error(&e.to_string());
@@ -120,11 +120,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     if inv.mode == Mode::Check {
+        // The settings as written; what a generation started now would pin, as comments.
         print!("{}", cfg.to_toml());
         println!("# program: {}", program.display());
+        if let Some(dir) = pinned.working_directory.as_ref() {
+            if pinned.working_directory != cfg.working_directory {
+                println!("# working directory: {}", dir.display());
+            }
+        }
         return exit::OK;
     }
-    run(cfg, program, inv)
+    run(pinned, program, inv)
 }
 
 fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
@@ -265,6 +271,38 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
     Ok(cfg)
 }
 
+/// A generation's paths, resolved through symlinks once, at start and at each reload: the
+/// working directory, the program's directory and, when `command[0]` is a path, the workers'
+/// argv[0] too. Every worker of the generation, respawns included, starts from them, so a
+/// release symlink swapped meanwhile reaches only the next generation (see `spawn::resolve`).
+///
+/// argv[0] follows the program because interpreters start from it: Python looks for the
+/// `pyvenv.cfg` of its virtualenv beside argv[0], and argv[0] through `current` would be the
+/// next release's. A bare name (found in PATH) stays as it is: that is the name the
+/// configuration asked for.
+fn pin_generation(mut cfg: Config) -> Result<(Config, PathBuf), config::ConfigError> {
+    let origin = cfg
+        .file
+        .as_ref()
+        .map_or("command line".to_owned(), |p| p.display().to_string());
+    if let Some(dir) = &cfg.working_directory {
+        let pinned = pin_directory(dir)
+            .map_err(|m| config::ConfigError::new(&*origin, Some("working_directory"), m))?;
+        cfg.working_directory = Some(pinned);
+    }
+    // After the directory: a relative program is found in the pinned release.
+    let program = resolve_command(&cfg)?;
+    let program = pin_program(&program)
+        .map_err(|m| config::ConfigError::new(&*origin, Some("command"), m))?;
+    if cfg.command[0].contains('/') {
+        // A release path that is not UTF-8 cannot be a command string: argv[0] stays as written.
+        if let Some(path) = program.to_str() {
+            cfg.command[0] = path.to_owned();
+        }
+    }
+    Ok((cfg, program))
+}
+
 fn resolve_command(cfg: &Config) -> Result<PathBuf, config::ConfigError> {
     let path_var = cfg
         .env
@@ -288,11 +326,10 @@ fn resolve_command(cfg: &Config) -> Result<PathBuf, config::ConfigError> {
 }
 
 /// What a reload reads: the same file and command line preforkd was started with, the file's
-/// current contents.
+/// current contents, and the paths they name as they resolve now.
 fn load_again(inv: &Invocation) -> Result<(Config, PathBuf), String> {
     let cfg = build_config(inv).map_err(|e| e.to_string())?;
-    let program = resolve_command(&cfg).map_err(|e| e.to_string())?;
-    Ok((cfg, program))
+    pin_generation(cfg).map_err(|e| e.to_string())
 }
 
 /// Why workers of `user` would never be ready, and how to let them through.

@@ -149,14 +149,19 @@ pub fn finish(cfg: &mut Config) -> Result<(), ConfigError> {
     }
     if let Some(dir) = &cfg.working_directory {
         if !dir.is_dir() {
-            return Err(ConfigError::new(
-                origin,
-                Some("working_directory"),
-                format!(
+            // A release symlink (`current`) pointing at a release that is not there.
+            let message = match std::fs::read_link(dir) {
+                Ok(target) => format!(
+                    "\"{}\" is a symlink to \"{}\", which is not an existing directory: create it or fix the link",
+                    dir.display(),
+                    target.display()
+                ),
+                Err(_) => format!(
                     "\"{}\" is not an existing directory: create it or fix the path",
                     dir.display()
                 ),
-            ));
+            };
+            return Err(ConfigError::new(origin, Some("working_directory"), message));
         }
     }
     Ok(())

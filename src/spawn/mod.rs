@@ -38,7 +38,7 @@ pub use error::{SpawnError, Step};
 pub use exec_status::ExecStatus;
 pub use journal::STDOUT_SOCKET as JOURNAL_STDOUT_SOCKET;
 use journal::{JournalPlan, STREAM_VALUE_ROOM};
-pub use resolve::resolve_program;
+pub use resolve::{pin_directory, pin_program, resolve_program};
 
 /// What the supervisor wants started; turned into an [`ExecPlan`] in the parent.
 pub struct WorkerSpec<'a> {

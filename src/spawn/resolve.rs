@@ -1,5 +1,8 @@
 //! Finding the program to exec, in the parent: the child may not allocate between fork and
-//! exec, so it cannot search PATH the way `execvp` does.
+//! exec, so it cannot search PATH the way `execvp` does. And pinning a generation's paths: its
+//! working directory and its program's directory are resolved through symlinks once, when its
+//! configuration is loaded, so that a release symlink (`/srv/app/current -> releases/42`)
+//! swapped later changes only the next generation, never a respawn of this one.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -59,6 +62,43 @@ pub fn resolve_program(
     }))
 }
 
+/// `dir` resolved through every symlink, for a generation's working directory: every worker of
+/// the generation starts there, wherever the path as written points later.
+pub fn pin_directory(dir: &Path) -> Result<PathBuf, String> {
+    let real = std::fs::canonicalize(dir).map_err(|e| {
+        format!(
+            "\"{}\" cannot be resolved: {e}: create it or fix the path",
+            dir.display()
+        )
+    })?;
+    if !real.is_dir() {
+        return Err(format!(
+            "\"{}\" (\"{}\") is not a directory",
+            dir.display(),
+            real.display()
+        ));
+    }
+    Ok(real)
+}
+
+/// `program` (absolute, from [`resolve_program`]) with its directory resolved through every
+/// symlink and its own name kept. The name stays as it is on purpose: a virtualenv's
+/// `bin/python` is a symlink to the system's interpreter, and Python finds the virtualenv by
+/// the `pyvenv.cfg` beside the path it was started by; resolved to the end, the program would
+/// be the system's Python without the release's packages.
+pub fn pin_program(program: &Path) -> Result<PathBuf, String> {
+    let (Some(dir), Some(name)) = (program.parent(), program.file_name()) else {
+        return Ok(program.to_owned());
+    };
+    let dir = std::fs::canonicalize(dir).map_err(|e| {
+        format!(
+            "the directory of {} cannot be resolved: {e}",
+            program.display()
+        )
+    })?;
+    Ok(dir.join(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +122,32 @@ mod tests {
         let from_cwd =
             resolve_program("sh", Some(OsStr::new("bin")), Some(Path::new("/"))).unwrap();
         assert_eq!(from_cwd, Path::new("/bin/sh"));
+    }
+
+    #[test]
+    fn a_generation_pins_directories_through_symlinks_but_not_the_program_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let release = root.join("releases/1");
+        std::fs::create_dir_all(release.join("venv/bin")).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", release.join("venv/bin/python")).unwrap();
+        std::os::unix::fs::symlink("releases/1", root.join("current")).unwrap();
+        let current = root.join("current");
+        assert_eq!(pin_directory(&current).unwrap(), release);
+        assert_eq!(
+            pin_program(&current.join("venv/bin/python")).unwrap(),
+            release.join("venv/bin/python")
+        );
+        let e = pin_directory(&root.join("missing")).unwrap_err();
+        assert!(
+            e.contains("missing\" cannot be resolved: No such file"),
+            "{e}"
+        );
+        let e = pin_directory(&release.join("venv/bin/python")).unwrap_err();
+        assert!(e.contains("is not a directory"), "{e}");
+        std::os::unix::fs::symlink("releases/2", root.join("dangling")).unwrap();
+        assert!(pin_directory(&root.join("dangling")).is_err());
+        let e = pin_program(&root.join("dangling/app")).unwrap_err();
+        assert!(e.contains("dangling/app cannot be resolved"), "{e}");
     }
 }

@@ -258,6 +258,13 @@ impl Supervisor {
                         snapshot.runtime_dir = self.runtime.path().display().to_string();
                         snapshot.control_rejected = self.control.rejected;
                         snapshot.log_dropped = crate::log::dropped_lines();
+                        // Unset: workers start where preforkd runs (resolved when it started).
+                        let own = std::env::current_dir().ok();
+                        for g in &mut snapshot.generations {
+                            if g.working_directory.is_none() {
+                                g.working_directory = own.as_ref().map(|d| d.display().to_string());
+                            }
+                        }
                         serde_json::to_string(&snapshot)
                     }
                     Answer::Reload(outcome) => serde_json::to_string(&outcome),

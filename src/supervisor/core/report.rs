@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::{log, Core, Effect, Phase, Sd, STATUS_REFRESH};
-use crate::status::{self, EmptySlot, Snapshot, WorkerInfo};
+use super::{log, Core, Effect, Generation, Phase, Sd, STATUS_REFRESH};
+use crate::status::{self, EmptySlot, GenerationInfo, Snapshot, WorkerInfo};
 
 #[derive(Debug, Default)]
 pub(super) struct Report {
@@ -24,6 +24,8 @@ pub(super) struct Report {
     /// Drops since the last log line about them, and when that was.
     drops_unlogged: u64,
     drops_logged_at: Option<Instant>,
+    /// The paths of generations a rollout replaced or aborted, while workers of theirs live.
+    paths: Vec<GenerationInfo>,
 }
 
 impl Report {
@@ -185,7 +187,34 @@ impl Core {
                 max_memory: self.report.replaced.memory,
                 max_lifetime: self.report.replaced.lifetime,
             },
+            generations: self.generation_paths(),
         }
+    }
+
+    /// Keeps the paths of both generations of a rollout for `preforkd status`, for as long as
+    /// their workers live (old ones drain after it, ready new ones serve on after an abort);
+    /// forgets generations with no worker left.
+    pub(super) fn remember_paths(&mut self, old: &Generation) {
+        let workers = &self.workers;
+        (self.report.paths).retain(|g| workers.iter().any(|w| w.generation == g.generation));
+        for gen in [old, &self.gen] {
+            if !self.report.paths.iter().any(|g| g.generation == gen.number) {
+                self.report.paths.push(paths_of(gen));
+            }
+        }
+    }
+
+    /// The pool's generation and every other one with a worker alive, oldest first.
+    fn generation_paths(&self) -> Vec<GenerationInfo> {
+        let current = self.gen.number;
+        let mut all: Vec<GenerationInfo> = (self.report.paths.iter())
+            .filter(|g| g.generation != current)
+            .filter(|g| self.workers.iter().any(|w| w.generation == g.generation))
+            .cloned()
+            .collect();
+        all.push(paths_of(&self.gen));
+        all.sort_by_key(|g| g.generation);
+        all
     }
 
     /// STATUS= while a reload runs: `reloading: gen 4 3/4 ready, 1 draining`.
@@ -198,5 +227,13 @@ impl Core {
             "reloading: gen {generation} {ready}/{} ready, {draining} draining",
             self.gen.slots.len()
         ))
+    }
+}
+
+fn paths_of(gen: &Generation) -> GenerationInfo {
+    GenerationInfo {
+        generation: gen.number,
+        working_directory: (gen.cfg.working_directory.as_ref()).map(|d| d.display().to_string()),
+        program: gen.program.display().to_string(),
     }
 }

@@ -26,6 +26,19 @@ impl Core {
             "from" => old.number, "gen" => to, "workers" => self.gen.slots.len(),
             "surge" => cfg.reload_surge, "canary" => human(cfg.reload_canary),
             "command" => cfg.command.join(" "));
+        if old.cfg.working_directory != cfg.working_directory {
+            // A release symlink moved (or the key changed): say where the code comes from now.
+            let dir = |d: &Option<std::path::PathBuf>| {
+                d.as_ref()
+                    .map_or("preforkd's own".to_owned(), |d| d.display().to_string())
+            };
+            if let Some(Effect::Log(line)) = self.out.last_mut() {
+                line.fields
+                    .push(("from_dir", dir(&old.cfg.working_directory)));
+                line.fields.push(("dir", dir(&cfg.working_directory)));
+            }
+        }
+        self.remember_paths(&old);
         self.reload.error = None;
         let ready_before = self.workers.iter().filter(|w| w.is_ready()).count();
         self.reload.rollout = Some(Rollout {
