@@ -1,15 +1,17 @@
-//! What a worker is started with: its exec plan, from its generation's configuration, the
-//! listen sockets and preforkd's own environment. Built in the parent, before fork.
+//! What a worker or an agent is started with: its exec plan, from its generation's
+//! configuration, the listen sockets and preforkd's own environment. Built in the parent,
+//! before fork.
 
-use std::ffi::OsString;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
-use crate::config::Config;
+use crate::config::{AgentConfig, Config};
 use crate::sockets::{self, Listener};
-use crate::spawn::{ExecPlan, JournalSpec, WorkerSpec, JOURNAL_STDOUT_SOCKET};
+use crate::spawn::{ExecPlan, JournalSpec, SpawnError, WorkerSpec, JOURNAL_STDOUT_SOCKET};
 
 pub struct Launcher {
     pub listeners: Vec<Listener>,
@@ -41,8 +43,8 @@ impl Launcher {
         id: u32,
         generation: u32,
         cfg: &Config,
-        program: &std::path::Path,
-    ) -> Result<ExecPlan, crate::spawn::SpawnError> {
+        program: &Path,
+    ) -> Result<ExecPlan, SpawnError> {
         let fds: Vec<_> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let cpu = (cfg.cpu_affinity && !self.cpus.is_empty())
             .then(|| self.cpus[id as usize % self.cpus.len()]);
@@ -66,7 +68,7 @@ impl Launcher {
             ambient_capabilities: &cfg.ambient_capabilities,
             no_new_privileges: cfg.no_new_privileges,
             journal: self.journal.then(|| JournalSpec {
-                socket: std::path::Path::new(JOURNAL_STDOUT_SOCKET),
+                socket: Path::new(JOURNAL_STDOUT_SOCKET),
                 identifier: cfg.syslog_identifier.as_deref().unwrap_or_else(|| {
                     match program.file_name().and_then(|n| n.to_str()) {
                         // preforkd's own demo worker: apart from the supervisor's lines.
@@ -78,6 +80,81 @@ impl Launcher {
                 priorities: [cfg.stdout_priority, cfg.stderr_priority],
             }),
             pidfd_id: self.pidfs,
+        })
+    }
+
+    /// An agent's exec plan: a worker's, but with only the sockets its table names (in that
+    /// order, from fd 3, with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` for them, and
+    /// none of the three when it names none, as systemd does for a service without sockets),
+    /// `PREFORKD_AGENT` instead of `PREFORKD_WORKER_ID`, no CPU pinning and no watchdog. Its
+    /// journal identifier is its name (`journalctl -t scheduler`), so its lines are told from
+    /// the workers' even when both run the same program. Identity, umask, limits and the
+    /// journal's priorities are the pool's. `program` is from [`AgentConfig::resolve_program`].
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the supervisor starts no agent yet (issue 15, item 3)"
+        )
+    )]
+    pub fn plan_agent(
+        &self,
+        generation: u32,
+        agent: &AgentConfig,
+        pool: &Config,
+        program: &Path,
+    ) -> Result<ExecPlan, SpawnError> {
+        let names: Vec<String> = self.listeners.iter().map(|l| l.name.clone()).collect();
+        let indices = agent
+            .socket_indices(&names)
+            .map_err(|m| SpawnError::Plan(format!("agent.{}.sockets: {m}", agent.name)))?;
+        let fds: Vec<RawFd> = indices
+            .iter()
+            .map(|&i| self.listeners[i].fd.as_raw_fd())
+            .collect();
+        let fd_names: Vec<&str> = indices.iter().map(|&i| names[i].as_str()).collect();
+        let mut ours: Vec<(&str, OsString)> = vec![
+            ("NOTIFY_SOCKET", self.notify_path.clone().into_os_string()),
+            ("PREFORKD_AGENT", agent.name.clone().into()),
+            ("PREFORKD_GENERATION", generation.to_string().into()),
+        ];
+        if !fds.is_empty() {
+            ours.push(("LISTEN_FDS", fds.len().to_string().into()));
+            ours.push(("LISTEN_FDNAMES", fd_names.join(":").into()));
+        }
+        let settings = agent.settings(pool);
+        // preforkd's own environment may hold what only workers are told (a preforkd run as
+        // another's worker has PREFORKD_WORKER_ID): an agent must never look like a worker,
+        // nor be handed a watchdog or sockets it was not given.
+        let not_for_agents = |k: &OsStr| {
+            let k = k.as_encoded_bytes();
+            [&b"LISTEN_"[..], b"WATCHDOG_", b"PREFORKD_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        };
+        let env = self.layered_env(&settings.env, ours, not_for_agents);
+        let pid_vars: &[&str] = if fds.is_empty() { &[] } else { &["LISTEN_PID"] };
+        ExecPlan::new(&WorkerSpec {
+            program,
+            argv: &agent.command,
+            env,
+            pid_vars,
+            listen_fds: &fds,
+            working_directory: settings.working_directory.as_deref(),
+            cpu: None,
+            nofile: Some(pool.rlimit_nofile),
+            umask: pool.umask,
+            oom_score_adj: pool.oom_score_adj,
+            identity: pool.identity.as_ref(),
+            ambient_capabilities: &pool.ambient_capabilities,
+            no_new_privileges: pool.no_new_privileges,
+            journal: self.journal.then(|| JournalSpec {
+                socket: Path::new(JOURNAL_STDOUT_SOCKET),
+                identifier: &agent.name,
+                priorities: [pool.stdout_priority, pool.stderr_priority],
+            }),
+            // LISTEN_PIDFDID belongs with LISTEN_PID: none without sockets.
+            pidfd_id: self.pidfs && !fds.is_empty(),
         })
     }
 
@@ -93,22 +170,32 @@ impl Launcher {
         if let Some(wd) = cfg.worker_watchdog {
             ours.push(("WATCHDOG_USEC", wd.as_micros().to_string().into()));
         }
+        self.layered_env(&cfg.env, ours, |_| false)
+    }
+
+    /// preforkd's environment less what `left_out` says and what the layers above set, then
+    /// `env` (the configured variables), then `ours` (preforkd's, for this one process).
+    fn layered_env(
+        &self,
+        env: &BTreeMap<String, String>,
+        ours: Vec<(&str, OsString)>,
+        left_out: impl Fn(&OsStr) -> bool,
+    ) -> Vec<(OsString, OsString)> {
         let overridden = |k: &OsString| {
-            cfg.env.keys().any(|c| k == c.as_str()) || ours.iter().any(|(o, _)| k == o)
+            left_out(k) || env.keys().any(|c| k == c.as_str()) || ours.iter().any(|(o, _)| k == o)
         };
-        let mut env: Vec<(OsString, OsString)> = self
+        let mut out: Vec<(OsString, OsString)> = self
             .base_env
             .iter()
             .filter(|(k, _)| !overridden(k))
             .cloned()
             .collect();
-        env.extend(
-            cfg.env
-                .iter()
+        out.extend(
+            env.iter()
                 .map(|(k, v)| (OsString::from(k), OsString::from(v))),
         );
-        env.extend(ours.into_iter().map(|(k, v)| (k.into(), v)));
-        env
+        out.extend(ours.into_iter().map(|(k, v)| (k.into(), v)));
+        out
     }
 }
 
@@ -133,4 +220,246 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::waitpid;
+    use nix::unistd::ForkResult;
+
+    use super::*;
+    use crate::config::{parse, ListenAddr};
+
+    /// Three sockets, named as systemd might name them: two share a name, as the sockets of one
+    /// socket unit do.
+    fn listeners() -> Vec<Listener> {
+        let cfg = Config {
+            listen: vec![ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()); 3],
+            ..Config::default()
+        };
+        let mut listeners = sockets::bind_all(&cfg).unwrap();
+        for (l, name) in listeners.iter_mut().zip(["http", "metrics", "http"]) {
+            l.name = name.to_owned();
+        }
+        listeners
+    }
+
+    /// A launcher whose "preforkd environment" holds what a worker's would be told, which an
+    /// agent must not see, beside a variable it must keep.
+    fn launcher(listeners: Vec<Listener>) -> Launcher {
+        let base = [
+            ("PATH", "/usr/bin:/bin"),
+            ("KEPT_FROM_PREFORKD", "yes"),
+            ("PREFORKD_WORKER_ID", "9"),
+            ("WATCHDOG_USEC", "1000000"),
+            ("WATCHDOG_PID", "1"),
+            ("LISTEN_FDS", "7"),
+            ("SHARED", "preforkd"),
+        ];
+        Launcher {
+            listeners,
+            base_env: base.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            cpus: allowed_cpus(),
+            notify_path: PathBuf::from("/run/preforkd/test/notify.sock"),
+            journal: false,
+            pidfs: sockets::own_pidfd_inode().is_some(),
+        }
+    }
+
+    /// A spawned agent and the forked copy of the test that is its parent; both are gone once
+    /// this is dropped, whether the test passed or not.
+    struct Running {
+        agent: Pid,
+        copy: Pid,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = kill(self.agent, Signal::SIGKILL);
+            let _ = waitpid(self.copy, None);
+        }
+    }
+
+    /// Plans and spawns the agent from a forked copy of this test: `ExecPlan::spawn` refuses a
+    /// process with more threads than one, and the test harness has several. The copy is what
+    /// preforkd is to the agent (its parent, whose death the agent follows), so it waits for
+    /// the agent and exits with it.
+    fn spawn(launcher: &Launcher, agent: &AgentConfig, pool: &Config, program: &Path) -> Running {
+        // Close-on-exec: a process another test spawns meanwhile must not hold the write end.
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // SAFETY: the child has one thread, this one. glibc holds malloc's locks across fork,
+        // so the child may allocate; it takes no other lock (it prints nothing and cannot
+        // panic: every error is an exit status) and leaves by _exit, running no destructor
+        // of the harness's.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            ForkResult::Child => {
+                drop(read_end);
+                let spawned = launcher
+                    .plan_agent(3, agent, pool, program)
+                    .and_then(|mut plan| plan.spawn());
+                let code = match spawned {
+                    Ok((pid, _)) => {
+                        let _ = nix::unistd::write(&write_end, &pid.as_raw().to_ne_bytes());
+                        let _ = waitpid(pid, None);
+                        0
+                    }
+                    Err(_) => 1,
+                };
+                // SAFETY: ends the forked copy without returning into the harness.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                drop(write_end);
+                let mut pid = [0u8; 4];
+                let n = nix::unistd::read(&read_end, &mut pid).unwrap();
+                if n != 4 {
+                    let status = waitpid(child, None);
+                    panic!("the agent was not spawned: {status:?}");
+                }
+                Running {
+                    agent: Pid::from_raw(i32::from_ne_bytes(pid)),
+                    copy: child,
+                }
+            }
+        }
+    }
+
+    /// The agent once it runs `sleep`: its environment and the sockets at its fds.
+    fn inspect(pid: Pid) -> (BTreeMap<String, String>, BTreeMap<i32, String>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // exec replaces the image: until then /proc shows the forked copy of the test.
+        while std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_or(true, |exe| !exe.ends_with("sleep"))
+        {
+            assert!(Instant::now() < deadline, "the agent never ran sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let env = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                Some((fd, std::fs::read_link(e.path()).ok()?.display().to_string()))
+            })
+            .collect();
+        (env, fds)
+    }
+
+    fn status_field(pid: Pid, field: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+            .trim()
+            .to_owned()
+    }
+
+    fn socket_of(listener: &Listener) -> String {
+        let st = nix::sys::stat::fstat(&listener.fd).unwrap();
+        format!("socket:[{}]", st.st_ino)
+    }
+
+    const CONFIG: &str = r#"
+command = ["sleep", "300"]
+cpu_affinity = true
+worker_watchdog = "10s"
+umask = "0027"
+[env]
+SHARED = "pool"
+POOL_ONLY = "pool"
+
+[agent.scheduler]
+command = ["sleep", "300"]
+sockets = ["metrics", "http"]
+env = { SHARED = "agent" }
+
+[agent.quiet]
+command = ["sleep", "300"]
+"#;
+
+    #[test]
+    fn an_agent_gets_exactly_its_sockets_from_fd_3_and_its_own_environment() {
+        let pool = parse(CONFIG, Path::new("app.toml")).unwrap();
+        let launcher = launcher(listeners());
+        let agent = pool.agent("scheduler").unwrap();
+        let program = agent.resolve_program(&pool).unwrap();
+        let running = spawn(&launcher, agent, &pool, &program);
+        let pid = running.agent;
+        let (env, fds) = inspect(pid);
+        let status = (
+            status_field(pid, "Umask"),
+            status_field(pid, "Cpus_allowed_list"),
+        );
+        let own_cpus = status_field(Pid::this(), "Cpus_allowed_list");
+
+        // "metrics" first, then both sockets named "http" in preforkd's order.
+        assert_eq!(fds.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(fds[&0], "/dev/null");
+        let l = &launcher.listeners;
+        assert_eq!(fds[&3], socket_of(&l[1]));
+        assert_eq!(fds[&4], socket_of(&l[0]));
+        assert_eq!(fds[&5], socket_of(&l[2]));
+        assert_eq!(env["LISTEN_FDS"], "3");
+        assert_eq!(env["LISTEN_FDNAMES"], "metrics:http:http");
+        assert_eq!(env["LISTEN_PID"], pid.to_string());
+        assert_eq!(env.contains_key("LISTEN_PIDFDID"), launcher.pidfs);
+
+        assert_eq!(env["PREFORKD_AGENT"], "scheduler");
+        assert_eq!(env["PREFORKD_GENERATION"], "3");
+        assert_eq!(env["NOTIFY_SOCKET"], "/run/preforkd/test/notify.sock");
+        // preforkd's, then the pool's env, then the agent's.
+        assert_eq!(env["KEPT_FROM_PREFORKD"], "yes");
+        assert_eq!(env["POOL_ONLY"], "pool");
+        assert_eq!(env["SHARED"], "agent");
+        for var in ["PREFORKD_WORKER_ID", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            assert!(!env.contains_key(var), "{var} reached the agent: {env:?}");
+        }
+        // The pool's umask; no pinning, whatever cpu_affinity says.
+        assert_eq!(status, ("0027".to_owned(), own_cpus));
+    }
+
+    #[test]
+    fn an_agent_without_sockets_gets_no_listen_variables() {
+        let pool = parse(CONFIG, Path::new("app.toml")).unwrap();
+        let launcher = launcher(listeners());
+        let agent = pool.agent("quiet").unwrap();
+        let program = agent.resolve_program(&pool).unwrap();
+        let running = spawn(&launcher, agent, &pool, &program);
+        let (env, fds) = inspect(running.agent);
+        assert_eq!(fds.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+        let listen: Vec<&String> = env.keys().filter(|k| k.starts_with("LISTEN_")).collect();
+        assert!(listen.is_empty(), "{listen:?}");
+        assert_eq!(env["PREFORKD_AGENT"], "quiet");
+    }
+
+    #[test]
+    fn an_unknown_socket_name_is_no_plan() {
+        let pool = parse(
+            "[agent.s]\ncommand = [\"sleep\"]\nsockets = [\"grpc\"]\n",
+            Path::new("app.toml"),
+        )
+        .unwrap();
+        let e = launcher(listeners())
+            .plan_agent(1, &pool.agents[0], &pool, Path::new("/bin/sleep"))
+            .err()
+            .expect("no plan");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("agent.s.sockets: no socket is named \"grpc\": the sockets are named \"http\", \"metrics\""),
+            "{e}"
+        );
+    }
 }
