@@ -207,34 +207,36 @@ pub struct AgentSettings {
 }
 
 impl AgentConfig {
-    /// Its table with the pool's values where it sets none; `env` is left the agent's own.
-    fn filled(&self, pool: &Config) -> AgentConfig {
-        AgentConfig {
-            ready: self.ready.or(Some(pool.readiness())),
-            ready_timeout: self.ready_timeout.or(Some(pool.ready_timeout)),
-            stop_signal: self.stop_signal.or(Some(pool.stop_signal)),
-            stop_timeout: self.stop_timeout.or(Some(pool.stop_timeout)),
+    /// What the agent runs with under the pool configuration `pool`: the one place that says
+    /// which of the pool's values an agent takes.
+    pub fn settings(&self, pool: &Config) -> AgentSettings {
+        let mut env = pool.env.clone();
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        AgentSettings {
+            readiness: self.ready.unwrap_or(pool.readiness()),
+            ready_timeout: self.ready_timeout.unwrap_or(pool.ready_timeout),
+            stop_signal: self.stop_signal.unwrap_or(pool.stop_signal),
+            stop_timeout: self.stop_timeout.unwrap_or(pool.stop_timeout),
+            kill_mode: pool.kill_mode,
             working_directory: self
                 .working_directory
                 .clone()
                 .or_else(|| pool.working_directory.clone()),
-            ..self.clone()
+            env,
         }
     }
 
-    /// What the agent runs with under the pool configuration `pool`.
-    pub fn settings(&self, pool: &Config) -> AgentSettings {
-        let filled = self.filled(pool);
-        let mut env = pool.env.clone();
-        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        AgentSettings {
-            readiness: filled.ready.unwrap_or(Readiness::Exec),
-            ready_timeout: filled.ready_timeout.unwrap_or(pool.ready_timeout),
-            stop_signal: filled.stop_signal.unwrap_or(pool.stop_signal),
-            stop_timeout: filled.stop_timeout.unwrap_or(pool.stop_timeout),
-            kill_mode: pool.kill_mode,
-            working_directory: filled.working_directory,
-            env,
+    /// Its table with what [`Self::settings`] takes from the pool written in, for `check`'s
+    /// comments; `env` is left the agent's own, since the pool's is printed above it.
+    fn filled(&self, pool: &Config) -> AgentConfig {
+        let s = self.settings(pool);
+        AgentConfig {
+            ready: Some(s.readiness),
+            ready_timeout: Some(s.ready_timeout),
+            stop_signal: Some(s.stop_signal),
+            stop_timeout: Some(s.stop_timeout),
+            working_directory: s.working_directory,
+            ..self.clone()
         }
     }
 
