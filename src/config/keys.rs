@@ -75,7 +75,7 @@ macro_rules! keys {
             /// [`super::finish`]).
             pub identity: Option<Identity>,
             /// The `[agent.NAME]` tables, in the order written: not keys of this table, since
-            /// each is a table of keys of its own ([`super::agents`]).
+            /// each is a table of keys of its own (declared in `config/agents.rs`).
             pub agents: Vec<AgentConfig>,
         }
 
