@@ -298,6 +298,15 @@ mod tests {
         match unsafe { nix::unistd::fork() }.unwrap() {
             ForkResult::Child => {
                 drop(read_end);
+                // The copy holds every fd the harness's other threads had open at the fork;
+                // held on, they would keep another test's peer from seeing its socket close.
+                let mut keep: Vec<RawFd> = launcher
+                    .listeners
+                    .iter()
+                    .map(|l| l.fd.as_raw_fd())
+                    .collect();
+                keep.push(write_end.as_raw_fd());
+                close_all_but(&keep);
                 let spawned = launcher
                     .plan_agent(3, agent, pool, program)
                     .and_then(|mut plan| plan.spawn());
@@ -328,6 +337,28 @@ mod tests {
         }
     }
 
+    /// Closes every fd from 3 up except `keep`, in the forked copy; what owns them there is
+    /// never dropped, since the copy leaves by _exit.
+    fn close_all_but(keep: &[RawFd]) {
+        let mut keep = keep.to_vec();
+        keep.sort_unstable();
+        let mut from: RawFd = 3;
+        for fd in keep.into_iter().chain([RawFd::MAX]) {
+            if fd > from {
+                // SAFETY: close_range takes plain integers; nothing in the copy uses these fds.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_close_range,
+                        from as libc::c_uint,
+                        (fd - 1) as libc::c_uint,
+                        0,
+                    );
+                }
+            }
+            from = from.max(fd.saturating_add(1));
+        }
+    }
+
     /// The agent once it runs `sleep`: its environment and the sockets at its fds.
     fn inspect(pid: Pid) -> (BTreeMap<String, String>, BTreeMap<i32, String>) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -338,7 +369,19 @@ mod tests {
             assert!(Instant::now() < deadline, "the agent never ran sleep");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        // The kernel shows the new program before it records its environment: an empty read
+        // means not yet (an agent always has some).
+        let environ = loop {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            if !environ.is_empty() {
+                break environ;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent's environment stayed empty"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
         let env = environ
             .split(|b| *b == 0)
             .filter_map(|kv| {
@@ -439,10 +482,10 @@ command = ["sleep", "300"]
         let program = agent.resolve_program(&pool).unwrap();
         let running = spawn(&launcher, agent, &pool, &program);
         let (env, fds) = inspect(running.agent);
+        assert_eq!(env["PREFORKD_AGENT"], "quiet");
         assert_eq!(fds.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
         let listen: Vec<&String> = env.keys().filter(|k| k.starts_with("LISTEN_")).collect();
         assert!(listen.is_empty(), "{listen:?}");
-        assert_eq!(env["PREFORKD_AGENT"], "quiet");
     }
 
     #[test]
