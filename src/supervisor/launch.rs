@@ -316,19 +316,26 @@ mod tests {
                         let _ = waitpid(pid, None);
                         0
                     }
-                    Err(_) => 1,
+                    // Longer than a pid's 4 bytes, and short enough for one atomic write.
+                    Err(e) => {
+                        let said = format!("cannot spawn the agent: {e}");
+                        let _ =
+                            nix::unistd::write(&write_end, &said.as_bytes()[..said.len().min(512)]);
+                        1
+                    }
                 };
                 // SAFETY: ends the forked copy without returning into the harness.
                 unsafe { libc::_exit(code) }
             }
             ForkResult::Parent { child } => {
                 drop(write_end);
-                let mut pid = [0u8; 4];
-                let n = nix::unistd::read(&read_end, &mut pid).unwrap();
+                let mut said = [0u8; 512];
+                let n = nix::unistd::read(&read_end, &mut said).unwrap();
                 if n != 4 {
-                    let status = waitpid(child, None);
-                    panic!("the agent was not spawned: {status:?}");
+                    let _ = waitpid(child, None);
+                    panic!("{}", String::from_utf8_lossy(&said[..n]));
                 }
+                let pid = [said[0], said[1], said[2], said[3]];
                 Running {
                     agent: Pid::from_raw(i32::from_ne_bytes(pid)),
                     copy: child,
