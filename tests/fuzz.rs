@@ -16,7 +16,14 @@ use preforkd::notify;
 /// Fragments a config file is made of, so generated files get past the TOML parser often
 /// enough to reach the value checks.
 fn config_text() -> impl Strategy<Value = String> {
-    let key = prop::sample::select(config::KEYS.to_vec());
+    // The pool's keys and the agents' (which only mean something under an [agent.NAME]
+    // header, and are misplaced anywhere else: both must be told plainly).
+    let keys: Vec<&str> = config::KEYS
+        .iter()
+        .chain(config::AGENT_KEYS)
+        .copied()
+        .collect();
+    let key = prop::sample::select(keys);
     let value = prop_oneof![
         any::<i64>().prop_map(|i| i.to_string()),
         "[a-z0-9%\\. ]{0,12}".prop_map(|s| format!("\"{s}\"")),
@@ -34,6 +41,8 @@ fn config_text() -> impl Strategy<Value = String> {
     let line = prop_oneof![
         8 => (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
         1 => Just("[env]".to_owned()),
+        1 => prop::sample::select(vec!["[agent.a]", "[agent.b-2]", "[agent.a.env]", "[agent]"])
+            .prop_map(str::to_owned),
         1 => ".{0,30}",
     ];
     prop::collection::vec(line, 0..8).prop_map(|lines| lines.join("\n"))

@@ -357,4 +357,16 @@ fn every_config_key_and_flag_is_documented() {
             );
         }
     }
+    // Agent keys share names with the pool's (command, ready, ...): each must have its own
+    // entry in the AGENTS section, not only the pool's elsewhere in the page.
+    let agents = page
+        .split_once(".SH AGENTS\n")
+        .and_then(|(_, rest)| rest.split("\n.SH ").next())
+        .expect("preforkd.toml(5) has an AGENTS section");
+    for key in preforkd::config::AGENT_KEYS {
+        assert!(
+            agents.contains(&format!(".TP\n.B {key}\n")),
+            "agent key {key} is not documented in the AGENTS section of preforkd.toml(5)"
+        );
+    }
 }

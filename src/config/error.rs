@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::agents::AGENT_KEYS;
 use super::keys::KEYS;
 
 /// A configuration problem, with where it was found.
@@ -50,22 +51,41 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// "unknown field `wrokers`; did you mean `workers`?".
+/// "unknown field `wrokers`; did you mean `workers`?", for a key at the top of the file.
 pub(crate) fn unknown_key(name: &str) -> String {
-    match nearest_key(name) {
+    // `agent` is no flag, so [`nearest_key`] (which the flags share) leaves it out.
+    let keys = KEYS.iter().chain(std::iter::once(&"agent"));
+    match nearest(name, keys.copied()) {
         Some(key) => format!("unknown field `{name}`; did you mean `{key}`?"),
         None => format!("unknown field `{name}`: preforkd.toml(5) lists the keys"),
     }
 }
 
+/// The same inside an `[agent.NAME]` table, where a key of the pool's is a likely mistake.
+pub(crate) fn unknown_agent_key(name: &str) -> String {
+    let all = AGENT_KEYS.join(", ");
+    if KEYS.contains(&name) {
+        return format!(
+            "`{name}` is a key of the worker pool, not of an agent: an agent takes {all} (and the pool's value of the rest)"
+        );
+    }
+    match nearest(name, AGENT_KEYS.iter().copied()) {
+        Some(key) => format!("unknown field `{name}`; did you mean `{key}`?"),
+        None => format!("unknown field `{name}`: an agent takes {all}"),
+    }
+}
+
 /// The key `name` was most likely meant to be, by edit distance; None if none is close.
 pub fn nearest_key(name: &str) -> Option<&'static str> {
+    nearest(name, KEYS.iter().copied())
+}
+
+fn nearest(name: &str, keys: impl Iterator<Item = &'static str>) -> Option<&'static str> {
     // A long name is no typo of a short key, and comparing it would cost its length squared.
     if name.len() > 64 {
         return None;
     }
-    KEYS.iter()
-        .map(|k| (edit_distance(name, k), *k))
+    keys.map(|k| (edit_distance(name, k), k))
         .min_by_key(|(d, _)| *d)
         .filter(|(d, _)| *d <= 3)
         .map(|(_, k)| k)

@@ -8,6 +8,7 @@ use std::path::Path;
 use toml::de::DeTable;
 use toml::Spanned;
 
+use super::agents;
 use super::error::{unknown_key, ConfigError};
 use super::keys::{key, Config};
 use super::kinds::{Invalid, Raw};
@@ -138,6 +139,10 @@ fn parse_over(text: &str, path: &Path, base: Config) -> Result<Config, ConfigErr
     let mut entries: Vec<_> = doc.get_ref().iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
     for (name, value) in entries {
+        if name.get_ref() == "agent" {
+            cfg.agents = agents::parse(value).map_err(|e| src.invalid("agent", value, e))?;
+            continue;
+        }
         let Some(key) = key(name.get_ref()) else {
             return Err(src.error_at(name.span(), None, unknown_key(name.get_ref())));
         };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::agents::AgentConfig;
 use super::durations::*;
 use super::identity::Identity;
 use super::kinds::*;
@@ -74,11 +75,14 @@ macro_rules! keys {
             /// `user`, `group` and `supplementary_groups` resolved to ids (by
             /// [`super::finish`]).
             pub identity: Option<Identity>,
+            /// The `[agent.NAME]` tables, in the order written: not keys of this table, since
+            /// each is a table of keys of its own (declared in `config/agents.rs`).
+            pub agents: Vec<AgentConfig>,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { file: None, $($name: $default,)* identity: None }
+                Config { file: None, $($name: $default,)* identity: None, agents: Vec::new() }
             }
         }
 

@@ -101,7 +101,7 @@ impl Invalid {
     }
 }
 
-fn wrong_type(shape: &Shape, expected: &str) -> Invalid {
+pub(crate) fn wrong_type(shape: &Shape, expected: &str) -> Invalid {
     format!("invalid type: {}, expected {expected}", shape.describe()).into()
 }
 

@@ -7,6 +7,9 @@
 //! would be valid. A bad configuration is a [`ConfigError`]; the binary turns it into exit code
 //! 78 (EX_CONFIG) before anything starts.
 
+#[cfg(test)]
+mod agent_tests;
+mod agents;
 mod durations;
 mod error;
 mod file;
@@ -19,6 +22,7 @@ mod scalars;
 mod tests;
 mod types;
 
+pub use agents::{AgentConfig, AgentSettings, AgentStart, AGENT_KEYS, MAX_AGENT_NAME};
 pub use error::{nearest_key, ConfigError};
 pub use file::{load_file, load_file_over, parse, MAX_CONFIG_BYTES};
 pub use identity::{resolve_identity, Identity};
@@ -164,7 +168,7 @@ pub fn finish(cfg: &mut Config) -> Result<(), ConfigError> {
             return Err(ConfigError::new(origin, Some("working_directory"), message));
         }
     }
-    Ok(())
+    agents::finish(cfg)
 }
 
 impl Config {
@@ -174,7 +178,7 @@ impl Config {
     }
 
     /// The effective configuration as TOML, for `preforkd check`: every key in the table's
-    /// order, unset ones left out, tables last.
+    /// order, unset ones left out, tables last, the agents' after the pool's.
     pub fn to_toml(&self) -> String {
         let mut out = match &self.file {
             Some(f) => format!("# effective configuration from {}\n", f.display()),
@@ -188,6 +192,6 @@ impl Config {
                 None => {}
             }
         }
-        out + &tables
+        out + &tables + &agents::to_toml(self)
     }
 }

@@ -232,7 +232,50 @@ fn check_output_reads_back_to_the_same_settings() {
                 key.name
             );
         }
+        assert_eq!(start.agents, again.agents, "after:\n{printed}");
     }
+}
+
+/// The same for the agents' tables: one that sets every key (with values that need quoting),
+/// one that sets only its command and runs with the pool's values, printed as comments.
+#[test]
+fn check_output_reads_back_to_the_same_agents() {
+    let text = r#"
+command = ["node", "app.js"]
+ready = "notify"
+stop_timeout = "5s"
+working_directory = "/"
+
+[agent.scheduler]
+command = ["node", "sched \"quoted\".js", "--tz=UTC"]
+working_directory = "/srv/app dir"
+ready = "2s"
+ready_timeout = "90s"
+stop_signal = "SIGINT"
+stop_timeout = "1m 30s"
+sockets = ["metrics", "http", "name with spaces"]
+start = "before-workers"
+[agent.scheduler.env]
+QUEUE = "jobs \"now\""
+EMPTY = ""
+
+[agent.bare-1]
+command = ["consumer"]
+"#;
+    let start = parse(text, Path::new("app.toml")).unwrap();
+    assert_eq!(start.agents.len(), 2);
+    let printed = start.to_toml();
+    let again =
+        parse(&printed, Path::new("check.toml")).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(start.agents, again.agents, "after:\n{printed}");
+    for (a, b) in start.agents.iter().zip(&again.agents) {
+        assert_eq!(a.settings(&start), b.settings(&again), "{}", a.name);
+    }
+    // And once more: check's output is a fixed point.
+    assert_eq!(
+        again.to_toml().lines().skip(1).collect::<Vec<_>>(),
+        printed.lines().skip(1).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -1,15 +1,17 @@
-//! What a worker is started with: its exec plan, from its generation's configuration, the
-//! listen sockets and preforkd's own environment. Built in the parent, before fork.
+//! What a worker or an agent is started with: its exec plan, from its generation's
+//! configuration, the listen sockets and preforkd's own environment. Built in the parent,
+//! before fork.
 
-use std::ffi::OsString;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
-use crate::config::Config;
+use crate::config::{AgentConfig, Config};
 use crate::sockets::{self, Listener};
-use crate::spawn::{ExecPlan, JournalSpec, WorkerSpec, JOURNAL_STDOUT_SOCKET};
+use crate::spawn::{ExecPlan, JournalSpec, SpawnError, WorkerSpec, JOURNAL_STDOUT_SOCKET};
 
 pub struct Launcher {
     pub listeners: Vec<Listener>,
@@ -41,8 +43,8 @@ impl Launcher {
         id: u32,
         generation: u32,
         cfg: &Config,
-        program: &std::path::Path,
-    ) -> Result<ExecPlan, crate::spawn::SpawnError> {
+        program: &Path,
+    ) -> Result<ExecPlan, SpawnError> {
         let fds: Vec<_> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let cpu = (cfg.cpu_affinity && !self.cpus.is_empty())
             .then(|| self.cpus[id as usize % self.cpus.len()]);
@@ -66,7 +68,7 @@ impl Launcher {
             ambient_capabilities: &cfg.ambient_capabilities,
             no_new_privileges: cfg.no_new_privileges,
             journal: self.journal.then(|| JournalSpec {
-                socket: std::path::Path::new(JOURNAL_STDOUT_SOCKET),
+                socket: Path::new(JOURNAL_STDOUT_SOCKET),
                 identifier: cfg.syslog_identifier.as_deref().unwrap_or_else(|| {
                     match program.file_name().and_then(|n| n.to_str()) {
                         // preforkd's own demo worker: apart from the supervisor's lines.
@@ -78,6 +80,81 @@ impl Launcher {
                 priorities: [cfg.stdout_priority, cfg.stderr_priority],
             }),
             pidfd_id: self.pidfs,
+        })
+    }
+
+    /// An agent's exec plan: a worker's, but with only the sockets its table names (in that
+    /// order, from fd 3, with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` for them, and
+    /// none of the three when it names none, as systemd does for a service without sockets),
+    /// `PREFORKD_AGENT` instead of `PREFORKD_WORKER_ID`, no CPU pinning and no watchdog. Its
+    /// journal identifier is its name (`journalctl -t scheduler`), so its lines are told from
+    /// the workers' even when both run the same program. Identity, umask, limits and the
+    /// journal's priorities are the pool's. `program` is from [`AgentConfig::resolve_program`].
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the supervisor starts no agent yet (issue 15, item 3)"
+        )
+    )]
+    pub fn plan_agent(
+        &self,
+        generation: u32,
+        agent: &AgentConfig,
+        pool: &Config,
+        program: &Path,
+    ) -> Result<ExecPlan, SpawnError> {
+        let names: Vec<String> = self.listeners.iter().map(|l| l.name.clone()).collect();
+        let indices = agent
+            .socket_indices(&names)
+            .map_err(|m| SpawnError::Plan(format!("agent.{}.sockets: {m}", agent.name)))?;
+        let fds: Vec<RawFd> = indices
+            .iter()
+            .map(|&i| self.listeners[i].fd.as_raw_fd())
+            .collect();
+        let fd_names: Vec<&str> = indices.iter().map(|&i| names[i].as_str()).collect();
+        let mut ours: Vec<(&str, OsString)> = vec![
+            ("NOTIFY_SOCKET", self.notify_path.clone().into_os_string()),
+            ("PREFORKD_AGENT", agent.name.clone().into()),
+            ("PREFORKD_GENERATION", generation.to_string().into()),
+        ];
+        if !fds.is_empty() {
+            ours.push(("LISTEN_FDS", fds.len().to_string().into()));
+            ours.push(("LISTEN_FDNAMES", fd_names.join(":").into()));
+        }
+        let settings = agent.settings(pool);
+        // preforkd's own environment may hold what only workers are told (a preforkd run as
+        // another's worker has PREFORKD_WORKER_ID): an agent must never look like a worker,
+        // nor be handed a watchdog or sockets it was not given.
+        let not_for_agents = |k: &OsStr| {
+            let k = k.as_encoded_bytes();
+            [&b"LISTEN_"[..], b"WATCHDOG_", b"PREFORKD_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        };
+        let env = self.layered_env(&settings.env, ours, not_for_agents);
+        let pid_vars: &[&str] = if fds.is_empty() { &[] } else { &["LISTEN_PID"] };
+        ExecPlan::new(&WorkerSpec {
+            program,
+            argv: &agent.command,
+            env,
+            pid_vars,
+            listen_fds: &fds,
+            working_directory: settings.working_directory.as_deref(),
+            cpu: None,
+            nofile: Some(pool.rlimit_nofile),
+            umask: pool.umask,
+            oom_score_adj: pool.oom_score_adj,
+            identity: pool.identity.as_ref(),
+            ambient_capabilities: &pool.ambient_capabilities,
+            no_new_privileges: pool.no_new_privileges,
+            journal: self.journal.then(|| JournalSpec {
+                socket: Path::new(JOURNAL_STDOUT_SOCKET),
+                identifier: &agent.name,
+                priorities: [pool.stdout_priority, pool.stderr_priority],
+            }),
+            // LISTEN_PIDFDID belongs with LISTEN_PID: none without sockets.
+            pidfd_id: self.pidfs && !fds.is_empty(),
         })
     }
 
@@ -93,22 +170,32 @@ impl Launcher {
         if let Some(wd) = cfg.worker_watchdog {
             ours.push(("WATCHDOG_USEC", wd.as_micros().to_string().into()));
         }
+        self.layered_env(&cfg.env, ours, |_| false)
+    }
+
+    /// preforkd's environment less what `left_out` says and what the layers above set, then
+    /// `env` (the configured variables), then `ours` (preforkd's, for this one process).
+    fn layered_env(
+        &self,
+        env: &BTreeMap<String, String>,
+        ours: Vec<(&str, OsString)>,
+        left_out: impl Fn(&OsStr) -> bool,
+    ) -> Vec<(OsString, OsString)> {
         let overridden = |k: &OsString| {
-            cfg.env.keys().any(|c| k == c.as_str()) || ours.iter().any(|(o, _)| k == o)
+            left_out(k) || env.keys().any(|c| k == c.as_str()) || ours.iter().any(|(o, _)| k == o)
         };
-        let mut env: Vec<(OsString, OsString)> = self
+        let mut out: Vec<(OsString, OsString)> = self
             .base_env
             .iter()
             .filter(|(k, _)| !overridden(k))
             .cloned()
             .collect();
-        env.extend(
-            cfg.env
-                .iter()
+        out.extend(
+            env.iter()
                 .map(|(k, v)| (OsString::from(k), OsString::from(v))),
         );
-        env.extend(ours.into_iter().map(|(k, v)| (k.into(), v)));
-        env
+        out.extend(ours.into_iter().map(|(k, v)| (k.into(), v)));
+        out
     }
 }
 
@@ -134,3 +221,6 @@ fn stderr_is_journal() -> bool {
     };
     nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
+
+#[cfg(test)]
+mod tests;

@@ -167,6 +167,53 @@ pub const BAD_FILES: &[(&str, &[&str])] = &[
         ],
     ),
     ("workers = 2\n", &["command:", "no command to run"]),
+    (
+        "command = [\"sleep\"]\n[agent.s]\ncommand = [\"x\"]\nstop_timeout = 30\n",
+        &[
+            "app.toml:4:16",
+            "agent.s.stop_timeout:",
+            "a bare number has no unit; write \"30s\"",
+        ],
+    ),
+    (
+        "[agent.s]\ncommand = [\"x\"]\nstop_timout = \"1s\"\n",
+        &[
+            "app.toml:3:1",
+            "agent.s:",
+            "unknown field `stop_timout`; did you mean `stop_timeout`?",
+        ],
+    ),
+    (
+        "[agent.s]\ncommand = [\"x\"]\nworkers = 2\n",
+        &["agent.s:", "`workers` is a key of the worker pool"],
+    ),
+    (
+        "[agent.s]\ncommand = [\"x\"]\nstart = \"now\"\n",
+        &["agent.s.start:", "\"before-workers\"", "\"with-workers\""],
+    ),
+    (
+        "command = [\"sleep\"]\n[agent.s]\nready = \"exec\"\n",
+        &["app.toml:2:1", "agent.s:", "agent \"s\" has no command"],
+    ),
+    (
+        "[agent.\"a b\"]\ncommand = [\"x\"]\n",
+        &["app.toml:1:8", "invalid agent name \"a b\""],
+    ),
+    (
+        "[agent.s]\ncommand = [\"x\"]\nsockets = [\"http\", \"http\"]\n",
+        &["app.toml:3:20", "agent.s.sockets:", "\"http\" is listed twice"],
+    ),
+    (
+        "[agent.s]\ncommand = [\"x\"]\nenv = { NOTIFY_SOCKET = \"/x\" }\n",
+        &["agent.s.env.NOTIFY_SOCKET:", "set by preforkd"],
+    ),
+    (
+        "command = [\"sleep\"]\n[agent.s]\ncommand = [\"x\"]\nworking_directory = \"/no/such/dir\"\n",
+        &[
+            "agent.s.working_directory:",
+            "\"/no/such/dir\" is not an existing directory",
+        ],
+    ),
 ];
 
 /// Filler for the oversized file: it must never show up in a message.
