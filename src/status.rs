@@ -37,6 +37,26 @@ pub struct Snapshot {
     /// The paths each live generation runs from, oldest first.
     #[serde(default)]
     pub generations: Vec<GenerationInfo>,
+    /// The agents (`[agent.NAME]`): each process alive, and each agent of the pool's
+    /// generation that has none (waiting to start).
+    #[serde(default)]
+    pub agents: Vec<AgentInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub name: String,
+    /// None while it has no process (its start is due, or it waits for its predecessor).
+    pub pid: Option<i32>,
+    pub generation: u32,
+    /// "starting", "ready", "draining", or "waiting" with no process.
+    pub state: String,
+    pub uptime_ms: u64,
+    pub restarts: u32,
+    /// Its own last STATUS=.
+    pub status: Option<String>,
+    /// Why its last start failed.
+    pub last_error: Option<String>,
 }
 
 /// Workers that left without being a crash: retired by their own STOPPING=1, or recycled by
@@ -180,6 +200,29 @@ pub fn render(s: &Snapshot) -> String {
                 .map_or(String::new(), |m| format!(" · last start failed: {m}"))
         );
     }
+    for a in &s.agents {
+        let pid = a.pid.map_or("-".to_owned(), |p| p.to_string());
+        let uptime = a.pid.map_or("-".to_owned(), |_| {
+            short(Duration::from_millis(a.uptime_ms))
+        });
+        let note = a
+            .status
+            .as_deref()
+            .or(a.last_error.as_deref())
+            .unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} {}",
+            format!("agent {}", a.name),
+            pid,
+            a.generation,
+            a.state,
+            uptime,
+            a.restarts,
+            "-",
+            note
+        );
+    }
     let r = &s.replaced;
     if r.retired + r.max_memory + r.max_lifetime > 0 {
         let _ = writeln!(
@@ -277,6 +320,16 @@ mod tests {
                 max_memory: 1,
                 max_lifetime: 0,
             },
+            agents: vec![AgentInfo {
+                name: "scheduler".into(),
+                pid: Some(12),
+                generation: 1,
+                state: "ready".into(),
+                uptime_ms: 3000,
+                restarts: 1,
+                status: Some("next run in 5m".into()),
+                last_error: None,
+            }],
             generations: vec![GenerationInfo {
                 generation: 1,
                 working_directory: Some("/srv/app/releases/42".into()),
@@ -288,6 +341,8 @@ mod tests {
         assert!(text.contains("0.5s ago"), "{text}");
         assert!(text.contains("3 notify message(s) dropped"), "{text}");
         assert!(text.contains("50 MiB · serving"), "{text}");
+        assert!(text.contains("agent scheduler       12"), "{text}");
+        assert!(text.contains("next run in 5m"), "{text}");
         assert!(
             text.contains("2 retired (STOPPING=1), 1 over max_memory"),
             "{text}"

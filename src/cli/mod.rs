@@ -19,11 +19,12 @@ use crate::relay::NotifyRelay;
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::signals::Signals;
 use crate::sockets::{self, SocketError};
-use crate::spawn::{pin_directory, pin_program, resolve_program};
-use crate::supervisor::{Setup, Supervisor};
+use crate::supervisor::{Pinned, Setup, Supervisor};
 
 mod ask;
+mod pin;
 use ask::control_command;
+use pin::pin_generation;
 
 const USAGE_START: &str = "\
 Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
@@ -112,7 +113,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return exit::CONFIG;
         }
     };
-    let (pinned, program) = match pin_generation(cfg.clone()) {
+    let pinned = match pin_generation(cfg.clone()) {
         Ok(p) => p,
         Err(e) => {
             log::print_error(&e.to_string());
@@ -122,15 +123,18 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if inv.mode == Mode::Check {
         // The settings as written; what a generation started now would pin, as comments.
         print!("{}", cfg.to_toml());
-        println!("# program: {}", program.display());
-        if let Some(dir) = pinned.working_directory.as_ref() {
-            if pinned.working_directory != cfg.working_directory {
+        println!("# program: {}", pinned.program.display());
+        if let Some(dir) = pinned.cfg.working_directory.as_ref() {
+            if pinned.cfg.working_directory != cfg.working_directory {
                 println!("# working directory: {}", dir.display());
             }
         }
+        for (agent, program) in pinned.cfg.agents.iter().zip(&pinned.agent_programs) {
+            println!("# agent {} program: {}", agent.name, program.display());
+        }
         return exit::OK;
     }
-    run(pinned, program, inv)
+    run(pinned, inv)
 }
 
 fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
@@ -271,63 +275,9 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
     Ok(cfg)
 }
 
-/// A generation's paths, resolved through symlinks once, at start and at each reload: the
-/// working directory, the program's directory and, when `command[0]` is a path, the workers'
-/// argv[0] too. Every worker of the generation, respawns included, starts from them, so a
-/// release symlink swapped meanwhile reaches only the next generation (see `spawn::resolve`).
-///
-/// argv[0] follows the program because interpreters start from it: Python looks for the
-/// `pyvenv.cfg` of its virtualenv beside argv[0], and argv[0] through `current` would be the
-/// next release's. A bare name (found in PATH) stays as it is: that is the name the
-/// configuration asked for.
-fn pin_generation(mut cfg: Config) -> Result<(Config, PathBuf), config::ConfigError> {
-    let origin = cfg
-        .file
-        .as_ref()
-        .map_or("command line".to_owned(), |p| p.display().to_string());
-    if let Some(dir) = &cfg.working_directory {
-        let pinned = pin_directory(dir)
-            .map_err(|m| config::ConfigError::new(&*origin, Some("working_directory"), m))?;
-        cfg.working_directory = Some(pinned);
-    }
-    // After the directory: a relative program is found in the pinned release.
-    let program = resolve_command(&cfg)?;
-    let program = pin_program(&program)
-        .map_err(|m| config::ConfigError::new(&*origin, Some("command"), m))?;
-    if cfg.command[0].contains('/') {
-        // A release path that is not UTF-8 cannot be a command string: argv[0] stays as written.
-        if let Some(path) = program.to_str() {
-            cfg.command[0] = path.to_owned();
-        }
-    }
-    Ok((cfg, program))
-}
-
-fn resolve_command(cfg: &Config) -> Result<PathBuf, config::ConfigError> {
-    let path_var = cfg
-        .env
-        .get("PATH")
-        .map(OsString::from)
-        .or_else(|| std::env::var_os("PATH"));
-    resolve_program(
-        &cfg.command[0],
-        path_var.as_deref(),
-        cfg.working_directory.as_deref(),
-    )
-    .map_err(|m| config::ConfigError {
-        origin: cfg
-            .file
-            .as_ref()
-            .map_or("command line".to_owned(), |p| p.display().to_string()),
-        field: Some("command".into()),
-        message: m,
-        snippet: None,
-    })
-}
-
 /// What a reload reads: the same file and command line preforkd was started with, the file's
 /// current contents, and the paths they name as they resolve now.
-fn load_again(inv: &Invocation) -> Result<(Config, PathBuf), String> {
+fn load_again(inv: &Invocation) -> Result<Pinned, String> {
     let cfg = build_config(inv).map_err(|e| e.to_string())?;
     pin_generation(cfg).map_err(|e| e.to_string())
 }
@@ -352,7 +302,12 @@ fn unreachable_notify_socket(user: &str, notify: &Path, b: &runtime_dir::Barrier
 }
 
 /// Takes or binds the sockets, installs the signal handlers, and runs the supervisor.
-fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
+fn run(pinned: Pinned, inv: Invocation) -> i32 {
+    let Pinned {
+        mut cfg,
+        program,
+        agent_programs,
+    } = pinned;
     let mode = inv.mode;
     let logger = log::logger(cfg.log_level);
     // Both must happen while preforkd is single-threaded: they edit the environment.
@@ -396,6 +351,12 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
             return exit::OSERR;
         }
     };
+    // An agent's sockets are named among those preforkd holds, known only now.
+    let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
+    if let Err(e) = cfg.check_agent_sockets(&names) {
+        log::print_error(&e.to_string());
+        return exit::CONFIG;
+    }
     // The runtime directory and its two sockets; any failure here is the system refusing.
     let location = runtime_dir::Location::find(&cfg.name, cfg.runtime_dir.as_deref());
     let sockets = RuntimeDir::prepare(location)
@@ -463,6 +424,7 @@ fn run(mut cfg: Config, program: PathBuf, inv: Invocation) -> i32 {
     Supervisor::new(Setup {
         cfg,
         program,
+        agent_programs,
         listeners,
         log: logger,
         systemd,

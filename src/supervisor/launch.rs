@@ -90,13 +90,6 @@ impl Launcher {
     /// journal identifier is its name (`journalctl -t scheduler`), so its lines are told from
     /// the workers' even when both run the same program. Identity, umask, limits and the
     /// journal's priorities are the pool's. `program` is from [`AgentConfig::resolve_program`].
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the supervisor starts no agent yet (issue 15, item 3)"
-        )
-    )]
     pub fn plan_agent(
         &self,
         generation: u32,

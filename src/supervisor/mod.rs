@@ -47,13 +47,23 @@ const NOTIFY_BATCH: usize = 256;
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// Reads the configuration again: the file and the command line it was first started with.
-/// Returns it with the resolved program, or the error as an operator should read it.
-pub type Loader = Box<dyn FnMut() -> Result<(Config, PathBuf), String>>;
+/// Returns it with the resolved programs, or the error as an operator should read it.
+pub type Loader = Box<dyn FnMut() -> Result<Pinned, String>>;
+
+/// A configuration with the paths a generation runs pinned: the workers' program and each
+/// agent's (in `cfg.agents` order), resolved when it was read.
+pub struct Pinned {
+    pub cfg: Config,
+    pub program: PathBuf,
+    pub agent_programs: Vec<PathBuf>,
+}
 
 /// What the supervisor is started with.
 pub struct Setup {
     pub cfg: Config,
     pub program: PathBuf,
+    /// Each agent's program, in `cfg.agents` order.
+    pub agent_programs: Vec<PathBuf>,
     pub listeners: Vec<Listener>,
     pub log: Logger,
     pub systemd: SystemdNotify,
@@ -120,6 +130,7 @@ impl Supervisor {
             cfg: setup.cfg,
             program: setup.program,
             workers,
+            agent_programs: setup.agent_programs,
         };
         let mut core = Core::new(first, setup.systemd.watchdog, setup.socket_activated, now);
         let launcher = Launcher::new(setup.listeners, setup.runtime.notify_path());
@@ -226,6 +237,30 @@ impl Supervisor {
                     result,
                 });
             }
+            Effect::SpawnAgent {
+                name,
+                generation,
+                pool,
+                program,
+            } => {
+                let result = match pool.agent(&name) {
+                    Some(agent) => self
+                        .launcher
+                        .plan_agent(generation, agent, &pool, &program)
+                        .and_then(|mut plan| plan.spawn())
+                        .map_err(|e| e.to_string()),
+                    None => Err(format!("no agent {name} in generation {generation}")),
+                };
+                let result = result.map(|(pid, status)| {
+                    self.spawning.push(Spawning { pid, status });
+                    pid
+                });
+                self.queue.push_back(Event::AgentForked {
+                    name,
+                    generation,
+                    result,
+                });
+            }
             Effect::Signal {
                 pid,
                 signal,
@@ -241,13 +276,20 @@ impl Supervisor {
             },
             Effect::Systemd(states) => self.notify_systemd(&states),
             Effect::LoadConfig => {
-                let result = (self.loader)().map(|(cfg, program)| {
-                    let workers = cfg.workers.resolve();
-                    Box::new(Loaded {
-                        cfg,
-                        program,
+                let names: Vec<String> = (self.launcher.listeners.iter())
+                    .map(|l| l.name.clone())
+                    .collect();
+                let result = (self.loader)().and_then(|p| {
+                    p.cfg
+                        .check_agent_sockets(&names)
+                        .map_err(|e| e.to_string())?;
+                    let workers = p.cfg.workers.resolve();
+                    Ok(Box::new(Loaded {
+                        cfg: p.cfg,
+                        program: p.program,
                         workers,
-                    })
+                        agent_programs: p.agent_programs,
+                    }))
                 });
                 self.queue.push_back(Event::ConfigLoaded(result));
             }

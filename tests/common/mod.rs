@@ -74,6 +74,8 @@ pub struct Start<'a> {
     pub watchdog_pid_is_self: bool,
     /// Its stderr instead of the log file (stdout still goes to the log file).
     pub stderr: Option<std::os::fd::OwnedFd>,
+    /// The directory it starts in (as a README's `cd examples/...`); None: the test's.
+    pub cwd: Option<PathBuf>,
 }
 
 impl<'a> Start<'a> {
@@ -88,6 +90,7 @@ impl<'a> Start<'a> {
             udp: None,
             watchdog_pid_is_self: false,
             stderr: None,
+            cwd: None,
         }
     }
 
@@ -140,6 +143,9 @@ impl<'a> Start<'a> {
         } else {
             Command::new(BIN)
         };
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         cmd.args(&self.args)
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")

@@ -308,7 +308,12 @@ impl World {
                 .iter()
                 .any(|w| w.id == id && w.generation == view.generation && w.ready && w.live)
         });
-        view.rollout.is_none() && one_generation && full && view.ready_sent
+        let agents = view.agent_names.iter().all(|name| {
+            view.agents
+                .iter()
+                .any(|(n, w)| n == name && w.generation == view.generation && w.ready && w.live)
+        });
+        view.rollout.is_none() && one_generation && full && agents && view.ready_sent
     }
 
     /// What a process does when the world is calm: its program, but no random crash or trigger.

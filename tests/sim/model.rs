@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use preforkd::config::{Config, KillMode, Readiness, Share, Workers};
+use preforkd::config::{AgentConfig, AgentStart, Config, KillMode, Readiness, Share, Workers};
 use preforkd::supervisor::core::{ExitStatus, Loaded};
 
 pub(crate) const STEPS: usize = 200;
@@ -92,6 +92,8 @@ pub(crate) struct Proc {
     pub(crate) said_stopping_at: Option<std::time::Instant>,
     /// It said STOPPING=1: it finishes and exits by itself.
     pub(crate) goes_by_itself: bool,
+    /// The agent it is; None for a worker.
+    pub(crate) agent: Option<String>,
 }
 
 pub(crate) fn config(rng: &mut Rng, first: bool) -> (Config, Program, u32) {
@@ -136,7 +138,64 @@ pub(crate) fn config(rng: &mut Rng, first: bool) -> (Config, Program, u32) {
     } else {
         *rng.pick(PROGRAMS)
     };
+    // Agents: none in half the configurations, else one or two, of either start.
+    let agents = if rng.chance(50) { 0 } else { 1 + rng.below(2) };
+    for i in 0..agents {
+        let program = if first || rng.chance(60) {
+            Program::Good
+        } else {
+            *rng.pick(PROGRAMS)
+        };
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("PROGRAM".to_owned(), program_name(program).to_owned());
+        cfg.agents.push(AgentConfig {
+            name: format!("a{i}"),
+            command: vec!["/srv/agent".into()],
+            env,
+            working_directory: None,
+            ready: *rng.pick(&[None, Some(Readiness::Notify), Some(Readiness::Exec)]),
+            ready_timeout: *rng.pick(&[None, Some(Duration::from_secs(1))]),
+            stop_signal: *rng.pick(&[None, Some(Signal::SIGINT)]),
+            stop_timeout: *rng.pick(&[None, Some(Duration::from_millis(500))]),
+            sockets: Vec::new(),
+            start: *rng.pick(&[AgentStart::BeforeWorkers, AgentStart::WithWorkers]),
+        });
+    }
     (cfg, program, workers)
+}
+
+/// How a program is named in `PROGRAM`, which the world reads back with [`program_of`].
+pub(crate) fn program_name(program: Program) -> &'static str {
+    match program {
+        Program::Good => "good",
+        Program::ExecFails(2) => "exec2",
+        Program::ExecFails(8) => "exec8",
+        Program::ExecFails(_) => "exec13",
+        Program::Dies => "dies",
+        Program::NeverReady => "never",
+        Program::Hangs => "hangs",
+        Program::CrashesAfterReady => "crash",
+        Program::Stubborn => "stubborn",
+    }
+}
+
+/// What an agent of `pool` runs with, as the core derives it.
+pub(crate) fn agent_config(pool: &Config, name: &str) -> Config {
+    let agent = pool.agent(name).expect("an agent of its generation");
+    let s = agent.settings(pool);
+    Config {
+        command: agent.command.clone(),
+        env: s.env,
+        ready: Some(s.readiness),
+        ready_timeout: s.ready_timeout,
+        stop_signal: s.stop_signal,
+        stop_timeout: s.stop_timeout,
+        worker_watchdog: None,
+        max_memory: None,
+        max_lifetime: None,
+        agents: Vec::new(),
+        ..pool.clone()
+    }
 }
 
 pub(crate) fn program_of(cfg: &Config) -> Program {
@@ -154,22 +213,13 @@ pub(crate) fn program_of(cfg: &Config) -> Program {
 }
 
 pub(crate) fn loaded(mut cfg: Config, program: Program, workers: u32) -> Loaded {
-    let name = match program {
-        Program::Good => "good",
-        Program::ExecFails(2) => "exec2",
-        Program::ExecFails(8) => "exec8",
-        Program::ExecFails(_) => "exec13",
-        Program::Dies => "dies",
-        Program::NeverReady => "never",
-        Program::Hangs => "hangs",
-        Program::CrashesAfterReady => "crash",
-        Program::Stubborn => "stubborn",
-    };
-    cfg.env.insert("PROGRAM".into(), name.into());
+    cfg.env
+        .insert("PROGRAM".into(), program_name(program).into());
     Loaded {
         cfg,
         program: PathBuf::from("/srv/app"),
         workers,
+        agent_programs: Vec::new(),
     }
 }
 

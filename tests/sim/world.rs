@@ -187,36 +187,39 @@ impl World {
                     }
                 }
                 self.last_spawn.insert((generation, worker), self.now);
-                let result = if !self.calm && self.rng.chance(3) {
-                    Err("cannot fork a worker: Resource temporarily unavailable (11)".to_owned())
-                } else {
-                    let pid = Pid::from_raw(self.next_pid);
-                    self.next_pid += 1;
-                    let program = program_of(&cfg);
-                    let helpers = self.rng.chance(20);
-                    self.procs.insert(
-                        pid,
-                        Proc {
-                            generation,
-                            program,
-                            cfg,
-                            exec_told: false,
-                            exec_error: None,
-                            ready_sent: false,
-                            exit_with: None,
-                            exited: false,
-                            reaped: false,
-                            helpers,
-                            stop_sent_at: None,
-                            killed: false,
-                            said_stopping_at: None,
-                            goes_by_itself: false,
-                        },
-                    );
-                    Ok(pid)
-                };
+                if !after.workers_released {
+                    self.fail(format!(
+                        "worker {worker} gen {generation} spawned before its before-workers agents were ready"
+                    ));
+                }
+                let result = self.fork(generation, cfg, None);
                 self.queue.push(Event::Forked {
                     worker,
+                    generation,
+                    result,
+                });
+            }
+            Effect::SpawnAgent {
+                name,
+                generation,
+                pool,
+                ..
+            } => {
+                if before.draining {
+                    self.fail(format!("spawn of agent {name} after the stop began"));
+                }
+                if self
+                    .procs
+                    .values()
+                    // (A child whose exec failed never ran the agent: it exits 127 on its own.)
+                    .any(|p| p.is_worker() && p.agent.as_deref() == Some(&*name))
+                {
+                    self.fail(format!("agent {name} spawned while another of it runs"));
+                }
+                let cfg = std::rc::Rc::new(agent_config(&pool, &name));
+                let result = self.fork(generation, cfg, Some(name.to_string()));
+                self.queue.push(Event::AgentForked {
+                    name,
                     generation,
                     result,
                 });
@@ -364,6 +367,44 @@ impl World {
         }
     }
 
+    /// A fork for a worker or an agent: a new process running its generation's program, or
+    /// (now and then, outside the calm) EAGAIN.
+    fn fork(
+        &mut self,
+        generation: u32,
+        cfg: std::rc::Rc<preforkd::config::Config>,
+        agent: Option<String>,
+    ) -> Result<Pid, String> {
+        if !self.calm && self.rng.chance(3) {
+            return Err("cannot fork a worker: Resource temporarily unavailable (11)".to_owned());
+        }
+        let pid = Pid::from_raw(self.next_pid);
+        self.next_pid += 1;
+        let program = program_of(&cfg);
+        let helpers = self.rng.chance(20);
+        self.procs.insert(
+            pid,
+            Proc {
+                generation,
+                program,
+                cfg,
+                exec_told: false,
+                exec_error: None,
+                ready_sent: false,
+                exit_with: None,
+                exited: false,
+                reaped: false,
+                helpers,
+                stop_sent_at: None,
+                killed: false,
+                said_stopping_at: None,
+                goes_by_itself: false,
+                agent,
+            },
+        );
+        Ok(pid)
+    }
+
     pub(crate) fn deliver(&mut self, pid: Pid, signal: Signal, target: Target, cx: &Context) {
         let (before, after, cause, canary_passed) =
             (cx.before, cx.after, cx.cause, cx.canary_passed);
@@ -424,6 +465,18 @@ impl World {
                         "recycled worker {pid} sent its stop signal before a successor was ready"
                     ));
                 }
+            }
+        }
+        if let Some(name) = p.agent.as_deref() {
+            let draining_stop = after.draining && signal == p.cfg.stop_signal && !is_group;
+            if draining_stop
+                && !matches!(cause, Event::Exited { .. } | Event::AgentForked { .. })
+                && !after.workers.is_empty()
+            {
+                self.fail(format!(
+                    "agent {name} sent its stop signal while {} workers remain",
+                    after.workers.len()
+                ));
             }
         }
         let now = self.now;
@@ -503,6 +556,12 @@ impl World {
                     "retiring worker {} counted as ready or live",
                     w.pid
                 ));
+            }
+        }
+        let mut names = HashSet::new();
+        for (name, _) in &view.agents {
+            if !names.insert(name.clone()) {
+                self.fail(format!("two processes of agent {name} at once"));
             }
         }
         let mut slots = HashSet::new();

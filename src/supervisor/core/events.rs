@@ -19,6 +19,8 @@ pub struct Loaded {
     pub cfg: Config,
     pub program: PathBuf,
     pub workers: u32,
+    /// Each agent's program, in `cfg.agents` order.
+    pub agent_programs: Vec<PathBuf>,
 }
 
 /// How a child ended.
@@ -39,6 +41,12 @@ pub enum Event {
     /// The outcome of fork() for an [`Effect::Spawn`].
     Forked {
         worker: u32,
+        generation: u32,
+        result: Result<Pid, String>,
+    },
+    /// The outcome of fork() for an [`Effect::SpawnAgent`].
+    AgentForked {
+        name: Rc<str>,
         generation: u32,
         result: Result<Pid, String>,
     },
@@ -79,6 +87,7 @@ impl Event {
         match self {
             Event::Exited { .. }
             | Event::Forked { .. }
+            | Event::AgentForked { .. }
             | Event::Execd { .. }
             | Event::GroupGone(_) => 0,
             Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) | Event::Fatal(_) => {
@@ -154,6 +163,14 @@ pub enum Effect {
         worker: u32,
         generation: u32,
         cfg: Rc<Config>,
+        program: Rc<PathBuf>,
+    },
+    /// Fork and exec the agent `name` of a generation, whose configuration is `pool`;
+    /// answer with [`Event::AgentForked`], then [`Event::Execd`].
+    SpawnAgent {
+        name: Rc<str>,
+        generation: u32,
+        pool: Rc<Config>,
         program: Rc<PathBuf>,
     },
     Signal {

@@ -23,17 +23,20 @@
 //! cycle does: exits first, then stops, reloads, scaling, notify, control, timers. A stop that
 //! arrives with a reload wins.
 
+mod agents;
 mod events;
+mod generation;
 mod leave;
+mod notify;
 mod pool;
 mod refuse;
 mod reload;
 mod report;
 mod retire;
 mod stop;
+mod timers;
 mod worker;
 
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -41,11 +44,12 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::{Config, KillMode};
-use crate::restart::{CrashWindow, RestartPolicy};
+use crate::restart::CrashWindow;
 pub use events::{
     by_priority, Answer, Effect, Event, ExitStatus, Level, Loaded, LogLine, ReloadOutcome, Sd,
     Target,
 };
+use generation::{Generation, Lingering, Slot};
 pub use reload::MAX_ROLLOUT_FAILURES;
 use worker::{Escalation, Worker};
 
@@ -79,6 +83,12 @@ pub struct View {
     /// During a reload: the generation being replaced, and whether the canary has passed.
     pub rollout: Option<(u32, bool)>,
     pub workers: Vec<WorkerView>,
+    /// Agents' processes, by name.
+    pub agents: Vec<(String, WorkerView)>,
+    /// The names of the pool's generation's agents.
+    pub agent_names: Vec<String>,
+    /// The pool's generation may start workers (its before-workers agents have been ready).
+    pub workers_released: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -112,78 +122,11 @@ macro_rules! log {
 }
 use log;
 
-/// A position in the pool. Its id is the worker id the app sees (`PREFORKD_WORKER_ID`) and
-/// survives restarts of the worker in it.
-#[derive(Debug, Clone)]
-struct Slot {
-    id: u32,
-    /// Failed starts in a row; sets the back-off.
-    failures_in_row: u32,
-    restarts: u32,
-    /// When the slot is empty: when to start its next worker.
-    start_at: Option<Instant>,
-    /// When its last worker was started: no slot restarts sooner than `restart_delay` after.
-    last_start: Option<Instant>,
-    /// Why its last start failed, for `preforkd status`; cleared by a start that works.
-    last_error: Option<String>,
-}
-
-impl Slot {
-    fn new(id: u32) -> Slot {
-        Slot {
-            id,
-            failures_in_row: 0,
-            restarts: 0,
-            start_at: None,
-            last_start: None,
-            last_error: None,
-        }
-    }
-
-    /// Schedules the next start after `delay`, but never sooner than `min_gap` after the last
-    /// start, so a worker that keeps dying cannot make preforkd fork in a tight loop.
-    fn schedule(&mut self, now: Instant, delay: Duration, min_gap: Duration) -> Duration {
-        let mut at = now + delay;
-        if let Some(last) = self.last_start {
-            at = at.max(last + min_gap);
-        }
-        self.start_at = Some(at);
-        at - now
-    }
-}
-
-/// A configuration, its program, its restart policy and its slots: one generation of the pool.
-#[derive(Debug, Clone)]
-struct Generation {
-    number: u32,
-    cfg: Rc<Config>,
-    program: Rc<PathBuf>,
-    policy: RestartPolicy,
-    slots: Vec<Slot>,
-    /// Slots SIGTTOU took away, newest last: SIGTTIN gives them back with their history, so
-    /// a slot that keeps failing cannot skip its back-off by being removed and added again.
-    removed: Vec<Slot>,
-}
-
-impl Generation {
-    fn new(number: u32, loaded: Loaded) -> Generation {
-        Generation {
-            number,
-            policy: RestartPolicy::from_config(&loaded.cfg),
-            cfg: Rc::new(loaded.cfg),
-            program: Rc::new(loaded.program),
-            slots: (0..loaded.workers).map(Slot::new).collect(),
-            removed: Vec::new(),
-        }
-    }
-}
-
-/// A process group whose leader (a stopping worker) has exited while other members still run;
-/// they get until the worker's stop deadline, then SIGKILL.
-#[derive(Debug, Clone, Copy)]
-struct Lingering {
-    pgid: Pid,
-    escalation: Escalation,
+/// A worker or an agent process, by its index in the core's lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proc {
+    Worker(usize),
+    Agent(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +151,10 @@ pub struct Core {
     /// Spawns asked for whose fork outcome has not come back: worker id, generation and the
     /// configuration it is started with.
     in_flight: Vec<(u32, u32, Rc<Config>)>,
+    /// Agents' processes, of every generation alive (see `agents`).
+    agents: Vec<Worker>,
+    /// Agent spawns whose fork outcome has not come back: name, generation, configuration.
+    agent_forks: Vec<(Rc<str>, u32, Rc<Config>)>,
     lingering: Vec<Lingering>,
     crashes: CrashWindow,
     phase: Phase,
@@ -251,6 +198,8 @@ impl Core {
             reload: reload::ReloadState::new(socket_activated),
             workers: Vec::new(),
             in_flight: Vec::new(),
+            agents: Vec::new(),
+            agent_forks: Vec::new(),
             lingering: Vec::new(),
             crashes: CrashWindow::default(),
             phase: Phase::Running,
@@ -289,6 +238,11 @@ impl Core {
                 generation,
                 result,
             } => self.on_forked(worker, generation, result, now),
+            Event::AgentForked {
+                name,
+                generation,
+                result,
+            } => self.on_agent_forked(name, generation, result, now),
             Event::Execd { pid, result } => self.on_execd(pid, result, now),
             Event::GroupGone(pgid) => self.lingering.retain(|l| l.pgid != pgid),
             Event::Signal(sig) => self.on_signal(sig, now),
@@ -314,6 +268,8 @@ impl Core {
         }
         if self.phase == Phase::Running {
             self.advance(now);
+        } else if matches!(self.phase, Phase::Draining { .. }) {
+            self.stop_agents_once_workers_are_gone(now);
         }
         self.report_status(now);
         self.exit_if_drained();
@@ -329,9 +285,7 @@ impl Core {
             .iter()
             .filter(|s| running && !self.forking(s.id))
             .filter_map(|s| s.start_at);
-        let workers = self
-            .workers
-            .iter()
+        let workers = (self.workers.iter().chain(&self.agents))
             .filter_map(|w| w.next_timer())
             .map(|t| t.0);
         let lingering = self.lingering.iter().filter_map(|l| l.escalation.next());
@@ -343,12 +297,14 @@ impl Core {
             .chain(self.rollout_deadline(now))
             .chain(self.report.refresh_at)
             .chain(running.then(|| self.recycle_deadline(now)).flatten())
+            .chain(self.agent_starts())
             .min()
     }
 
-    /// The workers by pid, for the shell's checks and the simulation's invariants.
+    /// The workers' and agents' pids (each leads its process group), for the shell's checks
+    /// and the simulation's invariants.
     pub fn worker_pids(&self) -> impl Iterator<Item = Pid> + '_ {
-        self.workers.iter().map(|w| w.pid)
+        self.workers.iter().chain(&self.agents).map(|w| w.pid)
     }
 
     /// The pool as the core sees it, for tests and the simulation's invariants.
@@ -368,23 +324,12 @@ impl Core {
                 .rollout
                 .as_ref()
                 .map(|r| (r.old_generation(), r.canary_passed())),
-            workers: self
-                .workers
-                .iter()
-                .map(|w| WorkerView {
-                    pid: w.pid,
-                    id: w.id,
-                    generation: w.generation,
-                    ready: w.is_ready(),
-                    live: w.is_live(),
-                    stopping: w.is_stopping(),
-                    started: w.started,
-                    ready_since: w.ready_since(),
-                    last_ping: w.last_ping,
-                    retiring: w.is_retiring(),
-                    recycling: w.is_recycling(),
-                })
+            agents: (self.agents.iter())
+                .map(|w| (w.agent.as_deref().unwrap_or_default().to_owned(), w.view()))
                 .collect(),
+            workers_released: self.gen.workers_released,
+            agent_names: self.gen.agents.iter().map(|a| a.name.to_string()).collect(),
+            workers: self.workers.iter().map(Worker::view).collect(),
         }
     }
 
@@ -422,6 +367,9 @@ impl Core {
         for slot in &mut self.gen.slots {
             slot.start_at = Some(now);
         }
+        for a in &mut self.gen.agents {
+            a.start_at = Some(now);
+        }
     }
 
     fn on_signal(&mut self, sig: Signal, now: Instant) {
@@ -434,89 +382,37 @@ impl Core {
         }
     }
 
-    fn on_deadlines(&mut self, now: Instant) {
-        if self.phase == Phase::Running {
-            self.start_due(now);
-        }
-        for i in 0..self.workers.len() {
-            while let Some((at, timer)) = self.workers[i].next_timer() {
-                if at > now {
-                    break;
-                }
-                self.on_worker_timer(i, timer, now);
-            }
-        }
-        // A group number that a new worker now leads was reused: the old group is gone.
-        let workers = &self.workers;
-        self.lingering
-            .retain(|l| !workers.iter().any(|w| w.pid == l.pgid));
-        for l in &mut self.lingering {
-            if l.escalation.next().is_some_and(|at| now >= at) {
-                l.escalation.killed = true;
-                self.out.push(Effect::Signal {
-                    pid: l.pgid,
-                    signal: Signal::SIGKILL,
-                    target: Target::Group,
-                });
-                log!(self, Warning, "processes of a stopped worker still run after stop_timeout; sending SIGKILL";
-                    "pgid" => l.pgid);
-            }
-        }
-        self.check_collapse(now);
-        if let (Some(due), Some(interval)) = (self.watchdog_due, self.watchdog) {
-            if now >= due {
-                if !self.collapsed {
-                    self.out.push(Effect::Systemd(vec![Sd::Watchdog]));
-                }
-                self.watchdog_due = Some(now + interval / 2);
-            }
+    /// The process `p` names.
+    fn proc_mut(&mut self, p: Proc) -> &mut Worker {
+        match p {
+            Proc::Worker(i) => &mut self.workers[i],
+            Proc::Agent(i) => &mut self.agents[i],
         }
     }
 
-    /// When the pool would count as collapsed if no worker becomes ready first.
-    fn collapse_deadline(&self) -> Option<Instant> {
-        let watched = self.watchdog.is_some() && self.phase == Phase::Running;
-        (watched && !self.collapsed && !self.workers.iter().any(Worker::is_ready))
-            .then(|| self.last_ready + self.gen.cfg.collapse_grace)
-    }
-
-    /// With no ready worker for `collapse_grace`, preforkd stops vouching for the service: it
-    /// stops its watchdog pings and asks systemd to act now (`WATCHDOG=trigger`).
-    fn check_collapse(&mut self, now: Instant) {
-        if self.workers.iter().any(Worker::is_ready) {
-            if self.collapsed {
-                log!(self, Info, "a worker is ready again; watchdog pings resume");
-                self.collapsed = false;
-            }
-            self.last_ready = now;
-            return;
-        }
-        if self.collapse_deadline().is_some_and(|at| now >= at) {
-            self.collapsed = true;
-            let grace = crate::restart::human(self.gen.cfg.collapse_grace);
-            log!(self, Error, "no worker has been ready for {}: the pool has collapsed; stopping watchdog pings and sending WATCHDOG=trigger so systemd restarts the service", grace;
-                "collapse_grace" => grace);
-            self.out.push(Effect::Systemd(vec![Sd::WatchdogTrigger]));
-        }
-    }
-
-    /// Asks a worker to stop with its own `stop_signal`, SIGKILL after its own `stop_timeout`;
-    /// its `kill_mode` says whether the signal goes to the process or its whole group.
     fn stop_worker(&mut self, i: usize, now: Instant) {
-        let w = &mut self.workers[i];
+        self.stop_proc(Proc::Worker(i), now);
+    }
+
+    /// Asks a worker or agent to stop with its own `stop_signal`, SIGKILL after its own
+    /// `stop_timeout`; its `kill_mode` says whether the signal goes to the process or its whole
+    /// group.
+    fn stop_proc(&mut self, p: Proc, now: Instant) {
+        let w = self.proc_mut(p);
         w.state = worker::State::Stopping(Escalation::until(now + w.cfg.stop_timeout));
         let target = match w.cfg.kill_mode {
             KillMode::Mixed => Target::Process,
             KillMode::ControlGroup => Target::Worker,
         };
+        let (pid, signal) = (w.pid, w.cfg.stop_signal);
         self.out.push(Effect::Signal {
-            pid: w.pid,
-            signal: w.cfg.stop_signal,
+            pid,
+            signal,
             target,
         });
         // A stopped (SIGSTOP) worker would keep the stop signal pending until the SIGKILL.
         self.out.push(Effect::Signal {
-            pid: w.pid,
+            pid,
             signal: Signal::SIGCONT,
             target,
         });

@@ -7,7 +7,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::worker::{Escalation, State, Timer, Worker};
+use super::worker::{State, Worker};
 use super::{log, Core, Effect, ExitStatus, Lingering, Phase, Sd, Target, EXIT_CRASH_LOOP};
 use crate::config::{KillMode, Readiness};
 use crate::restart::human;
@@ -17,7 +17,8 @@ impl Core {
     pub(super) fn start_due(&mut self, now: Instant) {
         // While a reload reads its config, a start would race it: the fork's outcome would come
         // back after the new generation took over, for a slot no longer current.
-        if self.phase != Phase::Running || self.reload.is_loading() {
+        // Workers wait for their generation's before-workers agents.
+        if self.phase != Phase::Running || self.reload.is_loading() || !self.gen.workers_released {
             return;
         }
         let generation = self.gen.number;
@@ -85,7 +86,7 @@ impl Core {
 
     pub(super) fn on_execd(&mut self, pid: Pid, result: Result<(), String>, now: Instant) {
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
-            return;
+            return self.on_agent_execd(pid, result, now);
         };
         if self.workers[i].state != State::Spawning {
             return;
@@ -171,64 +172,6 @@ impl Core {
         }
     }
 
-    pub(super) fn on_worker_timer(&mut self, i: usize, timer: Timer, now: Instant) {
-        let w = &mut self.workers[i];
-        let cfg = Rc::clone(&w.cfg);
-        let (id, pid, generation) = (w.id, w.pid, w.generation);
-        match timer {
-            Timer::BecomeReady => self.mark_ready(i, now),
-            Timer::ReadyTimeout => {
-                w.state = State::NotReady;
-                log!(self, Warning, "worker not ready within ready_timeout; killing it";
-                    "worker" => id, "pid" => pid, "gen" => generation,
-                    "ready_timeout" => human(cfg.ready_timeout), "ready" => cfg.readiness());
-                self.signal(pid, Signal::SIGKILL, Target::Worker);
-            }
-            Timer::MissedWatchdog => {
-                let since = w.ready_since().unwrap_or(w.started);
-                let silent = now.saturating_duration_since(w.last_ping.unwrap_or(since).max(since));
-                log!(self, Warning, "worker {} pid {} missed its watchdog for {}; sending SIGABRT", id, pid, human(silent);
-                    "worker" => id, "pid" => pid, "gen" => generation,
-                    "worker_watchdog" => cfg.worker_watchdog.map(human).unwrap_or_default());
-                self.hang(i, now);
-            }
-            Timer::AbortGraceOver => {
-                if let State::Hung(e) = &mut w.state {
-                    e.killed = true;
-                }
-                log!(self, Warning, "hung worker still alive after SIGABRT; sending SIGKILL";
-                    "worker" => id, "pid" => pid, "gen" => generation,
-                    "grace" => human(cfg.worker_watchdog_grace));
-                self.signal(pid, Signal::SIGKILL, Target::Worker);
-            }
-            Timer::StopTimeout => {
-                if let State::Stopping(e) = &mut w.state {
-                    e.killed = true;
-                }
-                log!(self, Warning, "worker did not stop within stop_timeout; sending SIGKILL";
-                    "worker" => id, "pid" => pid, "gen" => generation,
-                    "stop_timeout" => human(cfg.stop_timeout));
-                self.signal(pid, Signal::SIGKILL, Target::Worker);
-            }
-            Timer::RetireTimeout => {
-                log!(self, Warning, "retiring worker still runs stop_timeout after its STOPPING=1; sending {}", cfg.stop_signal.as_str();
-                    "worker" => id, "pid" => pid, "gen" => generation,
-                    "stop_timeout" => human(cfg.stop_timeout));
-                self.stop_worker(i, now);
-            }
-        }
-    }
-
-    /// A hung worker gets SIGABRT, so it can dump a core or a stack, then SIGKILL after a grace.
-    pub(super) fn hang(&mut self, i: usize, now: Instant) {
-        let w = &mut self.workers[i];
-        w.state = State::Hung(Escalation::until(now + w.cfg.worker_watchdog_grace));
-        let pid = w.pid;
-        self.signal(pid, Signal::SIGABRT, Target::Process);
-        // A SIGSTOPped process keeps SIGABRT pending; SIGCONT lets it act on it.
-        self.signal(pid, Signal::SIGCONT, Target::Process);
-    }
-
     pub(super) fn signal(&mut self, pid: Pid, signal: Signal, target: Target) {
         self.out.push(Effect::Signal {
             pid,
@@ -238,6 +181,9 @@ impl Core {
     }
 
     pub(super) fn on_exit(&mut self, pid: Pid, status: ExitStatus, now: Instant) {
+        if let Some(i) = self.agents.iter().position(|w| w.pid == pid) {
+            return self.on_agent_exit(i, status, now);
+        }
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
             // preforkd is a subreaper: orphans of a worker's children end up here.
             log!(self, Debug, "reaped a process that was not a worker";
@@ -355,7 +301,7 @@ impl Core {
 
     /// More than `restart_burst` failed starts within `restart_interval`, every slot among them
     /// and no worker up and stable: give up, so that systemd's `Restart=` decides.
-    fn give_up_if_crash_looping(&mut self, now: Instant) {
+    pub(super) fn give_up_if_crash_looping(&mut self, now: Instant) {
         // During a reload the old generation serves; a failing new one aborts the reload.
         if self.phase != Phase::Running || self.reload.rollout.is_some() {
             return;
@@ -366,7 +312,13 @@ impl Core {
             .workers
             .iter()
             .any(|w| w.is_live() && now.saturating_duration_since(w.started) >= policy.min_uptime);
-        let whole_pool = self.crashes.all_failed(self.gen.slots.iter().map(|s| s.id));
+        // While the workers wait for before-workers agents, those agents are the whole pool.
+        let whole_pool = if self.gen.workers_released {
+            self.crashes.all_failed(self.gen.slots.iter().map(|s| s.id))
+        } else {
+            self.crashes
+                .all_failed(self.agent_crash_ids(true).into_iter())
+        };
         if failures as u32 > policy.burst && whole_pool && !stable {
             log!(self, Error, "workers keep failing: giving up so that systemd can restart the service";
                 "failed_starts" => failures, "within" => human(policy.interval),
@@ -388,64 +340,6 @@ impl Core {
 
     pub(super) fn slot_mut(&mut self, id: u32) -> Option<&mut super::Slot> {
         self.gen.slots.iter_mut().find(|s| s.id == id)
-    }
-
-    /// A notify datagram: honoured only from a live worker or a process in its process group
-    /// (`npm start` running node, a start script calling `systemd-notify`). Like systemd's
-    /// NotifyAccess=all, but attributed to one worker: an identification, not a wall. A sender
-    /// the kernel could not name (pid 0) is no one: it must not resolve to preforkd's own group.
-    pub(super) fn on_notify(
-        &mut self,
-        sender: Option<Pid>,
-        group: Option<Pid>,
-        message: Result<crate::notify::Message, &'static str>,
-        now: Instant,
-    ) {
-        let sender = sender.filter(|p| p.as_raw() > 0);
-        let index = sender.and_then(|p| {
-            let by_pid = self.workers.iter().position(|w| w.pid == p);
-            let group = group.filter(|g| g.as_raw() > 0);
-            by_pid.or_else(|| group.and_then(|g| self.workers.iter().position(|w| w.pid == g)))
-        });
-        let Some(i) = index else {
-            return self
-                .report
-                .drop_notify(sender, "not from a worker", now, &mut self.out);
-        };
-        let msg = match message {
-            Ok(m) => m,
-            Err(why) => return self.report.drop_notify(sender, why, now, &mut self.out),
-        };
-        let w = &mut self.workers[i];
-        let (id, pid, generation) = (w.id, w.pid, w.generation);
-        if msg.watchdog {
-            w.last_ping = Some(now);
-        }
-        if let Some(status) = msg.status {
-            if w.status.as_deref() != Some(status.as_str()) {
-                log!(self, Debug, "worker status"; "worker" => id, "pid" => pid,
-                    "gen" => generation, "status" => &status);
-                self.workers[i].status = Some(status);
-            }
-        }
-        if let Some(errno) = msg.errno {
-            log!(self, Info, "worker reports an error"; "worker" => id, "pid" => pid,
-                "gen" => generation, "errno" => errno,
-                "error" => nix::errno::Errno::from_raw(errno).desc());
-        }
-        if msg.stopping {
-            self.on_stopping(i, now);
-        }
-        let w = &self.workers[i];
-        if msg.watchdog_trigger && matches!(w.state, State::Starting | State::Ready { .. }) {
-            log!(self, Warning, "worker asked to be treated as hung (WATCHDOG=trigger); sending SIGABRT";
-                "worker" => id, "pid" => pid, "gen" => generation);
-            self.hang(i, now);
-        }
-        // Only "notify" listens to READY=1: a duration means "alive that long", exactly.
-        if msg.ready && self.workers[i].cfg.readiness() == Readiness::Notify {
-            self.mark_ready(i, now);
-        }
     }
 }
 

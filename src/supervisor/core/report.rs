@@ -84,6 +84,7 @@ impl Core {
             let ago = status::ago(now.saturating_duration_since(*at));
             line.push_str(&format!(" · last: {what} {ago}"));
         }
+        line.push_str(&self.agents_summary());
         if self.collapsed {
             line.push_str(" · no ready worker");
         }
@@ -188,6 +189,7 @@ impl Core {
                 max_lifetime: self.report.replaced.lifetime,
             },
             generations: self.generation_paths(),
+            agents: self.agent_infos(now),
         }
     }
 

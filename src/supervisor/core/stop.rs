@@ -43,7 +43,7 @@ impl Core {
                         });
                     }
                 }
-                for w in &mut self.workers {
+                for w in self.workers.iter_mut().chain(&mut self.agents) {
                     self.out.push(Effect::Signal {
                         pid: w.pid,
                         signal: Signal::SIGKILL,
@@ -79,7 +79,8 @@ impl Core {
             .iter()
             .map(|w| w.cfg.stop_timeout)
             .fold(self.gen.cfg.stop_timeout, Duration::max);
-        let extend = (longest + Duration::from_secs(5)).as_micros();
+        // Agents stop once the workers are gone: their time comes after.
+        let extend = (longest + self.agents_stop_timeout() + Duration::from_secs(5)).as_micros();
         self.out.push(Effect::Systemd(vec![
             Sd::Stopping,
             Sd::ExtendTimeoutUsec(extend.min(u32::MAX as u128) as u32),
@@ -101,7 +102,9 @@ impl Core {
             exit_code, forced, ..
         } = self.phase
         {
-            if self.workers.is_empty() && self.lingering.is_empty() && self.in_flight.is_empty() {
+            let agents_gone = self.agents.is_empty() && self.agent_forks.is_empty();
+            let workers_gone = self.workers.is_empty() && self.in_flight.is_empty();
+            if workers_gone && agents_gone && self.lingering.is_empty() {
                 let orphan_grace = if forced {
                     Duration::ZERO
                 } else {

@@ -27,6 +27,7 @@ pub(super) fn config(workers: u32) -> Loaded {
         cfg,
         program: PathBuf::from("/srv/app"),
         workers,
+        agent_programs: Vec::new(),
     }
 }
 

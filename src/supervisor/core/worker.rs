@@ -100,6 +100,9 @@ pub struct Worker {
     pub leaving: Option<Leaving>,
     /// Its process group's proportional set size when last measured (for `max_memory`).
     pub memory: Option<u64>,
+    /// The agent it is, for an agent's process (which shares a worker's lifecycle: spawn,
+    /// exec, readiness, stop); None for a worker of the pool.
+    pub agent: Option<Rc<str>>,
 }
 
 impl Worker {
@@ -116,7 +119,46 @@ impl Worker {
             last_ping: None,
             leaving: None,
             memory: None,
+            agent: None,
         }
+    }
+
+    pub fn view(&self) -> super::WorkerView {
+        super::WorkerView {
+            pid: self.pid,
+            id: self.id,
+            generation: self.generation,
+            ready: self.is_ready(),
+            live: self.is_live(),
+            stopping: self.is_stopping(),
+            started: self.started,
+            ready_since: self.ready_since(),
+            last_ping: self.last_ping,
+            retiring: self.is_retiring(),
+            recycling: self.is_recycling(),
+        }
+    }
+
+    /// "worker" or "agent", for log messages.
+    pub fn kind(&self) -> &'static str {
+        if self.agent.is_some() {
+            "agent"
+        } else {
+            "worker"
+        }
+    }
+
+    /// How a log line names it: its worker id or agent name, its pid and its generation.
+    pub fn tags(&self) -> Vec<(&'static str, String)> {
+        let who = match &self.agent {
+            Some(name) => ("agent", name.to_string()),
+            None => ("worker", self.id.to_string()),
+        };
+        vec![
+            who,
+            ("pid", self.pid.to_string()),
+            ("gen", self.generation.to_string()),
+        ]
     }
 
     /// The next thing this worker's clock asks for, and when. The core's next deadline and its

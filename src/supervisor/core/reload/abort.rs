@@ -64,6 +64,7 @@ impl Core {
             }
         }
         self.gen = r.old;
+        self.restore_agents(failed, now);
         // A reload queued meanwhile is the next deploy: it does not wait for kept workers.
         self.reload.restore_target = if self.reload.queued {
             0

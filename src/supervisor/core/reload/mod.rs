@@ -154,7 +154,9 @@ impl Core {
     /// generation that has moved on.
     pub(super) fn other_generations_alive(&self) -> bool {
         let current = self.gen.number;
-        self.workers.iter().any(|w| w.generation != current) || !self.in_flight.is_empty()
+        (self.workers.iter().chain(&self.agents)).any(|w| w.generation != current)
+            || !self.in_flight.is_empty()
+            || self.agent_forks.iter().any(|f| f.1 != current)
     }
 
     fn begin_reload(&mut self, _now: Instant) {

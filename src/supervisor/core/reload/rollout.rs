@@ -49,6 +49,7 @@ impl Core {
             ready_before,
             waiters,
         });
+        self.roll_agents(now);
     }
 
     /// Moves the pool towards its generation after every event: starts the next queued
@@ -62,7 +63,9 @@ impl Core {
             self.schedule_new_workers(now);
         }
         self.recycle(now);
+        self.release_workers();
         self.start_due(now);
+        self.start_agents_due(now);
         self.check_canary(now);
         self.retire_replaced(now);
         let generation = self.gen.number;
@@ -72,6 +75,7 @@ impl Core {
                 .any(|w| w.generation == generation && w.id == s.id && w.can_replace(now))
         });
         if complete
+            && self.agents_ready()
             && self
                 .reload
                 .rollout
