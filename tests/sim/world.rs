@@ -612,6 +612,20 @@ impl World {
             ));
         }
         if let Event::Tick = cause {
+            // Everything due was handled: a deadline already past would make the shell's poll
+            // return at once, again and again.
+            if let Some(at) = self.core.next_deadline(self.now) {
+                if at <= self.now && self.exited.is_none() {
+                    let past: Vec<_> = (self.core.deadlines(self.now).into_iter())
+                        .filter(|d| d.1 <= self.now)
+                        .map(|d| (d.0, d.1 - self.base))
+                        .collect();
+                    self.fail(format!(
+                        "deadlines {past:?} not after now {:?} once a tick was handled",
+                        self.now - self.base
+                    ));
+                }
+            }
             for (pid, p) in &self.procs {
                 let due = p.stop_sent_at.map(|t| t + p.cfg.stop_timeout);
                 if !p.exited && !p.killed && due.is_some_and(|d| self.now >= d) {

@@ -278,27 +278,42 @@ impl Core {
 
     /// The nearest moment something is due; the shell sends [`Event::Tick`] then.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.deadlines(now).into_iter().map(|d| d.1).min()
+    }
+
+    /// Every deadline the core has, named by what it is for (the simulation says which one
+    /// went wrong).
+    pub fn deadlines(&self, now: Instant) -> Vec<(&'static str, Instant)> {
         let running = self.phase == Phase::Running;
         let starts = self
             .gen
             .slots
             .iter()
-            .filter(|s| running && !self.forking(s.id))
-            .filter_map(|s| s.start_at);
+            // Workers waiting for their before-workers agents start on that agent's READY=1,
+            // an event of its own: a start time already past must not make the shell spin.
+            .filter(|s| running && self.gen.workers_released && !self.forking(s.id))
+            .filter_map(|s| s.start_at)
+            .map(|at| ("slot start", at));
         let workers = (self.workers.iter().chain(&self.agents))
             .filter_map(|w| w.next_timer())
-            .map(|t| t.0);
-        let lingering = self.lingering.iter().filter_map(|l| l.escalation.next());
+            .map(|t| ("process timer", t.0));
+        let lingering = (self.lingering.iter())
+            .filter_map(|l| l.escalation.next())
+            .map(|at| ("lingering group", at));
+        let named = |name: &'static str, at: Option<Instant>| at.map(|at| (name, at));
         starts
             .chain(workers)
             .chain(lingering)
-            .chain(self.watchdog_due)
-            .chain(self.collapse_deadline())
-            .chain(self.rollout_deadline(now))
-            .chain(self.report.refresh_at)
-            .chain(running.then(|| self.recycle_deadline(now)).flatten())
-            .chain(self.agent_starts())
-            .min()
+            .chain(named("watchdog ping", self.watchdog_due))
+            .chain(named("collapse", self.collapse_deadline()))
+            .chain(named("rollout", self.rollout_deadline(now)))
+            .chain(named("status refresh", self.report.refresh_at))
+            .chain(named(
+                "recycle",
+                running.then(|| self.recycle_deadline(now)).flatten(),
+            ))
+            .chain(named("agent start", self.agent_starts()))
+            .collect()
     }
 
     /// The workers' and agents' pids (each leads its process group), for the shell's checks

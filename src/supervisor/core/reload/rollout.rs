@@ -83,6 +83,9 @@ impl Core {
                 .is_some_and(|r| r.canary_passed)
         {
             self.finish_rollout(now);
+            // A recycle held back by the reload may begin now, not at the next event.
+            self.recycle(now);
+            self.start_due(now);
         }
         // The quorum may have been reached while a reload held READY=1 back (one that was then
         // refused or aborted before the first READY=1).
