@@ -85,13 +85,22 @@ mod tests {
     }
 
     #[test]
-    fn own_group_is_measured_and_a_gone_leader_is_none() {
-        let me = nix::unistd::getpid();
+    fn a_group_is_measured_and_a_gone_leader_is_none() {
+        use std::os::unix::process::CommandExt;
+        // A group of its own, led by a child this test starts (the test's own group leader
+        // may be anything: a shell that has exited, a CI runner).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let leader = Pid::from_raw(child.id() as i32);
         let gone = Pid::from_raw(i32::MAX - 7);
-        let group = nix::unistd::getpgrp();
-        let (sizes, denied) = group_pss(&[group, gone]);
+        let (sizes, denied) = group_pss(&[leader, gone]);
+        let _ = child.kill();
+        let _ = child.wait();
         assert!(denied.is_empty());
-        assert!(sizes[0].1.is_some_and(|b| b > 0), "{sizes:?} (me {me})");
+        assert!(sizes[0].1.is_some_and(|b| b > 0), "{sizes:?}");
         assert_eq!(sizes[1], (gone, None));
     }
 }
