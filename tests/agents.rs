@@ -27,11 +27,6 @@ fn with_agent(agent: &str, env: &[(&'static str, &str)]) -> (tempfile::TempDir, 
     (dir, start.spawn())
 }
 
-fn status_json(p: &Preforkd) -> Option<serde_json::Value> {
-    let (code, json) = p.status(&["--json"]);
-    (code == 0).then(|| serde_json::from_str(&json).unwrap())
-}
-
 /// The agent `sched`'s pid and generation once `status` shows it ready.
 fn ready_agent(p: &Preforkd, limit: Duration) -> (i32, u64) {
     ready_agent_named(p, "sched", limit)
@@ -39,7 +34,7 @@ fn ready_agent(p: &Preforkd, limit: Duration) -> (i32, u64) {
 
 fn ready_agent_named(p: &Preforkd, name: &str, limit: Duration) -> (i32, u64) {
     wait_for(limit, || {
-        let v = status_json(p)?;
+        let v = p.status_json()?;
         let a = v["agents"]
             .as_array()?
             .iter()
@@ -49,21 +44,13 @@ fn ready_agent_named(p: &Preforkd, name: &str, limit: Duration) -> (i32, u64) {
     .unwrap_or_else(|| panic!("agent {name} not ready within {limit:?}\n{}", p.log()))
 }
 
-/// Pids of the pool's workers per `status --json`, not draining.
+/// Pids of the pool's ready workers per `status --json` (agents are listed apart).
 fn pool(p: &Preforkd) -> Vec<i32> {
-    let v = status_json(p).unwrap_or_default();
-    let mut pids: Vec<i32> = v["workers"]
-        .as_array()
-        .map(|ws| {
-            ws.iter()
-                .filter(|w| w["state"] == "ready")
-                .filter_map(|w| w["pid"].as_i64())
-                .map(|p| p as i32)
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort();
-    pids
+    let mut v = p.status_json().unwrap_or_default();
+    if let Some(ws) = v["workers"].as_array_mut() {
+        ws.retain(|w| w["state"] == "ready");
+    }
+    listed_pids(&v)
 }
 
 /// Waits until `n` workers of the pool are ready; returns their pids.
@@ -122,7 +109,7 @@ fn a_dead_agent_is_restarted_alone_and_shown_in_status() {
     let before = pool(&p);
     // Past min_uptime, its death is no failed start: restarted after restart_delay.
     wait_for(Duration::from_secs(10), || {
-        let v = status_json(&p)?;
+        let v = p.status_json()?;
         let up = v["agents"][0]["uptime_ms"].as_u64()?;
         (up > 400).then_some(())
     })
@@ -281,7 +268,7 @@ fn the_node_scheduler_example_runs_beside_its_pool() {
     assert!(answer.body.starts_with("worker="), "{answer:?}");
     let (old, _) = ready_agent_named(&p, "scheduler", Duration::from_secs(20));
     wait_for(Duration::from_secs(20), || {
-        let v = status_json(&p)?;
+        let v = p.status_json()?;
         let status = v["agents"][0]["status"].as_str()?.to_owned();
         status.contains("runs, last at").then_some(())
     })

@@ -113,15 +113,7 @@ fn deploy(shape: &Shape, workers: u32) {
         "preforkd died:\n{}",
         p.log()
     );
-    assert_eq!(
-        report.failures,
-        0,
-        "{} of {} requests failed: {:?}\n{}",
-        report.failures,
-        report.requests,
-        report.examples,
-        p.log()
-    );
+    report.assert_none_failed(&p.log());
     assert!(report.requests > 0, "no request was answered");
     assert_eq!(generations(&p), serving, "the old workers must still serve");
     assert!(

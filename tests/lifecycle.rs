@@ -26,11 +26,6 @@ fn lifecycle(config: &str, env: &[(&'static str, &str)]) -> (tempfile::TempDir, 
     (dir, start.spawn())
 }
 
-fn status_json(p: &Preforkd) -> Option<serde_json::Value> {
-    let (code, json) = p.status(&["--json"]);
-    (code == 0).then(|| serde_json::from_str(&json).unwrap())
-}
-
 /// Waits until `status --json`'s `replaced.<reason>` reaches `n`, checking `each` on every
 /// status seen on the way.
 fn wait_replaced(
@@ -41,7 +36,7 @@ fn wait_replaced(
     mut each: impl FnMut(&serde_json::Value),
 ) -> serde_json::Value {
     wait_for(limit, || {
-        let v = status_json(p)?;
+        let v = p.status_json()?;
         each(&v);
         (v["replaced"][reason].as_u64() >= Some(n)).then_some(v)
     })
@@ -64,15 +59,7 @@ fn first_line(log: &str, words: &[&str]) -> Option<usize> {
 
 fn assert_no_failure(report: &common::load::LoadReport, p: &Preforkd) {
     assert!(report.requests > 100, "only {} requests", report.requests);
-    assert_eq!(
-        report.failures,
-        0,
-        "{} of {} requests failed: {:?}\n{}",
-        report.failures,
-        report.requests,
-        report.examples,
-        p.log()
-    );
+    report.assert_none_failed(&p.log());
 }
 
 #[test]

@@ -346,15 +346,7 @@ fn reloads_under_load_drop_nothing() {
         .expect("the in-flight request survived the reloads");
     assert_eq!(slept.status, 200);
     assert!(report.requests > 200, "only {} requests", report.requests);
-    assert_eq!(
-        report.failures,
-        0,
-        "{} of {} requests failed: {:?}\n{}",
-        report.failures,
-        report.requests,
-        report.examples,
-        p.log()
-    );
+    report.assert_none_failed(&p.log());
     assert!(
         generations(&p).iter().all(|&g| g == 11),
         "{:?}",

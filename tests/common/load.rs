@@ -38,6 +38,15 @@ impl LoadReport {
         self.finished_us.extend(other.finished_us);
     }
 
+    /// Asserts that no request failed; `log` (preforkd's) is printed if one did.
+    pub fn assert_none_failed(&self, log: &str) {
+        assert_eq!(
+            self.failures, 0,
+            "{} of {} requests failed: {:?}\n{log}",
+            self.failures, self.requests, self.examples
+        );
+    }
+
     fn fail(&mut self, what: String) {
         self.failures += 1;
         if self.examples.len() < 10 {

@@ -299,6 +299,12 @@ impl Preforkd {
         run_to_end(args, &[("RUNTIME_DIRECTORY", &dir)])
     }
 
+    /// `preforkd status --json`, None while it does not answer.
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let (code, json) = self.status(&["--json"]);
+        (code == 0).then(|| serde_json::from_str(&json).unwrap())
+    }
+
     /// Asserts that no worker this test ever saw is still alive.
     pub fn assert_no_worker_left(&self) {
         let alive: Vec<_> = self.seen.iter().filter(|&&p| is_alive(p)).collect();

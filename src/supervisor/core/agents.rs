@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::worker::{State, Worker};
-use super::{log, Core, Effect, ExitStatus, Lingering, Phase, Proc, Target};
+use super::{log, Core, Effect, ExitStatus, Phase, Proc, Target};
 use crate::config::{AgentConfig, AgentStart, Config, Readiness};
 use crate::restart::human;
 
@@ -271,16 +271,8 @@ impl Core {
         let w = self.agents.swap_remove(index);
         let name = w.agent.clone().unwrap_or_else(|| Rc::from(""));
         let uptime = now.saturating_duration_since(w.started);
-        if let State::Stopping(mut escalation) | State::Retiring(mut escalation) = w.state {
-            if w.cfg.kill_mode == crate::config::KillMode::Mixed && !escalation.killed {
-                escalation.killed = true;
-                self.signal(w.pid, Signal::SIGKILL, Target::Group);
-            }
-            self.lingering.push(Lingering {
-                pgid: w.pid,
-                escalation,
-            });
-            self.out.push(Effect::WatchGroup(w.pid));
+        if let State::Stopping(escalation) | State::Retiring(escalation) = w.state {
+            self.linger(&w, escalation);
             log!(self, Info, "agent {} stopped", name; "agent" => &name, "pid" => w.pid,
                 "gen" => w.generation, "status" => status);
             return;

@@ -22,7 +22,27 @@ fn logged(effects: &[Effect], words: &str) -> bool {
         .any(|e| matches!(e, Effect::Log(l) if l.message.contains(words)))
 }
 
-/// The new worker of slot `id` among `effects`' spawns, carried out as a healthy app.
+/// Forks the first spawn among `effects` as `pid`, without its exec.
+fn fork_first(pool: &mut Pool, effects: &[Effect], pid: i32) -> Pid {
+    let (worker, generation) = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Spawn {
+                worker, generation, ..
+            } => Some((*worker, *generation)),
+            _ => None,
+        })
+        .expect("a spawn");
+    let pid = Pid::from_raw(pid);
+    pool.handle(Event::Forked {
+        worker,
+        generation,
+        result: Ok(pid),
+    });
+    pid
+}
+
+/// The new worker among `effects`' spawns, carried out as a healthy app.
 fn successor(pool: &mut Pool, effects: &[Effect]) -> Pid {
     let pids = pool.run_spawns(effects);
     assert_eq!(pids.len(), 1, "{effects:?}");
@@ -66,21 +86,7 @@ fn stopping_from_a_worker_not_yet_ready_starts_nothing() {
         e.extend(pool.advance(Duration::from_millis(200)));
         e
     };
-    let (worker, generation) = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Spawn {
-                worker, generation, ..
-            } => Some((*worker, *generation)),
-            _ => None,
-        })
-        .expect("a spawn for the new slot");
-    let pid = Pid::from_raw(500);
-    pool.handle(Event::Forked {
-        worker,
-        generation,
-        result: Ok(pid),
-    });
+    let pid = fork_first(&mut pool, &effects, 500);
     pool.handle(Event::Execd {
         pid,
         result: Ok(()),
@@ -151,21 +157,7 @@ fn the_old_worker_serves_until_its_successor_is_ready() {
     let (mut pool, pids) = Pool::ready_with(recycling(Some(512 << 20), None, Duration::ZERO));
     let fat = pids[0];
     let effects = measure(&mut pool, |p| if p == fat { 1 << 30 } else { 1 << 20 });
-    let (worker, generation) = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Spawn {
-                worker, generation, ..
-            } => Some((*worker, *generation)),
-            _ => None,
-        })
-        .unwrap();
-    let new = Pid::from_raw(900);
-    pool.handle(Event::Forked {
-        worker,
-        generation,
-        result: Ok(new),
-    });
+    let new = fork_first(&mut pool, &effects, 900);
     let effects = pool.handle(Event::Execd {
         pid: new,
         result: Ok(()),
@@ -219,21 +211,7 @@ fn lifetimes_end_one_at_a_time_spread_by_the_jitter() {
 fn a_reload_calls_off_a_recycle_whose_successor_is_not_ready() {
     let (mut pool, pids) = Pool::ready_with(recycling(Some(512 << 20), None, Duration::ZERO));
     let effects = measure(&mut pool, |p| if p == pids[0] { 1 << 30 } else { 1 << 20 });
-    let (worker, generation) = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Spawn {
-                worker, generation, ..
-            } => Some((*worker, *generation)),
-            _ => None,
-        })
-        .unwrap();
-    let new = Pid::from_raw(900);
-    pool.handle(Event::Forked {
-        worker,
-        generation,
-        result: Ok(new),
-    });
+    let new = fork_first(&mut pool, &effects, 900);
     let effects = pool.reload_with(config(3));
     assert!(
         logged(&effects, "the recycle of worker 0 is called off"),

@@ -7,7 +7,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::worker::{State, Worker};
+use super::worker::{Escalation, State, Worker};
 use super::{log, Core, Effect, ExitStatus, Lingering, Phase, Sd, Target, EXIT_CRASH_LOOP};
 use crate::config::{KillMode, Readiness};
 use crate::restart::human;
@@ -192,19 +192,8 @@ impl Core {
         };
         let w = self.workers.swap_remove(index);
         let uptime = now.saturating_duration_since(w.started);
-        if let State::Stopping(mut escalation) | State::Retiring(mut escalation) = w.state {
-            if w.cfg.kill_mode == KillMode::Mixed && !escalation.killed {
-                // As systemd's KillMode=mixed: what the worker left in its group goes with it.
-                // It is not reaped yet, so the group number cannot have been reused.
-                escalation.killed = true;
-                self.signal(w.pid, Signal::SIGKILL, Target::Group);
-            }
-            // Helpers in its group may still be finishing; they get the same deadline.
-            self.lingering.push(Lingering {
-                pgid: w.pid,
-                escalation,
-            });
-            self.out.push(Effect::WatchGroup(w.pid));
+        if let State::Stopping(escalation) | State::Retiring(escalation) = w.state {
+            self.linger(&w, escalation);
             if w.leaving.is_some() {
                 self.left(&w, status, uptime);
             } else if status.is_clean_stop(w.cfg.stop_signal) {
@@ -297,6 +286,21 @@ impl Core {
         }
         self.give_up_if_crash_looping(now);
         self.start_due(now);
+    }
+
+    /// A worker or agent that was asked to stop has exited: what it left in its process group
+    /// goes too, at once under `kill_mode = "mixed"` (as systemd's KillMode=mixed), else by its
+    /// stop deadline. It is not reaped yet, so its group number cannot have been reused.
+    pub(super) fn linger(&mut self, w: &Worker, mut escalation: Escalation) {
+        if w.cfg.kill_mode == KillMode::Mixed && !escalation.killed {
+            escalation.killed = true;
+            self.signal(w.pid, Signal::SIGKILL, Target::Group);
+        }
+        self.lingering.push(Lingering {
+            pgid: w.pid,
+            escalation,
+        });
+        self.out.push(Effect::WatchGroup(w.pid));
     }
 
     /// More than `restart_burst` failed starts within `restart_interval`, every slot among them
