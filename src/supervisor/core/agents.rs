@@ -133,10 +133,10 @@ impl Core {
         let spawned_with = (self.agent_forks.iter())
             .position(|f| f.0 == name && f.1 == generation)
             .map(|i| self.agent_forks.swap_remove(i).2);
-        let current = generation == self.gen.number
-            && self.phase == Phase::Running
+        let ours = generation == self.gen.number
             && spawned_with.is_some()
             && self.gen.agents.iter().any(|a| a.name == name);
+        let current = ours && self.phase == Phase::Running;
         match result {
             Ok(pid) => {
                 self.lingering.retain(|l| l.pgid != pid);
@@ -144,7 +144,9 @@ impl Core {
                 let mut w = Worker::new(0, pid, generation, cfg, now);
                 w.agent = Some(name);
                 self.agents.push(w);
-                if !current {
+                // During a stop, one of the pool's goes once the workers are gone, as the
+                // others (`stop_agents_once_workers_are_gone`); any other goes now.
+                if !ours {
                     self.stop_proc(Proc::Agent(self.agents.len() - 1), now);
                 }
             }
@@ -273,8 +275,13 @@ impl Core {
         let uptime = now.saturating_duration_since(w.started);
         if let State::Stopping(escalation) | State::Retiring(escalation) = w.state {
             self.linger(&w, escalation);
-            log!(self, Info, "agent {} stopped", name; "agent" => &name, "pid" => w.pid,
-                "gen" => w.generation, "status" => status);
+            if status.is_clean_stop(w.cfg.stop_signal) {
+                log!(self, Info, "agent {} stopped", name; "agent" => &name, "pid" => w.pid,
+                    "gen" => w.generation, "status" => status);
+            } else {
+                log!(self, Warning, "agent {} stopped uncleanly", name; "agent" => &name,
+                    "pid" => w.pid, "gen" => w.generation, "status" => status);
+            }
             return;
         }
         self.signal(w.pid, Signal::SIGKILL, Target::Group);
@@ -286,9 +293,8 @@ impl Core {
             return;
         }
         let policy = self.gen.policy;
-        let failed_start = w.state == State::Spawning
-            || w.state == State::NotReady
-            || !w.was_ready(uptime)
+        // As a worker's: judged by how long it lived, and a hung agent had been ready.
+        let failed_start = matches!(w.state, State::Spawning | State::Starting | State::NotReady)
             || policy.is_failed_start(uptime);
         if failed_start {
             let (what, why) = match w.state {
@@ -299,7 +305,7 @@ impl Core {
                         human(w.cfg.ready_timeout)
                     ),
                 ),
-                _ if w.is_ready() => (
+                State::Ready { .. } | State::Hung(_) => (
                     "failed soon after start",
                     format!("agent {name} {status} within min_uptime"),
                 ),
@@ -322,7 +328,12 @@ impl Core {
         }
         a.start_at = Some(at);
         let restarts = a.restarts;
-        log!(self, Warning, "agent {} died: {}", name, status; "agent" => &name,
+        let what = if matches!(w.state, State::Hung(_)) {
+            format!("hung agent {name} ended")
+        } else {
+            format!("agent {name} died")
+        };
+        log!(self, Warning, "{}: {}", what, status; "agent" => &name,
             "pid" => w.pid, "gen" => w.generation, "uptime" => human(uptime),
             "restart_in" => human(at - now), "restarts" => restarts);
     }
@@ -387,10 +398,19 @@ impl Core {
         }
     }
 
-    /// The agents' ids in the crash-loop window, before-workers ones only if `before`.
-    pub(super) fn agent_crash_ids(&self, before: bool) -> Vec<u32> {
+    /// The crash-loop window's ids of the before-workers agents the workers still wait for
+    /// (not ready): while the workers wait, those failing is the whole pool failing.
+    pub(super) fn waited_agent_crash_ids(&self) -> Vec<u32> {
+        let generation = self.gen.number;
         (self.gen.agents.iter())
-            .filter(|a| !before || a.before_workers)
+            .filter(|a| a.before_workers)
+            .filter(|a| {
+                !self.agents.iter().any(|p| {
+                    p.generation == generation
+                        && p.agent.as_deref() == Some(&*a.name)
+                        && p.is_ready()
+                })
+            })
             .map(|a| a.crash_id)
             .collect()
     }

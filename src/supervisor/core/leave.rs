@@ -43,15 +43,19 @@ impl Core {
                 "gen" => generation);
             return;
         }
+        // One being recycled already has its successor on the way, and is counted as that.
+        let recycled = matches!(w.leaving, Some(Leaving::Recycled(_)));
         w.state = State::Retiring(Escalation::until(now + w.cfg.stop_timeout));
         w.leaving = Some(Leaving::Retiring);
         let stop_timeout = human(w.cfg.stop_timeout);
-        self.report.replaced.retired += 1;
+        if !recycled {
+            self.report.replaced.retired += 1;
+        }
         if self.start_successor(id, generation, now) {
             log!(self, Info, "worker {} retiring (STOPPING=1): its replacement starts now", id;
                 "worker" => id, "pid" => pid, "gen" => generation, "stop_timeout" => stop_timeout);
         } else {
-            log!(self, Info, "worker {} of an earlier generation retiring (STOPPING=1): the new generation takes its place", id;
+            log!(self, Info, "worker {} of generation {} retiring (STOPPING=1): not the pool's generation, so no replacement in its slot", id, generation;
                 "worker" => id, "pid" => pid, "gen" => generation, "stop_timeout" => stop_timeout);
         }
     }
@@ -81,18 +85,16 @@ impl Core {
     /// A retiring or recycled worker has exited.
     pub(super) fn left(&mut self, w: &Worker, status: ExitStatus, uptime: Duration) {
         let what = match w.leaving {
+            // A stop that came meanwhile ended it, not the recycle.
+            _ if self.phase != Phase::Running => "worker stopped",
             Some(Leaving::Retiring) => "worker retired",
             _ => "worker recycled",
         };
-        let killed = matches!(
-            status,
-            ExitStatus::Signal {
-                signal: nix::sys::signal::Signal::SIGKILL,
-                ..
-            }
-        );
-        if killed {
-            log!(self, Warning, "{} (SIGKILLed: it did not exit within stop_timeout)", what;
+        let clean = status.is_clean_stop(w.cfg.stop_signal)
+            || matches!(w.leaving, Some(Leaving::Retiring))
+                && matches!(status, ExitStatus::Code(_));
+        if !clean {
+            log!(self, Warning, "{}: {}", what, status;
                 "worker" => w.id, "pid" => w.pid, "gen" => w.generation, "uptime" => human(uptime));
         } else {
             log!(self, Info, "{}", what; "worker" => w.id, "pid" => w.pid, "gen" => w.generation,
@@ -113,6 +115,17 @@ impl Core {
     /// successor is ready, and begins the next one that is due.
     pub(super) fn recycle(&mut self, now: Instant) {
         self.measure_memory(now);
+        self.follow_recycles(now);
+        self.settle_recycle(now);
+        let Some((i, why)) = self.recycle_due(now) else {
+            return;
+        };
+        self.begin_recycle(i, why, now);
+    }
+
+    /// The recycled worker serves until its successor may replace it, then gets its stop
+    /// signal; a successor that left too is started again (once the one still dying is gone).
+    fn follow_recycles(&mut self, now: Instant) {
         for i in 0..self.workers.len() {
             let w = &self.workers[i];
             if !w.is_recycling() {
@@ -124,13 +137,18 @@ impl Core {
             };
             if successors().next().is_none() {
                 // Its successor left too (retired, died): start another, or, for a worker of
-                // a generation a reload is replacing, let the rollout replace it instead.
-                let (id, generation) = (w.id, w.generation);
+                // a generation a reload is replacing, let the rollout replace it instead. One
+                // still dying (not ready in time, hung) goes first: its exit is a failed start
+                // with the slot's back-off, not a successor started beside it.
+                let (id, generation, pid) = (w.id, w.generation, w.pid);
+                let dying = (self.workers.iter()).any(|o| {
+                    o.generation == generation && o.id == id && o.pid != pid && o.leaving.is_none()
+                });
                 let scheduled = self.forking(id)
                     || (self.gen.slots.iter()).any(|s| s.id == id && s.start_at.is_some());
                 if generation != self.gen.number {
                     self.workers[i].leaving = None;
-                } else if !scheduled {
+                } else if !scheduled && !dying {
                     self.start_successor(id, generation, now);
                 }
                 continue;
@@ -142,20 +160,41 @@ impl Core {
                 self.stop_worker(i, now);
             }
         }
-        let Some((i, why)) = self.recycle_due(now) else {
+    }
+
+    /// The recycle under way is over once its slot has a successor that may replace the
+    /// worker (whether that worker got its stop signal from the recycle or left by itself
+    /// meanwhile): only then is it counted, by reason. A reload's new generation ends it too.
+    fn settle_recycle(&mut self, now: Instant) {
+        let Some((generation, id, why)) = self.recycling else {
             return;
         };
+        let slot = |w: &Worker| w.generation == generation && w.id == id;
+        let replaced = (self.workers.iter())
+            .any(|w| slot(w) && w.leaving.is_none() && w.can_replace(now))
+            && !self.workers.iter().any(|w| slot(w) && w.is_recycling());
+        if replaced {
+            match why {
+                Recycle::Memory { .. } => self.report.replaced.memory += 1,
+                Recycle::Lifetime { .. } => self.report.replaced.lifetime += 1,
+            }
+            self.recycling = None;
+        } else if generation != self.gen.number || !self.gen.slots.iter().any(|s| s.id == id) {
+            self.recycling = None;
+        }
+    }
+
+    fn begin_recycle(&mut self, i: usize, why: Recycle, now: Instant) {
         self.workers[i].leaving = Some(Leaving::Recycled(why));
         let w = &self.workers[i];
         let (id, pid, generation) = (w.id, w.pid, w.generation);
+        self.recycling = Some((generation, id, why));
         match why {
             Recycle::Memory { used, limit } => {
-                self.report.replaced.memory += 1;
                 log!(self, Info, "worker {} uses {} > max_memory {}: recycling", id, mib(used), mib(limit);
                     "worker" => id, "pid" => pid, "gen" => generation, "pss_bytes" => used);
             }
             Recycle::Lifetime { lived } => {
-                self.report.replaced.lifetime += 1;
                 // "6h 2m 5s", as the key is written; whole seconds are enough for a lifetime.
                 let words = |d: Duration| {
                     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
@@ -204,6 +243,7 @@ impl Core {
     /// is alive and no other recycle is under way.
     fn may_recycle(&self) -> bool {
         self.phase == Phase::Running
+            && self.recycling.is_none()
             && !self.reload.busy()
             && !self.other_generations_alive()
             && !self.workers.iter().any(Worker::is_recycling)
@@ -259,12 +299,14 @@ impl Core {
         let lifetimes = (self.workers.iter())
             .filter(|w| self.may_recycle() && self.recyclable(w))
             .filter_map(|w| self.lifetime_end(w));
-        let successors = (self.workers.iter())
-            .filter(|s| s.holds_slot())
-            .filter(|s| {
-                (self.workers.iter())
+        let under_way = |s: &Worker| {
+            self.recycling
+                .is_some_and(|(g, id, _)| s.generation == g && s.id == id)
+                || (self.workers.iter())
                     .any(|w| w.is_recycling() && w.generation == s.generation && w.id == s.id)
-            })
+        };
+        let successors = (self.workers.iter())
+            .filter(|s| s.holds_slot() && under_way(s))
             .filter_map(|s| s.replace_at(now));
         lifetimes.chain(successors).chain(self.memory_due).min()
     }
@@ -274,6 +316,7 @@ impl Core {
     /// waiting out min_uptime) stays, and the recycled worker goes as planned, or sooner if
     /// the rollout retires it first; neither way lowers the ready count.
     pub(super) fn call_off_recycles(&mut self, now: Instant) {
+        self.recycling = None;
         for i in 0..self.workers.len() {
             if !self.workers[i].is_recycling() {
                 continue;

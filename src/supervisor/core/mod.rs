@@ -170,6 +170,9 @@ pub struct Core {
     collapsed: bool,
     /// When workers' memory is next measured for `max_memory`.
     memory_due: Option<Instant>,
+    /// The recycle under way: the slot (generation, worker id) and why; counted once its
+    /// successor may replace the worker.
+    recycling: Option<(u32, u32, worker::Recycle)>,
     report: report::Report,
     out: Vec<Effect>,
     /// The systemd unit whose journal holds each worker's output under its own pid, for the
@@ -210,6 +213,7 @@ impl Core {
             last_ready: now,
             collapsed: false,
             memory_due: None,
+            recycling: None,
             report: report::Report::default(),
             out: Vec::new(),
             output_unit: None,
@@ -292,6 +296,7 @@ impl Core {
             // Workers waiting for their before-workers agents start on that agent's READY=1,
             // an event of its own: a start time already past must not make the shell spin.
             .filter(|s| running && self.gen.workers_released && !self.forking(s.id))
+            .filter(|_| !self.reload.is_loading())
             .filter_map(|s| s.start_at)
             .map(|at| ("slot start", at));
         let workers = (self.workers.iter().chain(&self.agents))
@@ -438,5 +443,7 @@ impl Core {
 mod leave_tests;
 #[cfg(test)]
 mod regressions;
+#[cfg(test)]
+mod review_tests;
 #[cfg(test)]
 mod tests;

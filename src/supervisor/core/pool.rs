@@ -317,14 +317,16 @@ impl Core {
             .iter()
             .any(|w| w.is_live() && now.saturating_duration_since(w.started) >= policy.min_uptime);
         // While the workers wait for before-workers agents, those agents are the whole pool.
-        let whole_pool = if self.gen.workers_released {
-            self.crashes.all_failed(self.gen.slots.iter().map(|s| s.id))
+        let (whole_pool, who) = if self.gen.workers_released {
+            let slots = self.gen.slots.iter().map(|s| s.id);
+            (self.crashes.all_failed(slots), "workers")
         } else {
-            self.crashes
-                .all_failed(self.agent_crash_ids(true).into_iter())
+            let waited = self.waited_agent_crash_ids();
+            let all = !waited.is_empty() && self.crashes.all_failed(waited.into_iter());
+            (all, "the agents the workers wait for")
         };
         if failures as u32 > policy.burst && whole_pool && !stable {
-            log!(self, Error, "workers keep failing: giving up so that systemd can restart the service";
+            log!(self, Error, "{} keep failing: giving up so that systemd can restart the service", who;
                 "failed_starts" => failures, "within" => human(policy.interval),
                 "restart_burst" => policy.burst, "exit_code" => EXIT_CRASH_LOOP);
             let last = self
@@ -332,9 +334,10 @@ impl Core {
                 .last_death
                 .as_ref()
                 .map(|(what, _)| what.clone())
-                .or_else(|| self.gen.slots.iter().find_map(|s| s.last_error.clone()));
+                .or_else(|| self.gen.slots.iter().find_map(|s| s.last_error.clone()))
+                .or_else(|| self.gen.agents.iter().find_map(|a| a.last_error.clone()));
             self.report.gave_up = Some(format!(
-                "gave up: workers keep failing ({failures} failed starts within {}){}",
+                "gave up: {who} keep failing ({failures} failed starts within {}){}",
                 human(policy.interval),
                 last.map(|l| format!(", last: {l}")).unwrap_or_default()
             ));

@@ -63,10 +63,13 @@ impl Core {
     /// killed by SIGSEGV 5m ago`.
     pub(super) fn status_line(&self, now: Instant) -> String {
         if let Phase::Draining { .. } | Phase::Done = self.phase {
-            let left = self.workers.len();
+            let mut left = format!("{} workers", self.workers.len());
+            if !self.agents.is_empty() {
+                left.push_str(&format!(", {} agents", self.agents.len()));
+            }
             return match &self.report.gave_up {
-                Some(why) => format!("{why}; stopping: {left} workers left"),
-                None => format!("stopping: {left} workers left"),
+                Some(why) => format!("{why}; stopping: {left} left"),
+                None => format!("stopping: {left} left"),
             };
         }
         if let Some(line) = self.rollout_status() {

@@ -50,6 +50,14 @@ impl Pool {
         (pool, pids)
     }
 
+    pub(super) fn from_core(core: Core, now: Instant) -> Pool {
+        Pool {
+            core,
+            now,
+            next_pid: 100,
+        }
+    }
+
     pub(super) fn handle(&mut self, event: Event) -> Vec<Effect> {
         self.core.handle(event, self.now)
     }

@@ -22,7 +22,7 @@ impl Core {
         r.failures += 1;
         if r.failures <= MAX_ROLLOUT_FAILURES {
             let failures = r.failures;
-            log!(self, Warning, "a new worker failed during the reload: {}", why;
+            log!(self, Warning, "the new generation failed to start during the reload: {}", why;
                 "failures" => failures, "limit" => MAX_ROLLOUT_FAILURES);
             return false;
         }
