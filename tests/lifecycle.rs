@@ -58,6 +58,13 @@ fn first_line(log: &str, words: &[&str]) -> Option<usize> {
 }
 
 fn assert_no_failure(report: &common::load::LoadReport, p: &Preforkd) {
+    println!(
+        "{} requests, {} failed; replaced: {}",
+        report.requests,
+        report.failures,
+        p.status_json()
+            .map_or(String::new(), |v| v["replaced"].to_string())
+    );
     assert!(report.requests > 100, "only {} requests", report.requests);
     report.assert_none_failed(&p.log());
 }
