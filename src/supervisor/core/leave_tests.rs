@@ -23,7 +23,7 @@ fn logged(effects: &[Effect], words: &str) -> bool {
 }
 
 /// Forks the first spawn among `effects` as `pid`, without its exec.
-fn fork_first(pool: &mut Pool, effects: &[Effect], pid: i32) -> Pid {
+pub(super) fn fork_first(pool: &mut Pool, effects: &[Effect], pid: i32) -> Pid {
     let (worker, generation) = effects
         .iter()
         .find_map(|e| match e {
@@ -106,7 +106,7 @@ fn recycling(memory: Option<u64>, lifetime: Option<Duration>, jitter: Duration) 
 }
 
 /// Runs the core's clock to the next memory measurement and answers it with `sizes`.
-fn measure(pool: &mut Pool, sizes: impl Fn(Pid) -> u64) -> Vec<Effect> {
+pub(super) fn measure(pool: &mut Pool, sizes: impl Fn(Pid) -> u64) -> Vec<Effect> {
     let effects = pool.advance(Duration::from_secs(5));
     let pids = effects
         .iter()

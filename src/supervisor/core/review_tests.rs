@@ -6,6 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use super::leave_tests::{fork_first, measure};
 use super::tests::{config, spawns, Pool};
 use super::*;
 use crate::config::{AgentConfig, AgentStart, Readiness};
@@ -185,36 +186,10 @@ fn review_a_recycle_successor_that_never_gets_ready_backs_off() {
     loaded.cfg.memory_check_interval = Duration::from_secs(5);
     loaded.cfg.ready_timeout = Duration::from_secs(10);
     let (mut pool, pids) = Pool::ready_with(loaded);
-    let effects = pool.advance(Duration::from_secs(5));
-    let measured = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::MeasureMemory(p) => Some(p.clone()),
-            _ => None,
-        })
-        .unwrap();
-    let report = measured
-        .iter()
-        .map(|&p| (p, Some(if p == pids[0] { 1 << 30 } else { 1 << 20 })))
-        .collect();
-    let effects = pool.handle(Event::Memory(report));
+    let effects = measure(&mut pool, |p| if p == pids[0] { 1 << 30 } else { 1 << 20 });
     assert_eq!(spawns(&effects), 1);
     // The successor forks and execs but never says READY=1.
-    let (worker, generation) = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Spawn {
-                worker, generation, ..
-            } => Some((*worker, *generation)),
-            _ => None,
-        })
-        .unwrap();
-    let s1 = Pid::from_raw(900);
-    pool.handle(Event::Forked {
-        worker,
-        generation,
-        result: Ok(s1),
-    });
+    let s1 = fork_first(&mut pool, &effects, 900);
     pool.handle(Event::Execd {
         pid: s1,
         result: Ok(()),
@@ -289,21 +264,7 @@ fn review_a_recycled_worker_that_retires_is_counted_once() {
         .pid;
     let _ = pids;
     // Its successor forks and execs, not ready yet.
-    let (worker, generation) = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Spawn {
-                worker, generation, ..
-            } => Some((*worker, *generation)),
-            _ => None,
-        })
-        .unwrap();
-    let s1 = Pid::from_raw(900);
-    pool.handle(Event::Forked {
-        worker,
-        generation,
-        result: Ok(s1),
-    });
+    let s1 = fork_first(&mut pool, &effects, 900);
     pool.handle(Event::Execd {
         pid: s1,
         result: Ok(()),
