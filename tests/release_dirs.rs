@@ -435,7 +435,12 @@ fn without_working_directory_workers_stay_where_preforkd_started() {
     assert_eq!(code, 0, "{out}\n{}", p.log());
     d.wait_reported(&mut p, 2, 2);
     let always_1 = |_: u32| 1;
-    assert_eq!(d.check_live(&mut p, always_1).len(), 2);
+    // `reload` returns once the new workers serve; the old ones may still be draining.
+    wait_for(Duration::from_secs(20), || {
+        let live = d.check_live(&mut p, always_1);
+        (live.len() == 2 && live.iter().all(|&(_, g)| g == 2)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("old workers still live\n{}", p.log()));
     d.check_reports(always_1);
     // Once the old workers are gone, only generation 2 is listed, with preforkd's directory.
     wait_for(Duration::from_secs(20), || {
