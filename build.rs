@@ -29,6 +29,8 @@ const CFGS: &[&str] = &[
     "have_uvicorn",
     "have_puma",
     "have_pidfs",
+    "have_promtool",
+    "have_prometheus",
 ];
 
 fn path_dirs() -> Vec<PathBuf> {
@@ -113,6 +115,8 @@ fn probe(cfg: &str, top: &Path) -> bool {
         }
         // pidfs came with Linux 6.9; without it LISTEN_PIDFDID names nothing.
         "have_pidfs" => kernel_at_least(6, 9),
+        "have_promtool" => on_path("promtool"),
+        "have_prometheus" => on_path("prometheus"),
         _ => unreachable!("{cfg}"),
     }
 }

@@ -10,7 +10,7 @@
 //! (LISTEN_FDS or bind), [`spawn`] (fork + exec, the only process-level `unsafe`),
 //! [`restart`] (back-off policy), [`signals`], [`notify`] (to systemd), [`relay`] (the workers'
 //! notify socket), [`control`] and [`status`] (`preforkd status` and `reload`), [`runtime_dir`],
-//! [`log`], [`echo`] (how outside input is quoted), and [`supervisor`]: its `core` makes every
+//! [`log`], [`echo`] (how outside input is quoted), [`metrics`] (the `/metrics` endpoint), [`top`] (`status --watch`), and [`supervisor`]: its `core` makes every
 //! decision as a pure state machine, its shell carries them out. The demo app behind
 //! `preforkd hello-worker` is not here: it lives in the binary (src/demo/).
 
@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod echo;
 pub mod log;
+pub mod metrics;
 pub mod notify;
 pub mod privileges;
 pub mod relay;
@@ -29,6 +30,7 @@ pub mod sockets;
 pub mod spawn;
 pub mod status;
 pub mod supervisor;
+pub mod top;
 
 /// preforkd's exit codes (sysexits.h where one fits).
 pub mod exit {

@@ -259,6 +259,17 @@ fn describe(kind: SockType, addr: &SockaddrStorage) -> String {
     format!("{proto} {where_}")
 }
 
+/// The name of the socket systemd passes for preforkd's own metrics endpoint
+/// (`FileDescriptorName=metrics`): preforkd keeps it and never gives it to workers.
+pub const METRICS_NAME: &str = "metrics";
+
+/// Binds `metrics_listen` for preforkd's own metrics endpoint.
+pub fn bind_metrics(addr: &ListenAddr, cfg: &Config) -> Result<Listener, SocketError> {
+    let mut l = bind_one(addr, cfg)?;
+    l.name = METRICS_NAME.to_owned();
+    Ok(l)
+}
+
 /// Binds every configured address. Nothing is left bound if one fails.
 pub fn bind_all(cfg: &Config) -> Result<Vec<Listener>, SocketError> {
     let mut out = Vec::with_capacity(cfg.listen.len());

@@ -41,6 +41,74 @@ pub struct Snapshot {
     /// generation that has none (waiting to start).
     #[serde(default)]
     pub agents: Vec<AgentInfo>,
+    /// Since preforkd started.
+    #[serde(default)]
+    pub uptime_ms: u64,
+    /// Totals since preforkd started: why workers were restarted, how reloads ended.
+    #[serde(default)]
+    pub counters: Counters,
+}
+
+/// Totals since preforkd started. Names stay as they are once shipped: the metrics endpoint
+/// exports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Workers that died after a good start (they were ready, and outlived `min_uptime`).
+    pub crashed: u64,
+    /// Hung workers ended for missing `worker_watchdog`.
+    pub hung: u64,
+    /// Starts that failed: the worker died or timed out before it was ready, died sooner than
+    /// `min_uptime`, or could not be forked or executed.
+    pub failed_starts: u64,
+    /// Of those, the starts that never reached the program: fork() or exec() failed.
+    pub spawn_failures: u64,
+    /// Reloads by outcome, in the order of [`RELOAD_OUTCOMES`].
+    pub reloads: Vec<ReloadStats>,
+}
+
+/// How a reload ended: `completed` (the new generation serves), `rejected` (its configuration
+/// was invalid or changed what only a restart can), `aborted` (its workers failed to start;
+/// the old generation serves on), `cancelled` (preforkd began to stop).
+pub const RELOAD_OUTCOMES: [&str; 4] = ["completed", "rejected", "aborted", "cancelled"];
+
+/// Upper bounds, in seconds, of the reload duration histogram's buckets.
+pub const RELOAD_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStats {
+    pub outcome: String,
+    pub count: u64,
+    /// The sum of their durations, from the request to the outcome.
+    pub duration_ms_sum: u64,
+    /// Reloads that took at most each of [`RELOAD_BUCKETS`] (cumulative, as Prometheus has
+    /// it).
+    pub buckets: Vec<u64>,
+}
+
+impl Counters {
+    /// Counts a reload that ended with `outcome` (one of [`RELOAD_OUTCOMES`]) after `took`.
+    pub fn reload(&mut self, outcome: &str, took: Duration) {
+        if self.reloads.is_empty() {
+            self.reloads = RELOAD_OUTCOMES
+                .iter()
+                .map(|o| ReloadStats {
+                    outcome: (*o).to_owned(),
+                    count: 0,
+                    duration_ms_sum: 0,
+                    buckets: vec![0; RELOAD_BUCKETS.len()],
+                })
+                .collect();
+        }
+        let Some(r) = self.reloads.iter_mut().find(|r| r.outcome == outcome) else {
+            return;
+        };
+        r.count += 1;
+        r.duration_ms_sum = r.duration_ms_sum.saturating_add(took.as_millis() as u64);
+        let secs = took.as_secs_f64();
+        for (n, bound) in r.buckets.iter_mut().zip(RELOAD_BUCKETS) {
+            *n += u64::from(secs <= bound);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +177,19 @@ pub struct WorkerInfo {
     /// ready); None otherwise.
     #[serde(default)]
     pub leaving: Option<String>,
+    /// Read when this snapshot was taken, over the worker's process group: resident and
+    /// proportional set size, and CPU time (theirs and their waited-for children's). None
+    /// where /proc could not be read.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// What a worker's processes use, summed over its process group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+    pub cpu_ms: u64,
 }
 
 /// "3s", "5m12s", "2h05m": short durations for tables and STATUS=.
@@ -263,7 +344,7 @@ pub fn render(s: &Snapshot) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -283,9 +364,18 @@ mod tests {
         assert_eq!(short(Duration::from_secs(90000)), "1d01h");
     }
 
-    #[test]
-    fn table_lists_every_worker() {
-        let snap = Snapshot {
+    /// A pool of one ready worker, one empty slot and an agent, for the renderers' tests.
+    pub(crate) fn sample() -> Snapshot {
+        let mut counters = Counters {
+            crashed: 1,
+            hung: 0,
+            failed_starts: 4,
+            spawn_failures: 2,
+            reloads: Vec::new(),
+        };
+        counters.reload("completed", Duration::from_millis(1700));
+        counters.reload("rejected", Duration::from_millis(20));
+        Snapshot {
             name: "app".into(),
             pid: 10,
             runtime_dir: "/run/preforkd/app".into(),
@@ -309,6 +399,11 @@ mod tests {
                 watchdog_ms_ago: Some(500),
                 memory_bytes: Some(50 << 20),
                 leaving: None,
+                usage: Some(Usage {
+                    rss_bytes: 60 << 20,
+                    pss_bytes: 50 << 20,
+                    cpu_ms: 1500,
+                }),
             }],
             empty_slots: vec![EmptySlot {
                 id: 1,
@@ -335,7 +430,29 @@ mod tests {
                 working_directory: Some("/srv/app/releases/42".into()),
                 program: "/srv/app/releases/42/venv/bin/python".into(),
             }],
-        };
+            uptime_ms: 3_600_000,
+            counters,
+        }
+    }
+
+    #[test]
+    fn reloads_are_counted_by_outcome_in_cumulative_buckets() {
+        let c = sample().counters;
+        let completed = &c.reloads[0];
+        assert_eq!(
+            (completed.outcome.as_str(), completed.count),
+            ("completed", 1)
+        );
+        assert_eq!(completed.duration_ms_sum, 1700);
+        // 1.7 s: above 0.1, 0.5 and 1, within 2.5 and every bound after it.
+        assert_eq!(completed.buckets, [0, 0, 0, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(c.reloads[1].buckets, [1; 9]);
+        assert_eq!((c.reloads[2].count, c.reloads[3].count), (0, 0));
+    }
+
+    #[test]
+    fn table_lists_every_worker() {
+        let snap = sample();
         let text = render(&snap);
         assert!(text.contains("ready"), "{text}");
         assert!(text.contains("0.5s ago"), "{text}");

@@ -2,7 +2,9 @@
 //! runtime directory or config, or the one that runs), ask it over its control socket, and
 //! turn its answer or silence into words and an exit code.
 
-use std::time::Duration;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{layer_config, Invocation, Mode};
 use crate::control::{self, CallError};
@@ -62,33 +64,14 @@ pub(super) fn control_command(inv: &Invocation) -> i32 {
         _ => ("status", Duration::from_secs(5)),
     };
     let instance = format!("preforkd \"{}\" at {}", cfg.name, path.display());
-    let answer = match control::call(&path, request, timeout) {
+    if inv.watch {
+        return watch(&path, &instance);
+    }
+    let answer = match ask(&path, request, timeout, &instance) {
         Ok(a) => a,
-        Err(CallError::NotRunning(_)) => {
-            log::print_error(&format!(
-                "cannot reach {instance}: no preforkd instance is running there; give --name, --runtime-dir or --config of the instance you mean"
-            ));
-            return exit::NOT_RUNNING;
-        }
-        // It runs: health checks and ExecReload= must not take this for "not running".
-        Err(CallError::Busy) => {
-            log::print_error(&format!(
-                "{instance} is busy: it was serving {} other clients for all of {}; try again",
-                control::MAX_CLIENTS,
-                humantime::format_duration(timeout)
-            ));
-            return exit::TEMPFAIL;
-        }
-        Err(CallError::TimedOut) => {
-            log::print_error(&format!(
-                "{instance} took the request but did not answer within {}; try again",
-                humantime::format_duration(timeout)
-            ));
-            return exit::TEMPFAIL;
-        }
-        Err(CallError::Failed(e)) => {
-            log::print_error(&format!("cannot reach {instance}: {e}"));
-            return exit::FAILED;
+        Err((code, message)) => {
+            log::print_error(&message);
+            return code;
         }
     };
     if answer.is_empty() {
@@ -133,6 +116,87 @@ pub(super) fn control_command(inv: &Invocation) -> i32 {
             log::print_error(&format!("the instance answered something unexpected: {e}"));
             exit::FAILED
         }
+    }
+}
+
+/// Asks the instance; on failure, the exit code and what to tell the operator.
+fn ask(
+    path: &Path,
+    request: &str,
+    timeout: Duration,
+    instance: &str,
+) -> Result<String, (i32, String)> {
+    control::call(path, request, timeout).map_err(|e| match e {
+        CallError::NotRunning(_) => (
+            exit::NOT_RUNNING,
+            format!("cannot reach {instance}: no preforkd instance is running there; give --name, --runtime-dir or --config of the instance you mean"),
+        ),
+        // It runs: health checks and ExecReload= must not take this for "not running".
+        CallError::Busy => (
+            exit::TEMPFAIL,
+            format!(
+                "{instance} is busy: it was serving {} other clients for all of {}; try again",
+                control::MAX_CLIENTS,
+                humantime::format_duration(timeout)
+            ),
+        ),
+        CallError::TimedOut => (
+            exit::TEMPFAIL,
+            format!(
+                "{instance} took the request but did not answer within {}; try again",
+                humantime::format_duration(timeout)
+            ),
+        ),
+        CallError::Failed(e) => (exit::FAILED, format!("cannot reach {instance}: {e}")),
+    })
+}
+
+/// `preforkd status --watch`: a frame a second until Ctrl-C. In a terminal, an instance that
+/// cannot be reached (restarting, say) is shown as such and asked again; otherwise that ends
+/// the watch with the exit code `status` would give.
+fn watch(path: &Path, instance: &str) -> i32 {
+    let tty = std::io::stdout().is_terminal();
+    let mut prev: Option<(Snapshot, Instant)> = None;
+    loop {
+        let asked = Instant::now();
+        let text = match ask(path, "status", Duration::from_secs(5), instance).and_then(|a| {
+            serde_json::from_str::<Snapshot>(&a).map_err(|e| {
+                (
+                    exit::FAILED,
+                    format!("the instance answered something unexpected: {e}"),
+                )
+            })
+        }) {
+            Ok(snap) => {
+                let (before, elapsed) = match &prev {
+                    Some((p, at)) => (Some(p), asked.saturating_duration_since(*at)),
+                    None => (None, Duration::ZERO),
+                };
+                let text = crate::top::frame(&snap, before, elapsed);
+                prev = Some((snap, asked));
+                text
+            }
+            Err((code, message)) if !tty => {
+                log::print_error(&message);
+                return code;
+            }
+            Err((_, message)) => {
+                prev = None;
+                format!("{message}\n(asking again every second; Ctrl-C ends)\n")
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let written = if tty {
+            write!(out, "{}{text}", crate::top::CLEAR)
+        } else {
+            writeln!(out, "{text}")
+        };
+        // A closed pipe (| head) ends the watch.
+        if written.and_then(|()| out.flush()).is_err() {
+            return exit::OK;
+        }
+        drop(out);
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(asked.elapsed()));
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use lexopt::{Arg, Parser, ValueExt};
 
-use crate::config::{self, Config, ListenAddr, Readiness};
+use crate::config::{self, Config, Readiness};
 use crate::control::ControlServer;
 use crate::exit;
 use crate::log;
@@ -18,10 +18,10 @@ use crate::notify::SystemdNotify;
 use crate::relay::NotifyRelay;
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::signals::Signals;
-use crate::sockets::{self, SocketError};
 use crate::supervisor::{Pinned, Setup, Supervisor};
 
 mod ask;
+mod listen;
 mod pin;
 use ask::control_command;
 use pin::pin_generation;
@@ -30,7 +30,7 @@ const USAGE_START: &str = "\
 Usage: preforkd [OPTIONS] [--] COMMAND [ARGS...]
        preforkd check [OPTIONS] [--] [COMMAND [ARGS...]]
        preforkd demo [--debug-routes] [OPTIONS]
-       preforkd status [--json] [NAME | --name NAME | --runtime-dir DIR | --config FILE]
+       preforkd status [--json | --watch] [NAME | --name NAME | --runtime-dir DIR | --config FILE]
        preforkd reload [NAME | --name NAME | --runtime-dir DIR | --config FILE]
 
 Runs COMMAND once per CPU core; every worker gets the listen sockets at fd 3.. the systemd
@@ -42,7 +42,8 @@ Commands:
   demo     serve the built-in HTTP demo worker on all cores (default 127.0.0.1:8080):
            /, /sleep?ms=N, /health; --debug-routes adds /env?name=VAR and /crash;
            a command in the config or after -- replaces the built-in worker
-  status   show the workers of a running instance (--json for machines)
+  status   show the workers of a running instance (--json for machines; --watch
+           refreshes it every second with each worker's memory and CPU, until Ctrl-C)
   reload   roll a running instance to its current config (as SIGHUP does) and wait
            for the outcome: exit 0 when the new generation serves, 1 if it failed
 
@@ -82,6 +83,8 @@ struct Invocation {
     command: Vec<String>,
     /// `status --json`.
     json: bool,
+    /// `status --watch`: refresh every second until Ctrl-C.
+    watch: bool,
     /// `demo --debug-routes`: the built-in worker also serves /env and /crash.
     debug_routes: bool,
     /// `status NAME`, `reload NAME`: the instance asked.
@@ -157,6 +160,7 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
         flags: Vec::new(),
         command: Vec::new(),
         json: false,
+        watch: false,
         debug_routes: false,
         instance: None,
     };
@@ -190,6 +194,7 @@ fn parse_args(mut args: Vec<OsString>) -> Result<Option<Invocation>, String> {
                 inv.flags.push((name, value));
             }
             Arg::Long("json") if inv.mode == Mode::Status => inv.json = true,
+            Arg::Long("watch") if inv.mode == Mode::Status => inv.watch = true,
             Arg::Long("debug-routes") if inv.mode == Mode::Demo => inv.debug_routes = true,
             Arg::Value(v) if matches!(inv.mode, Mode::Status | Mode::Reload) => {
                 if inv.instance.is_some() {
@@ -312,45 +317,15 @@ fn run(pinned: Pinned, inv: Invocation) -> i32 {
     let logger = log::logger(cfg.log_level);
     // Both must happen while preforkd is single-threaded: they edit the environment.
     let systemd = SystemdNotify::from_env();
-    let socket_activated;
-    let listeners = match sockets::take_from_systemd() {
-        Ok(Some(listeners)) => {
-            if !cfg.listen.is_empty() {
-                slog::warn!(logger, "systemd passed sockets; the listen addresses are not used";
-                    "listen" => cfg.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
-            }
-            socket_activated = true;
-            listeners
-        }
-        Ok(None) => {
-            socket_activated = false;
-            if cfg.listen.is_empty() && mode == Mode::Demo {
-                cfg.listen
-                    .push(ListenAddr::Tcp(([127, 0, 0, 1], 8080).into()));
-            }
-            if cfg.listen.is_empty() {
-                log::print_error(
-                    "no sockets to serve: systemd passed none (LISTEN_FDS is not set) and no listen address is configured; add listen = [\"127.0.0.1:8080\"] to the config, pass --listen, or start preforkd from a socket unit",
-                );
-                return exit::CONFIG;
-            }
-            match sockets::bind_all(&cfg) {
-                Ok(l) => l,
-                Err(e) => {
-                    log::print_error(&e.to_string());
-                    return exit::OSERR;
-                }
-            }
-        }
-        Err(e @ SocketError::Activation(_)) => {
-            log::print_error(&e.to_string());
-            return exit::CONFIG;
-        }
-        Err(e) => {
-            log::print_error(&e.to_string());
-            return exit::OSERR;
-        }
+    let sockets = match listen::take_or_bind(&mut cfg, mode == Mode::Demo, &logger) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
+    let listen::Sockets {
+        listeners,
+        metrics,
+        socket_activated,
+    } = sockets;
     // An agent's sockets are named among those preforkd holds, known only now.
     let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
     if let Err(e) = cfg.check_agent_sockets(&names) {
@@ -432,6 +407,7 @@ fn run(pinned: Pinned, inv: Invocation) -> i32 {
         runtime,
         relay,
         control,
+        metrics,
         loader: Box::new(move || load_again(&inv)),
         socket_activated,
     })

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::addresses::*;
 use super::agents::AgentConfig;
 use super::durations::*;
 use super::identity::Identity;
@@ -132,6 +133,10 @@ keys! {
     /// address to bind when systemd passed no sockets; repeatable: 127.0.0.1:8080,
     /// [::1]:8080, unix:/run/app.sock
     listen: Vec<ListenAddr> = Vec::new(), Each<ListenAddr>, Some("ADDR"), K(Kept::Sockets);
+    /// where preforkd serves its own OpenMetrics at GET /metrics, e.g. 127.0.0.1:9464 or
+    /// unix:/run/myapp/metrics.sock; off: nowhere (a socket systemd passes with
+    /// FileDescriptorName=metrics is used instead, and never given to workers)
+    metrics_listen: Option<ListenAddr> = None, MetricsListen, Some("ADDR|off"), K(Kept::Sockets);
     /// listen backlog for sockets preforkd binds
     backlog: u32 = 1024, Count<1, 65535>, Some("N"), K(Kept::Sockets);
     /// permissions of unix sockets preforkd binds, e.g. 0660

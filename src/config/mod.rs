@@ -7,6 +7,7 @@
 //! would be valid. A bad configuration is a [`ConfigError`]; the binary turns it into exit code
 //! 78 (EX_CONFIG) before anything starts.
 
+mod addresses;
 #[cfg(test)]
 mod agent_tests;
 mod agents;

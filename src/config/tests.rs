@@ -144,6 +144,7 @@ fn edit_distance_works() {
 const SAMPLES: &[(&str, &str)] = &[
     ("workers", "3"),
     ("listen", "[::1]:8081"),
+    ("metrics_listen", "127.0.0.1:9464"),
     ("backlog", "99"),
     ("socket_mode", "0660"),
     ("socket_user", "nobody"),

@@ -34,12 +34,14 @@ use self::launch::Launcher;
 use self::processes::{group_alive, signal_worker};
 use crate::config::Config;
 use crate::control::{ControlServer, Request};
+use crate::metrics::MetricsServer;
 use crate::notify::SystemdNotify;
 use crate::relay::NotifyRelay;
 use crate::runtime_dir::RuntimeDir;
 use crate::signals::Signals;
 use crate::sockets::Listener;
 use crate::spawn::ExecStatus;
+use crate::status::Snapshot;
 
 /// Datagrams taken from the notify socket per wake-up, so a flood cannot starve signals.
 const NOTIFY_BATCH: usize = 256;
@@ -71,6 +73,8 @@ pub struct Setup {
     pub runtime: RuntimeDir,
     pub relay: NotifyRelay,
     pub control: ControlServer,
+    /// `GET /metrics`, when `metrics_listen` or a socket named metrics gives it a socket.
+    pub metrics: Option<MetricsServer>,
     /// Reads the configuration again, for reloads.
     pub loader: Loader,
     /// The sockets came from systemd, so `listen` cannot change on a reload.
@@ -101,6 +105,9 @@ pub struct Supervisor {
     runtime: RuntimeDir,
     relay: NotifyRelay,
     control: ControlServer,
+    metrics: Option<MetricsServer>,
+    /// When preforkd started, for its uptime.
+    started: Instant,
     spawning: Vec<Spawning>,
     /// Process groups the core waits to see empty.
     watched: Vec<Pid>,
@@ -125,6 +132,7 @@ impl Supervisor {
             "command" => setup.cfg.command.join(" "), "sockets" => sockets.join(", "),
             "ready" => setup.cfg.readiness().to_string(),
             "runtime_dir" => setup.runtime.path().display().to_string(),
+            "metrics" => setup.metrics.as_ref().map_or("off", |m| m.description()),
             "pid" => std::process::id());
         let first = Loaded {
             cfg: setup.cfg,
@@ -149,6 +157,8 @@ impl Supervisor {
             runtime: setup.runtime,
             relay: setup.relay,
             control: setup.control,
+            metrics: setup.metrics,
+            started: now,
             spawning: Vec::new(),
             watched: Vec::new(),
             queue: VecDeque::new(),
@@ -190,6 +200,7 @@ impl Supervisor {
                     Request::Reload => Event::ReloadRequest(token),
                 });
             }
+            self.serve_metrics();
             batch.push(Event::Tick);
             self::core::by_priority(&mut batch);
             for event in batch {
@@ -296,17 +307,7 @@ impl Supervisor {
             Effect::Answer { token, answer } => {
                 let json = match answer {
                     Answer::Status(mut snapshot) => {
-                        snapshot.pid = std::process::id();
-                        snapshot.runtime_dir = self.runtime.path().display().to_string();
-                        snapshot.control_rejected = self.control.rejected;
-                        snapshot.log_dropped = crate::log::dropped_lines();
-                        // Unset: workers start where preforkd runs (resolved when it started).
-                        let own = std::env::current_dir().ok();
-                        for g in &mut snapshot.generations {
-                            if g.working_directory.is_none() {
-                                g.working_directory = own.as_ref().map(|d| d.display().to_string());
-                            }
-                        }
+                        self.complete(&mut snapshot);
                         serde_json::to_string(&snapshot)
                     }
                     Answer::Reload(outcome) => serde_json::to_string(&outcome),
@@ -340,14 +341,63 @@ impl Supervisor {
         }
     }
 
+    /// Adds to the core's snapshot what only the shell knows: its own pid, directory and
+    /// counters, and what each worker's processes use now.
+    fn complete(&self, snapshot: &mut Snapshot) {
+        snapshot.pid = std::process::id();
+        snapshot.runtime_dir = self.runtime.path().display().to_string();
+        snapshot.control_rejected = self.control.rejected;
+        snapshot.log_dropped = crate::log::dropped_lines();
+        snapshot.uptime_ms = self.started.elapsed().as_millis() as u64;
+        // Unset: workers start where preforkd runs (resolved when it started).
+        let own = std::env::current_dir().ok();
+        for g in &mut snapshot.generations {
+            if g.working_directory.is_none() {
+                g.working_directory = own.as_ref().map(|d| d.display().to_string());
+            }
+        }
+        let pids: Vec<Pid> = snapshot
+            .workers
+            .iter()
+            .map(|w| Pid::from_raw(w.pid))
+            .collect();
+        for (w, (_, usage)) in snapshot.workers.iter_mut().zip(memory::group_usage(&pids)) {
+            w.usage = usage;
+        }
+    }
+
+    /// Answers the scrapes that wait for the page, rendered once for all of them.
+    fn serve_metrics(&mut self) {
+        let now = Instant::now();
+        let Some(wants) = self.metrics.as_mut().map(|m| m.service(now)) else {
+            return;
+        };
+        if !wants {
+            return;
+        }
+        let mut snapshot = self.core.snapshot(now);
+        self.complete(&mut snapshot);
+        let own = memory::own_usage();
+        let Some(m) = self.metrics.as_mut() else {
+            return;
+        };
+        let page = crate::metrics::render(&snapshot, own, m.rejected);
+        m.answer(&page);
+    }
+
     /// Sleeps in poll() until an fd is ready or the nearest deadline.
     fn wait(&mut self) {
         let now = Instant::now();
         // The control clients' deadlines too: a client that connects and says nothing is cut.
-        let mut next = [self.core.next_deadline(now), self.control.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min();
+        let metrics = self.metrics.as_ref().and_then(MetricsServer::next_deadline);
+        let mut next = [
+            self.core.next_deadline(now),
+            self.control.next_deadline(),
+            metrics,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if !self.watched.is_empty() || self.leaving.is_some() {
             // Groups and orphans that are not our children end without a SIGCHLD.
             next = Some(next.map_or(now + RECHECK, |n| n.min(now + RECHECK)));
@@ -371,6 +421,13 @@ impl Supervisor {
                 .into_iter()
                 .map(|(fd, flags)| PollFd::new(fd, flags)),
         );
+        if let Some(m) = &self.metrics {
+            fds.extend(
+                m.poll_interest()
+                    .into_iter()
+                    .map(|(fd, flags)| PollFd::new(fd, flags)),
+            );
+        }
         fds.extend(
             self.spawning
                 .iter()

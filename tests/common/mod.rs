@@ -70,6 +70,9 @@ pub struct Start<'a> {
     pub journal: bool,
     /// Also pass a loopback UDP socket at fd 4 (LISTEN_FDS=2, LISTEN_FDNAMES=http:dns).
     pub udp: Option<std::net::UdpSocket>,
+    /// Also pass this listener at fd 4, named for preforkd's own metrics
+    /// (LISTEN_FDNAMES=http:metrics).
+    pub metrics: Option<TcpListener>,
     /// Set WATCHDOG_PID to preforkd's own pid, as systemd does with WatchdogSec=.
     pub watchdog_pid_is_self: bool,
     /// Its stderr instead of the log file (stdout still goes to the log file).
@@ -88,6 +91,7 @@ impl<'a> Start<'a> {
             wrapper: None,
             journal: false,
             udp: None,
+            metrics: None,
             watchdog_pid_is_self: false,
             stderr: None,
             cwd: None,
@@ -128,9 +132,10 @@ impl<'a> Start<'a> {
             } else {
                 ""
             };
-            let (count, names) = match self.udp {
-                Some(_) => ("2", "http:dns"),
-                None => ("1", "http"),
+            let (count, names) = match (&self.udp, &self.metrics) {
+                (Some(_), _) => ("2", "http:dns"),
+                (None, Some(_)) => ("2", "http:metrics"),
+                (None, None) => ("1", "http"),
             };
             c.arg("-c")
                 .arg(format!(
@@ -164,6 +169,8 @@ impl<'a> Start<'a> {
         let mut sources = [listener.as_raw_fd(), -1];
         if let Some(udp) = &self.udp {
             sources[1] = udp.as_raw_fd();
+        } else if let Some(m) = &self.metrics {
+            sources[1] = m.as_raw_fd();
         }
         let ignore = self.ignore_signals.clone();
         let activated = self.activated;
@@ -196,6 +203,7 @@ impl<'a> Start<'a> {
         let child = cmd.spawn().unwrap();
         drop(listener);
         drop(self.udp);
+        drop(self.metrics);
         Preforkd {
             pid: child.id() as i32,
             child: Some(child),

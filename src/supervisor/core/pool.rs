@@ -119,12 +119,14 @@ impl Core {
     /// A start that did not get as far as the app: back off, count it, and fail the reload it
     /// belongs to. Logged at warning each time: the back-off spaces the lines out.
     fn spawn_failed(&mut self, id: u32, message: String, now: Instant) {
+        self.report.counters.spawn_failures += 1;
         let why = format!("worker {id} could not start: {message}");
         self.failed_start(id, message, why, now);
     }
 
     /// A failed start: `message` for the log and `status`, `why` for a reload it fails.
     fn failed_start(&mut self, id: u32, message: String, why: String, now: Instant) {
+        self.report.counters.failed_starts += 1;
         let generation = self.gen.number;
         let policy = self.gen.policy;
         let Some(slot) = self.slot_mut(id) else {
@@ -271,12 +273,18 @@ impl Core {
         if failed_start {
             self.crashes.record(now, policy.interval, w.id);
         }
+        let counters = &mut self.report.counters;
         let what = match w.state {
             State::NotReady => "worker never became ready",
             State::Hung(_) => "hung worker ended",
             _ if failed_start => "worker failed soon after start",
             _ => "worker died",
         };
+        match w.state {
+            State::Hung(_) => counters.hung += 1,
+            _ if failed_start => counters.failed_starts += 1,
+            _ => counters.crashed += 1,
+        }
         log!(self, Warning, "{}: {}", what, status; "worker" => w.id, "pid" => pid,
             "gen" => w.generation, "uptime" => human(uptime),
             "restart_in" => human(delay), "restarts" => restarts);

@@ -21,6 +21,8 @@ pub(super) struct Report {
     notify_dropped: u64,
     /// Workers that left by retirement or recycling, by reason.
     pub replaced: super::leave::Replaced,
+    /// Restarts by reason and reloads by outcome, since preforkd started.
+    pub counters: status::Counters,
     /// Drops since the last log line about them, and when that was.
     drops_unlogged: u64,
     drops_logged_at: Option<Instant>,
@@ -113,7 +115,8 @@ impl Core {
         });
     }
 
-    pub(super) fn snapshot(&self, now: Instant) -> Snapshot {
+    /// The pool as `preforkd status` shows it; the shell adds what only it knows.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
         let restarts_of = |id| {
             self.gen
                 .slots
@@ -183,6 +186,7 @@ impl Core {
                     } else {
                         None
                     },
+                    usage: None,
                 })
                 .collect(),
             empty_slots,
@@ -193,6 +197,8 @@ impl Core {
             },
             generations: self.generation_paths(),
             agents: self.agent_infos(now),
+            uptime_ms: 0,
+            counters: self.report.counters.clone(),
         }
     }
 

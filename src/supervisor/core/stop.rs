@@ -71,7 +71,7 @@ impl Core {
             since: now,
         };
         // After the phase: the answers say the stop is why.
-        self.cancel_reloads("preforkd is stopping");
+        self.cancel_reloads("preforkd is stopping", now);
         // Room for the drain plus the final SIGKILL, so TimeoutStopSec does not cut it short;
         // workers of an older generation keep their own stop_timeout.
         let longest = self

@@ -88,6 +88,7 @@ impl Core {
             "reload to gen {failed} aborted: {}",
             crate::echo::message(why)
         ));
+        self.count_reload("aborted", now);
         self.reload_settled(now);
         let message = format!(
             "reload to generation {failed} aborted: {why}; generation {from} keeps serving"

@@ -52,6 +52,8 @@ pub(super) struct ReloadState {
     /// After an abort: the ready workers the restored generation must have again before the
     /// failed generation's ready workers are retired.
     pub restore_target: usize,
+    /// When the reload under way began, for its duration once it ends.
+    began: Option<Instant>,
 }
 
 impl ReloadState {
@@ -65,6 +67,7 @@ impl ReloadState {
             rollout: None,
             error: None,
             restore_target: 0,
+            began: None,
         }
     }
 
@@ -159,8 +162,9 @@ impl Core {
             || self.agent_forks.iter().any(|f| f.1 != current)
     }
 
-    fn begin_reload(&mut self, _now: Instant) {
+    fn begin_reload(&mut self, now: Instant) {
         self.reload.queued = false;
+        self.reload.began = Some(now);
         let waiters = std::mem::take(&mut self.reload.queued_waiters);
         // Before the first READY=1 systemd is still starting the unit: no RELOADING=1 then.
         self.reload.reloading_sent = self.ready_sent;
@@ -197,6 +201,7 @@ impl Core {
                     "error" => &message);
                 let first_line = crate::echo::message(message.lines().next().unwrap_or_default());
                 self.reload.error = Some(format!("reload failed: {first_line}"));
+                self.count_reload("rejected", now);
                 self.reload_settled(now);
                 self.answer_reload(&waiters, false, &message);
             }
@@ -212,7 +217,8 @@ impl Core {
     }
 
     /// Ends every reload under way or queued, for a stop.
-    pub(super) fn cancel_reloads(&mut self, why: &str) {
+    pub(super) fn cancel_reloads(&mut self, why: &str, now: Instant) {
+        self.count_reload("cancelled", now);
         let mut waiters = std::mem::take(&mut self.reload.queued_waiters);
         waiters.extend(self.reload.loading.take().unwrap_or_default());
         if let Some(r) = self.reload.rollout.take() {
@@ -222,6 +228,14 @@ impl Core {
         // STOPPING=1 follows at once and answers the RELOADING=1.
         self.reload.reloading_sent = false;
         self.answer_reload(&waiters, false, &format!("reload cancelled: {why}"));
+    }
+
+    /// Counts the reload under way as ended with `outcome`, for `status` and the metrics.
+    fn count_reload(&mut self, outcome: &str, now: Instant) {
+        if let Some(began) = self.reload.began.take() {
+            let took = now.saturating_duration_since(began);
+            self.report.counters.reload(outcome, took);
+        }
     }
 
     fn answer_reload(&mut self, waiters: &[Token], ok: bool, message: &str) {

@@ -176,6 +176,7 @@ impl Core {
         let took = now.saturating_duration_since(r.started);
         log!(self, Info, "reload complete"; "gen" => self.gen.number, "from" => r.old.number,
             "took" => human(took));
+        self.count_reload("completed", now);
         self.reload_settled(now);
         // A complete generation is more than any quorum.
         if !self.ready_sent {

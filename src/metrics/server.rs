@@ -1,0 +1,248 @@
+//! The metrics endpoint's HTTP side, served from the supervisor's event loop without ever
+//! blocking it: the listening socket and every connection are non-blocking, a request head
+//! is parsed by httparse, and a connection is dropped once it is answered, grows past
+//! [`MAX_REQUEST`] bytes, or outlives [`CLIENT_TIMEOUT`]. At most [`MAX_CLIENTS`] are
+//! served at once; one more is told 503 and hung up on.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::PollFlags;
+use nix::sys::socket::{accept4, SockFlag};
+
+use super::render::CONTENT_TYPE;
+use crate::sockets::Listener;
+
+pub const MAX_CLIENTS: usize = 16;
+/// The longest request head taken; Prometheus sends about 300 bytes.
+pub const MAX_REQUEST: usize = 8192;
+/// A client must send its request and take its answer within this time.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections taken per wake-up, so a flood cannot starve the loop.
+const ACCEPT_BATCH: usize = 64;
+
+struct Client {
+    fd: OwnedFd,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// Its request is for the page; the answer waits for [`MetricsServer::answer`].
+    wants_page: bool,
+    head_only: bool,
+    deadline: Instant,
+}
+
+pub struct MetricsServer {
+    listener: Listener,
+    clients: Vec<Client>,
+    /// Connections refused: too many at once, malformed, too large or too slow.
+    pub rejected: u64,
+}
+
+impl MetricsServer {
+    pub fn new(listener: Listener) -> std::io::Result<MetricsServer> {
+        let flags = fcntl(&listener.fd, FcntlArg::F_GETFL)?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(&listener.fd, FcntlArg::F_SETFL(flags))?;
+        Ok(MetricsServer {
+            listener,
+            clients: Vec::new(),
+            rejected: 0,
+        })
+    }
+
+    /// For logs: `tcp 127.0.0.1:9464`.
+    pub fn description(&self) -> &str {
+        &self.listener.description
+    }
+
+    /// The fds to poll and what to wait for on each.
+    pub fn poll_interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut fds = vec![(self.listener.fd.as_fd(), PollFlags::POLLIN)];
+        for c in &self.clients {
+            let want = if c.output.is_empty() {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::POLLOUT
+            };
+            fds.push((c.fd.as_fd(), want));
+        }
+        fds
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.iter().map(|c| c.deadline).min()
+    }
+
+    /// Accepts, reads and writes whatever can be done without blocking, and drops clients
+    /// that are done or too slow. Returns true if some client waits for the page: the caller
+    /// then renders it and hands it to [`MetricsServer::answer`].
+    pub fn service(&mut self, now: Instant) -> bool {
+        self.accept_all(now);
+        let mut keep = Vec::with_capacity(self.clients.len());
+        for mut c in std::mem::take(&mut self.clients) {
+            if now >= c.deadline {
+                self.rejected += 1;
+                continue;
+            }
+            let alive = if !c.output.is_empty() {
+                flush(&mut c)
+            } else if c.wants_page {
+                true
+            } else {
+                match read_request(&mut c) {
+                    Progress::More => true,
+                    Progress::Done => flush(&mut c),
+                    Progress::Refused => {
+                        self.rejected += 1;
+                        flush(&mut c)
+                    }
+                    Progress::Gone => false,
+                }
+            };
+            if alive {
+                keep.push(c);
+            }
+        }
+        self.clients = keep;
+        self.clients
+            .iter()
+            .any(|c| c.wants_page && c.output.is_empty())
+    }
+
+    /// Gives `page` to every client waiting for it, and writes what can be written now.
+    pub fn answer(&mut self, page: &str) {
+        for c in &mut self.clients {
+            if c.wants_page && c.output.is_empty() {
+                c.output = response("200 OK", CONTENT_TYPE, page, c.head_only);
+            }
+        }
+        self.clients.retain_mut(flush);
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BATCH {
+            let fd = match accept4(
+                self.listener.fd.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                Ok(fd) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                // EAGAIN: none left; EMFILE and the like: try again on the next wake-up.
+                Err(_) => return,
+            };
+            let mut c = Client {
+                fd,
+                input: Vec::new(),
+                output: Vec::new(),
+                written: 0,
+                wants_page: false,
+                head_only: false,
+                deadline: now + CLIENT_TIMEOUT,
+            };
+            if self.clients.len() >= MAX_CLIENTS {
+                self.rejected += 1;
+                c.output = plain("503 Service Unavailable", "too many scrapes at once\n");
+                // Whatever does not fit now is not waited for.
+                flush(&mut c);
+                continue;
+            }
+            self.clients.push(c);
+        }
+    }
+}
+
+enum Progress {
+    /// The head is not complete yet.
+    More,
+    /// Answered without the page (404, 405).
+    Done,
+    /// Malformed or too large: answered with an error, counted as rejected.
+    Refused,
+    /// Closed or failed before a complete head.
+    Gone,
+}
+
+fn read_request(c: &mut Client) -> Progress {
+    let mut buf = [0u8; 2048];
+    loop {
+        match nix::unistd::read(&c.fd, &mut buf) {
+            Ok(0) => return Progress::Gone,
+            Ok(n) => {
+                let room = MAX_REQUEST.saturating_sub(c.input.len());
+                c.input.extend_from_slice(&buf[..n.min(room)]);
+                if n > room {
+                    c.output = plain("431 Request Header Fields Too Large", "request too large\n");
+                    return Progress::Refused;
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => break,
+            Err(_) => return Progress::Gone,
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&c.input) {
+        Ok(httparse::Status::Partial) if c.input.len() < MAX_REQUEST => Progress::More,
+        Ok(httparse::Status::Partial) => {
+            c.output = plain("431 Request Header Fields Too Large", "request too large\n");
+            Progress::Refused
+        }
+        Err(_) => {
+            c.output = plain("400 Bad Request", "malformed request\n");
+            Progress::Refused
+        }
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.unwrap_or("/");
+            let path = path.split('?').next().unwrap_or(path);
+            match (req.method, path) {
+                (Some("GET" | "HEAD"), "/metrics") => {
+                    c.wants_page = true;
+                    c.head_only = req.method == Some("HEAD");
+                    Progress::More
+                }
+                (Some("GET" | "HEAD"), _) => {
+                    c.output = plain("404 Not Found", "preforkd serves /metrics only\n");
+                    Progress::Done
+                }
+                _ => {
+                    c.output = plain("405 Method Not Allowed", "GET /metrics\n");
+                    Progress::Done
+                }
+            }
+        }
+    }
+}
+
+fn plain(status: &str, body: &str) -> Vec<u8> {
+    response(status, "text/plain; charset=utf-8", body, false)
+}
+
+fn response(status: &str, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// Writes what the socket takes now; false once the answer is out or the client is gone.
+fn flush(c: &mut Client) -> bool {
+    while c.written < c.output.len() {
+        match nix::unistd::write(&c.fd, &c.output[c.written..]) {
+            Ok(n) => c.written += n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}

@@ -1,0 +1,152 @@
+//! `preforkd status --watch`: the pool refreshed every second, with what each worker uses
+//! (memory, and CPU as a share of one core over the last interval), until Ctrl-C. In a
+//! terminal each frame replaces the last; otherwise frames follow one another as plain text.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::status::{short, Snapshot};
+
+/// Moves the cursor home and clears the screen.
+pub const CLEAR: &str = "\x1b[H\x1b[2J";
+
+/// One frame: `prev` is the snapshot taken `elapsed` before, for CPU shares.
+pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String {
+    let mut out = String::new();
+    let completed = s
+        .counters
+        .reloads
+        .iter()
+        .find(|r| r.outcome == "completed")
+        .map_or(0, |r| r.count);
+    let failed: u64 = s
+        .counters
+        .reloads
+        .iter()
+        .filter(|r| r.outcome == "rejected" || r.outcome == "aborted")
+        .map(|r| r.count)
+        .sum();
+    let _ = writeln!(
+        out,
+        "preforkd \"{}\" (pid {}) · {} · up {} · gen {} · {}/{} ready · reloads {completed} ok, {failed} failed · restarts {}",
+        s.name,
+        s.pid,
+        s.phase,
+        short(Duration::from_millis(s.uptime_ms)),
+        s.generation,
+        s.ready,
+        s.workers_wanted,
+        s.restarts
+    );
+    let _ = writeln!(out, "{}", s.status);
+    let _ = writeln!(
+        out,
+        "\n{:<8} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  STATUS",
+        "WORKER", "PID", "GEN", "STATE", "UPTIME", "RSS", "PSS", "CPU%", "RESTARTS"
+    );
+    let before: HashMap<i32, u64> = prev
+        .into_iter()
+        .flat_map(|p| &p.workers)
+        .filter_map(|w| Some((w.pid, w.usage?.cpu_ms)))
+        .collect();
+    let mut workers: Vec<_> = s.workers.iter().collect();
+    workers.sort_by_key(|w| (w.id, w.generation));
+    for w in workers {
+        let (rss, pss, cpu) = match w.usage {
+            Some(u) => {
+                let cpu = before.get(&w.pid).filter(|_| !elapsed.is_zero()).map_or(
+                    "-".to_owned(),
+                    |&was| {
+                        let used = u.cpu_ms.saturating_sub(was) as f64;
+                        format!("{:.1}", used * 100.0 / elapsed.as_millis() as f64)
+                    },
+                );
+                (mem(u.rss_bytes), mem(u.pss_bytes), cpu)
+            }
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        let state = match &w.leaving {
+            Some(l) => l.as_str(),
+            None => w.state.as_str(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  {}",
+            w.id,
+            w.pid,
+            w.generation,
+            state,
+            short(Duration::from_millis(w.uptime_ms)),
+            rss,
+            pss,
+            cpu,
+            w.restarts,
+            w.status.as_deref().unwrap_or("-")
+        );
+    }
+    for e in &s.empty_slots {
+        let _ = writeln!(
+            out,
+            "{:<8} {:>8} {:>4}  {:<9} {}",
+            e.id,
+            "-",
+            "-",
+            "empty",
+            e.last_error.as_deref().unwrap_or("starting")
+        );
+    }
+    for a in &s.agents {
+        let _ = writeln!(
+            out,
+            "{:<8} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  {}",
+            a.name,
+            a.pid.map_or("-".to_owned(), |p| p.to_string()),
+            a.generation,
+            a.state,
+            short(Duration::from_millis(a.uptime_ms)),
+            "-",
+            "-",
+            "-",
+            a.restarts,
+            a.status.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
+
+/// Bytes as MiB with one decimal: "12.3M".
+fn mem(bytes: u64) -> String {
+    format!("{:.1}M", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::tests::sample;
+
+    #[test]
+    fn a_frame_shows_memory_and_the_cpu_share_since_the_last() {
+        let before = sample();
+        let mut now = sample();
+        now.workers[0].usage.as_mut().unwrap().cpu_ms += 250;
+        let text = frame(&now, Some(&before), Duration::from_millis(500));
+        let row = text.lines().find(|l| l.starts_with("0 ")).unwrap();
+        // 250 ms of CPU in 500 ms: half a core.
+        assert!(
+            row.contains(" 60.0M ") && row.contains(" 50.0M ") && row.contains(" 50.0 "),
+            "{row}"
+        );
+        assert!(text.contains("reloads 1 ok, 1 failed"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("1 ") && l.contains("empty")),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l.starts_with("scheduler ")), "{text}");
+        // The first frame has nothing to compare with.
+        let first = frame(&now, None, Duration::ZERO);
+        let row = first.lines().find(|l| l.starts_with("0 ")).unwrap();
+        assert!(row.contains("      - "), "{row}");
+    }
+}
