@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::PollFlags;
-use nix::sys::socket::{accept4, SockFlag};
+use nix::sys::socket::{accept4, Shutdown, SockFlag};
 
 use super::render::CONTENT_TYPE;
 use crate::sockets::Listener;
@@ -22,6 +22,11 @@ pub const MAX_REQUEST: usize = 8192;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections taken per wake-up, so a flood cannot starve the loop.
 const ACCEPT_BATCH: usize = 64;
+/// After its answer, how long a client's leftover input is read and discarded: closing with
+/// unread input would reset the connection, and the client could lose the answer with it.
+const LINGER: Duration = Duration::from_secs(1);
+/// The most leftover input read after an answer.
+const LINGER_BYTES: usize = 64 * 1024;
 
 struct Client {
     fd: OwnedFd,
@@ -32,6 +37,9 @@ struct Client {
     wants_page: bool,
     head_only: bool,
     deadline: Instant,
+    /// The answer is out and our side shut down: what the client still sends is discarded
+    /// until it closes, for at most [`LINGER`] and [`LINGER_BYTES`].
+    lingering: Option<usize>,
 }
 
 pub struct MetricsServer {
@@ -62,7 +70,7 @@ impl MetricsServer {
     pub fn poll_interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
         let mut fds = vec![(self.listener.fd.as_fd(), PollFlags::POLLIN)];
         for c in &self.clients {
-            let want = if c.output.is_empty() {
+            let want = if c.output.is_empty() || c.lingering.is_some() {
                 PollFlags::POLLIN
             } else {
                 PollFlags::POLLOUT
@@ -84,10 +92,12 @@ impl MetricsServer {
         let mut keep = Vec::with_capacity(self.clients.len());
         for mut c in std::mem::take(&mut self.clients) {
             if now >= c.deadline {
-                self.rejected += 1;
+                self.rejected += u64::from(c.lingering.is_none());
                 continue;
             }
-            let alive = if !c.output.is_empty() {
+            let alive = if c.lingering.is_some() {
+                linger(&mut c)
+            } else if !c.output.is_empty() {
                 flush(&mut c)
             } else if c.wants_page {
                 true
@@ -104,6 +114,14 @@ impl MetricsServer {
             };
             if alive {
                 keep.push(c);
+            } else if c.written == c.output.len() && !c.output.is_empty() && c.lingering.is_none() {
+                // Answered in full: wait for the client to close before closing.
+                let _ = nix::sys::socket::shutdown(c.fd.as_raw_fd(), Shutdown::Write);
+                c.lingering = Some(0);
+                c.deadline = c.deadline.min(now + LINGER);
+                if linger(&mut c) {
+                    keep.push(c);
+                }
             }
         }
         self.clients = keep;
@@ -112,14 +130,14 @@ impl MetricsServer {
             .any(|c| c.wants_page && c.output.is_empty())
     }
 
-    /// Gives `page` to every client waiting for it, and writes what can be written now.
+    /// Gives `page` to every client waiting for it; it is written on the next
+    /// [`MetricsServer::service`], which the loop runs at once (its socket is writable).
     pub fn answer(&mut self, page: &str) {
         for c in &mut self.clients {
             if c.wants_page && c.output.is_empty() {
                 c.output = response("200 OK", CONTENT_TYPE, page, c.head_only);
             }
         }
-        self.clients.retain_mut(flush);
     }
 
     fn accept_all(&mut self, now: Instant) {
@@ -142,6 +160,7 @@ impl MetricsServer {
                 wants_page: false,
                 head_only: false,
                 deadline: now + CLIENT_TIMEOUT,
+                lingering: None,
             };
             if self.clients.len() >= MAX_CLIENTS {
                 self.rejected += 1;
@@ -232,6 +251,27 @@ fn response(status: &str, content_type: &str, body: &str, head_only: bool) -> Ve
         out.extend_from_slice(body.as_bytes());
     }
     out
+}
+
+/// Reads and discards what the client still sends; false once it has closed, failed, or sent
+/// more than [`LINGER_BYTES`].
+fn linger(c: &mut Client) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(&c.fd, &mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                let total = c.lingering.unwrap_or(0) + n;
+                if total > LINGER_BYTES {
+                    return false;
+                }
+                c.lingering = Some(total);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Writes what the socket takes now; false once the answer is out or the client is gone.

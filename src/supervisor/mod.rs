@@ -383,6 +383,8 @@ impl Supervisor {
         };
         let page = crate::metrics::render(&snapshot, own, m.rejected);
         m.answer(&page);
+        // Written now, as far as the sockets take it.
+        m.service(now);
     }
 
     /// Sleeps in poll() until an fd is ready or the nearest deadline.
