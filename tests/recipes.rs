@@ -31,7 +31,8 @@ fn gunicorn() -> Recipe {
     ignore = "gunicorn is not in examples/.venv (.ci/run)"
 )]
 fn gunicorn_sync() {
-    gunicorn().label("gunicorn sync").check();
+    let out = gunicorn().label("gunicorn sync").check();
+    each_gunicorn_worker_asked_once("gunicorn sync", &out);
 }
 
 #[test]
@@ -40,10 +41,36 @@ fn gunicorn_sync() {
     ignore = "gunicorn is not in examples/.venv (.ci/run)"
 )]
 fn gunicorn_gthread() {
-    gunicorn()
+    let out = gunicorn()
         .label("gunicorn gthread")
         .config("preforkd-gthread.toml")
         .check();
+    each_gunicorn_worker_asked_once("gunicorn gthread", &out);
+}
+
+/// Issue 13's symptom: preforkd signalled each gunicorn's whole process group, so gunicorn's
+/// own worker process got SIGTERM from preforkd as well as from its arbiter, often died of the
+/// second one while exiting, and the arbiter logged that on reloads. With kill_mode "mixed"
+/// (the default) only the arbiter is signalled. `out` is what the gunicorns wrote during the
+/// recipe's 10 reloads and its stop.
+fn each_gunicorn_worker_asked_once(name: &str, out: &str) {
+    // Each of the 11 generations of 2 gunicorns booted a worker process and retired it. The
+    // arbiter logs both on the stream the warning would be on, so it would have been seen.
+    let boots = out.matches("Booting worker with pid").count();
+    let stops = out.matches("Handling signal: term").count();
+    assert!(
+        boots >= 22 && stops >= 22,
+        "{name}: gunicorn's output lacks its boot or stop lines ({boots} boots, {stops} stops):\n{out}"
+    );
+    // gunicorn 20.1 (Debian 12) says "Worker with pid N was terminated due to signal 15",
+    // 27.0.1 (the recipe's) "Worker (pid:N) was sent SIGTERM!".
+    let died =
+        |l: &&str| l.contains("was terminated due to signal 15") || l.contains("was sent SIGTERM");
+    let twice: Vec<&str> = out.lines().filter(died).collect();
+    assert!(
+        twice.is_empty(),
+        "{name}: gunicorn worker processes died of SIGTERM (signalled by preforkd too?): {twice:#?}\n{out}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 """Runs app.py's ASGI app on uvicorn under preforkd (or systemd alone), with a drain that loses
-no request.
+far fewer requests than uvicorn's own stop, though not always none: in CI, 12 of 2 236 042
+failed over 150 reloads (README.md).
 
 It serves the socket at fd 3 when LISTEN_PID is its own pid, else 127.0.0.1:8080; says READY=1
 on $NOTIFY_SOCKET once uvicorn serves; and on SIGTERM stops accepting, answers what still

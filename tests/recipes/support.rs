@@ -334,8 +334,9 @@ impl Recipe {
         top().join("examples").join(self.name)
     }
 
-    /// The whole check; see the module comment.
-    pub fn check(self) {
+    /// The whole check; see the module comment. Returns what preforkd and its workers wrote
+    /// (without a journal the workers share preforkd's stderr), for a recipe's own checks.
+    pub fn check(self) -> String {
         let started = Instant::now();
         let folder = self.folder();
         // Started from the recipe's folder, as its README says; `env -C` execs preforkd with
@@ -474,5 +475,6 @@ impl Recipe {
             all.len(),
             started.elapsed().as_secs_f64()
         ));
+        p.log()
     }
 }
