@@ -57,6 +57,9 @@ pub struct Counters {
     pub crashed: u64,
     /// Hung workers ended for missing `worker_watchdog`.
     pub hung: u64,
+    /// Workers the kernel's OOM killer ended for going over `worker_memory_max`.
+    #[serde(default)]
+    pub oom_killed: u64,
     /// Starts that failed: the worker died or timed out before it was ready, died sooner than
     /// `min_uptime`, or could not be forked or executed.
     pub failed_starts: u64,
@@ -189,7 +192,11 @@ pub struct WorkerInfo {
 pub struct Usage {
     pub rss_bytes: u64,
     pub pss_bytes: u64,
+    /// With per-worker cgroups, of the cgroup: every process the worker ever started.
     pub cpu_ms: u64,
+    /// With per-worker cgroups, its cgroup's `memory.current` (page cache included).
+    #[serde(default)]
+    pub cgroup_memory_bytes: Option<u64>,
 }
 
 /// "3s", "5m12s", "2h05m": short durations for tables and STATUS=.
@@ -369,6 +376,7 @@ pub(crate) mod tests {
         let mut counters = Counters {
             crashed: 1,
             hung: 0,
+            oom_killed: 0,
             failed_starts: 4,
             spawn_failures: 2,
             reloads: Vec::new(),
@@ -403,6 +411,7 @@ pub(crate) mod tests {
                     rss_bytes: 60 << 20,
                     pss_bytes: 50 << 20,
                     cpu_ms: 1500,
+                    cgroup_memory_bytes: None,
                 }),
             }],
             empty_slots: vec![EmptySlot {

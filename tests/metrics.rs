@@ -30,7 +30,10 @@ fn exchange(at: &At, request: &[u8]) -> std::io::Result<(u16, String)> {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| std::io::Error::other(format!("no status in {text:?}")))?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
         Ok((status, body))
     }
     match at {
@@ -89,7 +92,10 @@ fn demo_with_metrics(dir: &Path, extra: &str) -> (Preforkd, At, PathBuf) {
     let config = dir.join("preforkd.toml");
     std::fs::write(
         &config,
-        format!("workers = 2\nmetrics_listen = \"unix:{}\"\n{extra}", sock.display()),
+        format!(
+            "workers = 2\nmetrics_listen = \"unix:{}\"\n{extra}",
+            sock.display()
+        ),
     )
     .unwrap();
     let p = Preforkd::demo(&["--config", path_str(&config)]);
@@ -129,7 +135,10 @@ fn the_page_counts_workers_crashes_and_reloads() {
     assert_eq!(code, 0, "{out}\n{}", p.log());
     let page = wait_value(&at, "preforkd_reloads_total{outcome=\"completed\"}", 1.0);
     assert_eq!(page["preforkd_generation"], 2.0);
-    assert_eq!(page["preforkd_reload_duration_seconds_count{outcome=\"completed\"}"], 1.0);
+    assert_eq!(
+        page["preforkd_reload_duration_seconds_count{outcome=\"completed\"}"],
+        1.0
+    );
     assert_eq!(
         page["preforkd_reload_duration_seconds_bucket{outcome=\"completed\",le=\"+Inf\"}"],
         1.0
@@ -144,11 +153,17 @@ fn the_page_counts_workers_crashes_and_reloads() {
     // status --json carries the same counters.
     let v = p.status_json().unwrap();
     assert_eq!(v["counters"]["crashed"], 1);
-    assert!(v["workers"][0]["usage"]["rss_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["workers"][0]["usage"]["rss_bytes"].as_u64().unwrap() > 0,
+        "{v}"
+    );
 }
 
 #[test]
-#[cfg_attr(not(have_promtool), ignore = "promtool is not installed (Debian: prometheus)")]
+#[cfg_attr(
+    not(have_promtool),
+    ignore = "promtool is not installed (Debian: prometheus)"
+)]
 fn promtool_finds_nothing_to_fault() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, at, _) = demo_with_metrics(dir.path(), "");
@@ -163,7 +178,12 @@ fn promtool_finds_nothing_to_fault() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
@@ -171,7 +191,10 @@ fn promtool_finds_nothing_to_fault() {
         String::from_utf8_lossy(&out.stderr)
     );
     // promtool exits 0 with no output when the page is valid and lint-clean.
-    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{body}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{body}"
+    );
 }
 
 /// A Prometheus server this test started, ended by its pid when the test ends.
@@ -188,7 +211,10 @@ impl Drop for Prometheus {
 }
 
 #[test]
-#[cfg_attr(not(have_prometheus), ignore = "prometheus is not installed (Debian: prometheus)")]
+#[cfg_attr(
+    not(have_prometheus),
+    ignore = "prometheus is not installed (Debian: prometheus)"
+)]
 fn a_real_prometheus_scrapes_the_pool() {
     let metrics_port = free_port();
     let mut p = Preforkd::demo(&[
@@ -211,7 +237,10 @@ fn a_real_prometheus_scrapes_the_pool() {
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let child = std::process::Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -227,8 +256,8 @@ fn a_real_prometheus_scrapes_the_pool() {
         let value = v["data"]["result"][0]["value"][1].as_str()?.to_owned();
         (value == "2").then_some(v)
     });
-    let log = std::fs::read_to_string(prometheus._dir.path().join("prometheus.log"))
-        .unwrap_or_default();
+    let log =
+        std::fs::read_to_string(prometheus._dir.path().join("prometheus.log")).unwrap_or_default();
     let v = found.unwrap_or_else(|| panic!("Prometheus never saw 2 ready workers: {last}\n{log}"));
     assert_eq!(v["data"]["result"][0]["metric"]["job"], "preforkd", "{v}");
     drop(prometheus);
@@ -241,7 +270,9 @@ fn a_socket_systemd_names_metrics_is_preforkds_own() {
     let inode = {
         use std::os::unix::fs::MetadataExt;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&metrics);
-        std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino()
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino()
     };
     let mut start = Preforkd::demo_start(&["--workers", "2"]);
     start.metrics = Some(metrics);
@@ -251,11 +282,22 @@ fn a_socket_systemd_names_metrics_is_preforkds_own() {
     assert_eq!(page["preforkd_workers_wanted"], 2.0);
     for pid in pids {
         let env = environ(pid);
-        assert_eq!(env.get("LISTEN_FDS").map(String::as_str), Some("1"), "{env:?}");
-        assert_eq!(env.get("LISTEN_FDNAMES").map(String::as_str), Some("http"), "{env:?}");
+        assert_eq!(
+            env.get("LISTEN_FDS").map(String::as_str),
+            Some("1"),
+            "{env:?}"
+        );
+        assert_eq!(
+            env.get("LISTEN_FDNAMES").map(String::as_str),
+            Some("http"),
+            "{env:?}"
+        );
         let held = fds(pid);
         let socket = format!("socket:[{inode}]");
-        assert!(!held.values().any(|t| *t == socket), "worker {pid} holds {socket}: {held:?}");
+        assert!(
+            !held.values().any(|t| *t == socket),
+            "worker {pid} holds {socket}: {held:?}"
+        );
     }
 }
 
@@ -267,19 +309,29 @@ fn slow_many_and_malformed_clients_never_hold_up_the_loop() {
     wait_value(&at, "preforkd_workers_ready", 2.0);
     let At::Unix(path) = &at else { unreachable!() };
     // More idle connections than the endpoint serves at once: the extra ones are told 503.
-    let idle: Vec<UnixStream> = (0..24).map(|_| UnixStream::connect(path).unwrap()).collect();
+    let idle: Vec<UnixStream> = (0..24)
+        .map(|_| UnixStream::connect(path).unwrap())
+        .collect();
     let mut half = UnixStream::connect(path).unwrap();
     half.write_all(b"GET /metr").unwrap();
     // Meanwhile preforkd answers status and heals a killed worker at once.
     let asked = Instant::now();
     let (code, out) = p.status(&[]);
     assert_eq!(code, 0, "{out}");
-    assert!(asked.elapsed() < Duration::from_secs(2), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
     // SAFETY: kill(2) on a worker of the preforkd this test started.
     assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
     let healed = Instant::now();
     p.wait_workers(2);
-    assert!(healed.elapsed() < Duration::from_secs(5), "{:?}", healed.elapsed());
+    assert!(
+        healed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        healed.elapsed()
+    );
     drop(idle);
     drop(half);
     // Malformed, oversized, other paths and methods get an answer and a hang-up.
@@ -292,14 +344,21 @@ fn slow_many_and_malformed_clients_never_hold_up_the_loop() {
     ];
     for (request, want) in cases {
         let got = wait_for(Duration::from_secs(15), || exchange(&at, request).ok());
-        assert_eq!(got.map(|g| g.0), Some(want), "{:?}", String::from_utf8_lossy(&request[..20]));
+        assert_eq!(
+            got.map(|g| g.0),
+            Some(want),
+            "{:?}",
+            String::from_utf8_lossy(&request[..20])
+        );
     }
     let page = wait_value(&at, "preforkd_workers_ready", 2.0);
     // The 503s, the oversized and the malformed requests.
     assert!(page["preforkd_metrics_rejected_total"] >= 2.0, "{page:#?}");
     // A client that says nothing is hung up on after 10 s.
     let mut silent = UnixStream::connect(path).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     let began = Instant::now();
     let mut buf = [0u8; 16];
     assert_eq!(silent.read(&mut buf).unwrap(), 0);
@@ -326,5 +385,8 @@ fn a_metrics_socket_in_use_is_refused_at_start_with_exit_71() {
         &[],
     );
     assert_eq!(code, 71, "{out}");
-    assert!(out.contains(&format!("127.0.0.1:{port}")) && out.contains("another process"), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{port}")) && out.contains("another process"),
+        "{out}"
+    );
 }

@@ -129,7 +129,7 @@ fn ask(
     control::call(path, request, timeout).map_err(|e| match e {
         CallError::NotRunning(_) => (
             exit::NOT_RUNNING,
-            format!("cannot reach {instance}: no preforkd instance is running there; give --name, --runtime-dir or --config of the instance you mean"),
+            format!("cannot reach {instance}: no preforkd instance is running there; name the instance you mean (preforkd status NAME), or give --runtime-dir or --config"),
         ),
         // It runs: health checks and ExecReload= must not take this for "not running".
         CallError::Busy => (

@@ -195,6 +195,9 @@ keys! {
     /// recycle a worker whose process group uses more memory than this (proportional set
     /// size), e.g. 512M; off: never
     max_memory: Option<u64> = None, MemoryLimit, Some("SIZE|off"), Applies;
+    /// with a delegated cgroup (Delegate=yes), each worker's memory.max, e.g. 512M: the
+    /// kernel's OOM killer ends only the worker that overgrows it; off: no limit
+    worker_memory_max: Option<u64> = None, MemoryLimit, Some("SIZE|off"), Applies;
     /// how often workers' memory is measured for max_memory
     memory_check_interval: Duration = secs(5), Dur<100>, Some("DURATION"), Applies;
     /// recycle a worker that has run this long, e.g. 6h; off: never

@@ -171,6 +171,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("worker_watchdog_grace", "2s"),
     ("collapse_grace", "0s"),
     ("max_memory", "512M"),
+    ("worker_memory_max", "256M"),
     ("memory_check_interval", "2s"),
     ("max_lifetime", "6h"),
     ("max_lifetime_jitter", "30m"),

@@ -80,10 +80,11 @@ pub fn render(snap: &Snapshot, own: Option<Usage>, metrics_rejected: u64) -> Str
     );
 
     m.head("preforkd_worker_restarts_total", "counter",
-        "Workers that ended and were replaced, by reason: crash (died after a good start), hang (missed worker_watchdog), failed_start (died or timed out before ready, or sooner than min_uptime, or could not be started), retired (said STOPPING=1), max_memory, max_lifetime (recycled).");
-    let reasons: [(&str, u64); 6] = [
+        "Workers that ended and were replaced, by reason: crash (died after a good start), hang (missed worker_watchdog), oom (the OOM killer, over worker_memory_max), failed_start (died or timed out before ready, or sooner than min_uptime, or could not be started), retired (said STOPPING=1), max_memory, max_lifetime (recycled).");
+    let reasons: [(&str, u64); 7] = [
         ("crash", c.crashed),
         ("hang", c.hung),
+        ("oom", c.oom_killed),
         ("failed_start", c.failed_starts),
         ("retired", snap.replaced.retired),
         ("max_memory", snap.replaced.max_memory),
@@ -169,6 +170,18 @@ pub fn render(snap: &Snapshot, own: Option<Usage>, metrics_rejected: u64) -> Str
     per_worker(&mut m, "preforkd_worker_proportional_memory_bytes", "gauge",
         "Proportional set size (shared pages divided among their users) of each worker's process group.",
         &|u| u.pss_bytes.to_string());
+    m.head(
+        "preforkd_worker_cgroup_memory_bytes",
+        "gauge",
+        "With per-worker cgroups: memory.current of each worker's cgroup (page cache included).",
+    );
+    for w in &workers {
+        if let Some(bytes) = w.usage.and_then(|u| u.cgroup_memory_bytes) {
+            let l = labels(w);
+            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            m.line("preforkd_worker_cgroup_memory_bytes", &l, bytes);
+        }
+    }
     per_worker(
         &mut m,
         "preforkd_worker_cpu_seconds_total",
@@ -331,6 +344,7 @@ mod tests {
                 rss_bytes: 7,
                 pss_bytes: 5,
                 cpu_ms: 2500,
+                cgroup_memory_bytes: None,
             }),
             3,
         );

@@ -17,6 +17,7 @@ pub enum Step {
     Exec = 5,
     Limits = 6,
     Identity = 7,
+    Cgroup = 8,
 }
 
 impl Step {
@@ -28,6 +29,7 @@ impl Step {
             4 => Step::Affinity,
             6 => Step::Limits,
             7 => Step::Identity,
+            8 => Step::Cgroup,
             _ => Step::Exec,
         }
     }
@@ -78,6 +80,7 @@ impl fmt::Display for SpawnError {
                     Step::Identity => {
                         "cannot switch the worker to its user, groups and capabilities".to_owned()
                     }
+                    Step::Cgroup => "cannot move the worker into its cgroup".to_owned(),
                 };
                 write!(f, "{what}: {} (errno {})", errno.desc(), *errno as i32)
             }

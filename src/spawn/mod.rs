@@ -60,6 +60,8 @@ pub struct WorkerSpec<'a> {
     pub umask: u32,
     /// Written to /proc/self/oom_score_adj.
     pub oom_score_adj: Option<i32>,
+    /// A cgroup of its own (a directory in cgroupfs), joined before anything else.
+    pub cgroup: Option<&'a Path>,
     /// The user and groups to switch to, resolved by the caller.
     pub identity: Option<&'a crate::config::Identity>,
     /// Capabilities kept across the switch and exec, as ambient capabilities.
@@ -116,6 +118,8 @@ pub struct ExecPlan {
     umask: libc::mode_t,
     /// The value for /proc/self/oom_score_adj, as text.
     oom_score_adj: Option<Vec<u8>>,
+    /// `<cgroup>/cgroup.procs`, which the child writes "0" to, to join it.
+    cgroup_procs: Option<CString>,
     identity: Option<IdentityPlan>,
     no_new_privileges: bool,
     parent: libc::pid_t,
@@ -255,6 +259,10 @@ impl ExecPlan {
             nofile,
             umask: spec.umask as libc::mode_t,
             oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
+            cgroup_procs: spec
+                .cgroup
+                .map(|d| cstring(d.join("cgroup.procs").into_os_string().into_vec()))
+                .transpose()?,
             identity: spec
                 .identity
                 .map(|id| IdentityPlan::new(id, spec.ambient_capabilities)),

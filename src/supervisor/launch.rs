@@ -44,6 +44,7 @@ impl Launcher {
         generation: u32,
         cfg: &Config,
         program: &Path,
+        cgroup: Option<&Path>,
     ) -> Result<ExecPlan, SpawnError> {
         let fds: Vec<_> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let cpu = (cfg.cpu_affinity && !self.cpus.is_empty())
@@ -64,6 +65,7 @@ impl Launcher {
             nofile: Some(cfg.rlimit_nofile),
             umask: cfg.umask,
             oom_score_adj: cfg.oom_score_adj,
+            cgroup,
             identity: cfg.identity.as_ref(),
             ambient_capabilities: &cfg.ambient_capabilities,
             no_new_privileges: cfg.no_new_privileges,
@@ -96,6 +98,7 @@ impl Launcher {
         agent: &AgentConfig,
         pool: &Config,
         program: &Path,
+        cgroup: Option<&Path>,
     ) -> Result<ExecPlan, SpawnError> {
         let names: Vec<String> = self.listeners.iter().map(|l| l.name.clone()).collect();
         let indices = agent
@@ -138,6 +141,7 @@ impl Launcher {
             nofile: Some(pool.rlimit_nofile),
             umask: pool.umask,
             oom_score_adj: pool.oom_score_adj,
+            cgroup,
             identity: pool.identity.as_ref(),
             ambient_capabilities: &pool.ambient_capabilities,
             no_new_privileges: pool.no_new_privileges,

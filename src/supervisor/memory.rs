@@ -49,6 +49,7 @@ pub fn group_usage(leaders: &[Pid]) -> Vec<(Pid, Option<Usage>)> {
             rss_bytes: r.rss,
             pss_bytes: r.pss,
             cpu_ms: ticks.saturating_mul(tick_ms),
+            cgroup_memory_bytes: None,
         })
     };
     leaders
@@ -61,6 +62,7 @@ pub fn group_usage(leaders: &[Pid]) -> Vec<(Pid, Option<Usage>)> {
                         rss_bytes: a.rss_bytes.saturating_add(b.rss_bytes),
                         pss_bytes: a.pss_bytes.saturating_add(b.pss_bytes),
                         cpu_ms: a.cpu_ms.saturating_add(b.cpu_ms),
+                        cgroup_memory_bytes: None,
                     })
             });
             (leader, total)
@@ -77,6 +79,7 @@ pub fn own_usage() -> Option<Usage> {
         rss_bytes: r.rss,
         pss_bytes: r.pss,
         cpu_ms: cpu_ticks(pid, false)?.saturating_mul(clock_tick_ms()),
+        cgroup_memory_bytes: None,
     })
 }
 

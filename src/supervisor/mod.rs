@@ -12,6 +12,7 @@
 //! reused its number. Once the core says exit, processes that left their worker's group are
 //! stopped too, so nothing outlives the service holding its socket.
 
+mod cgroups;
 pub mod core;
 mod launch;
 mod memory;
@@ -106,6 +107,8 @@ pub struct Supervisor {
     relay: NotifyRelay,
     control: ControlServer,
     metrics: Option<MetricsServer>,
+    /// Each worker's and agent's own cgroup, when preforkd's is delegated to it.
+    cgroups: Option<cgroups::Cgroups>,
     /// When preforkd started, for its uptime.
     started: Instant,
     spawning: Vec<Spawning>,
@@ -140,6 +143,25 @@ impl Supervisor {
             workers,
             agent_programs: setup.agent_programs,
         };
+        let cgroups = match cgroups::Cgroups::take_over() {
+            Ok(c) => {
+                info!(setup.log, "each worker and agent runs in a cgroup of its own";
+                    "cgroup" => c.path().display().to_string(),
+                    "controllers" => c.controllers.join(" "));
+                Some(c)
+            }
+            Err(why) if first.cfg.worker_memory_max.is_some() => {
+                warn!(
+                    setup.log,
+                    "worker_memory_max is not applied: workers share preforkd's cgroup, as {}", why
+                );
+                None
+            }
+            Err(why) => {
+                info!(setup.log, "workers share preforkd's cgroup"; "why" => why);
+                None
+            }
+        };
         let mut core = Core::new(first, setup.systemd.watchdog, setup.socket_activated, now);
         let launcher = Launcher::new(setup.listeners, setup.runtime.notify_path());
         if launcher.journal {
@@ -158,6 +180,7 @@ impl Supervisor {
             relay: setup.relay,
             control: setup.control,
             metrics: setup.metrics,
+            cgroups,
             started: now,
             spawning: Vec::new(),
             watched: Vec::new(),
@@ -231,16 +254,24 @@ impl Supervisor {
                 cfg,
                 program,
             } => {
+                let cgroup = self.new_cgroup(
+                    &format!("worker-{worker}-g{generation}"),
+                    cfg.worker_memory_max,
+                );
                 let result = self
                     .launcher
-                    .plan(worker, generation, &cfg, &program)
+                    .plan(worker, generation, &cfg, &program, cgroup.as_deref())
                     .and_then(|mut plan| plan.spawn());
                 let result = match result {
                     Ok((pid, status)) => {
                         self.spawning.push(Spawning { pid, status });
+                        self.adopt(pid, cgroup);
                         Ok(pid)
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => {
+                        self.discard(cgroup);
+                        Err(e.to_string())
+                    }
                 };
                 self.queue.push_back(Event::Forked {
                     worker,
@@ -254,18 +285,26 @@ impl Supervisor {
                 pool,
                 program,
             } => {
+                let cgroup = self.new_cgroup(&format!("agent-{name}-g{generation}"), None);
                 let result = match pool.agent(&name) {
                     Some(agent) => self
                         .launcher
-                        .plan_agent(generation, agent, &pool, &program)
+                        .plan_agent(generation, agent, &pool, &program, cgroup.as_deref())
                         .and_then(|mut plan| plan.spawn())
                         .map_err(|e| e.to_string()),
                     None => Err(format!("no agent {name} in generation {generation}")),
                 };
-                let result = result.map(|(pid, status)| {
-                    self.spawning.push(Spawning { pid, status });
-                    pid
-                });
+                let result = match result {
+                    Ok((pid, status)) => {
+                        self.spawning.push(Spawning { pid, status });
+                        self.adopt(pid, cgroup);
+                        Ok(pid)
+                    }
+                    Err(e) => {
+                        self.discard(cgroup);
+                        Err(e)
+                    }
+                };
                 self.queue.push_back(Event::AgentForked {
                     name,
                     generation,
@@ -276,15 +315,23 @@ impl Supervisor {
                 pid,
                 signal,
                 target,
-            } => match target {
-                Target::Worker => signal_worker(pid, signal),
-                Target::Process => {
-                    let _ = kill(pid, signal);
+            } => {
+                match target {
+                    Target::Worker => signal_worker(pid, signal),
+                    Target::Process => {
+                        let _ = kill(pid, signal);
+                    }
+                    Target::Group => {
+                        let _ = killpg(pid, signal);
+                    }
                 }
-                Target::Group => {
-                    let _ = killpg(pid, signal);
+                // What the worker started goes too, even if it left the process group.
+                if signal == Signal::SIGKILL && target != Target::Process {
+                    if let Some(c) = &self.cgroups {
+                        c.kill(pid);
+                    }
                 }
-            },
+            }
             Effect::Systemd(states) => self.notify_systemd(&states),
             Effect::LoadConfig => {
                 let names: Vec<String> = (self.launcher.listeners.iter())
@@ -324,7 +371,7 @@ impl Supervisor {
                 self.queue.push_back(Event::Memory(sizes));
             }
             Effect::WatchGroup(pgid) => {
-                if group_alive(pgid) {
+                if self.group_alive(pgid) {
                     self.watched.push(pgid);
                 } else {
                     self.queue.push_back(Event::GroupGone(pgid));
@@ -339,6 +386,37 @@ impl Supervisor {
                 })
             }
         }
+    }
+
+    /// A cgroup for a child about to be forked, when workers get their own; None otherwise or
+    /// when it cannot be made (said in the log: the child then runs in preforkd's).
+    fn new_cgroup(&mut self, name: &str, memory_max: Option<u64>) -> Option<PathBuf> {
+        let c = self.cgroups.as_mut()?;
+        match c.create(name, memory_max) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                warn!(self.log, "cannot create a cgroup for the child; it runs in preforkd's";
+                    "child" => name, "error" => e.to_string());
+                None
+            }
+        }
+    }
+
+    fn adopt(&mut self, pid: Pid, cgroup: Option<PathBuf>) {
+        if let (Some(c), Some(dir)) = (self.cgroups.as_mut(), cgroup) {
+            c.adopt(pid, dir);
+        }
+    }
+
+    fn discard(&mut self, cgroup: Option<PathBuf>) {
+        if let (Some(c), Some(dir)) = (self.cgroups.as_mut(), cgroup) {
+            c.discard(dir);
+        }
+    }
+
+    /// A process group, or with per-worker cgroups the worker's cgroup, still has a process.
+    fn group_alive(&self, pgid: Pid) -> bool {
+        group_alive(pgid) || self.cgroups.as_ref().is_some_and(|c| c.populated(pgid))
     }
 
     /// Adds to the core's snapshot what only the shell knows: its own pid, directory and
@@ -361,8 +439,14 @@ impl Supervisor {
             .iter()
             .map(|w| Pid::from_raw(w.pid))
             .collect();
-        for (w, (_, usage)) in snapshot.workers.iter_mut().zip(memory::group_usage(&pids)) {
+        for (w, (pid, usage)) in snapshot.workers.iter_mut().zip(memory::group_usage(&pids)) {
             w.usage = usage;
+            // The cgroup counts every process the worker started, those gone included.
+            let cgroup = self.cgroups.as_ref().and_then(|c| c.usage(pid));
+            if let (Some(u), Some((memory, cpu_ms))) = (w.usage.as_mut(), cgroup) {
+                u.cgroup_memory_bytes = Some(memory);
+                u.cpu_ms = cpu_ms;
+            }
         }
     }
 
@@ -400,7 +484,8 @@ impl Supervisor {
         .into_iter()
         .flatten()
         .min();
-        if !self.watched.is_empty() || self.leaving.is_some() {
+        let sweeping = self.cgroups.as_mut().is_some_and(|c| c.sweep());
+        if !self.watched.is_empty() || self.leaving.is_some() || sweeping {
             // Groups and orphans that are not our children end without a SIGCHLD.
             next = Some(next.map_or(now + RECHECK, |n| n.min(now + RECHECK)));
         }

@@ -54,8 +54,22 @@ impl Supervisor {
                     });
                 }
             }
+            // The OOM killer's SIGKILL looks like any other: the worker's cgroup tells.
+            let status = match (status, &self.cgroups) {
+                (
+                    ExitStatus::Signal {
+                        signal: Signal::SIGKILL,
+                        ..
+                    },
+                    Some(c),
+                ) if c.oom_killed(pid) => ExitStatus::OomKilled,
+                _ => status,
+            };
             self.feed(Event::Exited { pid, status });
             let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            if let Some(c) = &mut self.cgroups {
+                c.ended(pid);
+            }
         }
     }
 
@@ -82,7 +96,7 @@ impl Supervisor {
             .iter()
             .copied()
             // A number a worker leads now was reused: the group watched is gone.
-            .filter(|&g| !group_alive(g) || self.core.worker_pids().any(|w| w == g))
+            .filter(|&g| !self.group_alive(g) || self.core.worker_pids().any(|w| w == g))
             .collect();
         self.watched.retain(|g| !gone.contains(g));
         for pgid in gone {

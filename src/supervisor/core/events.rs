@@ -27,7 +27,12 @@ pub struct Loaded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     Code(i32),
-    Signal { signal: Signal, core_dumped: bool },
+    Signal {
+        signal: Signal,
+        core_dumped: bool,
+    },
+    /// SIGKILL from the kernel's OOM killer: its cgroup went over `worker_memory_max`.
+    OomKilled,
 }
 
 /// What the shell tells the core.

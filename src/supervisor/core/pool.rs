@@ -281,10 +281,17 @@ impl Core {
             _ => "worker died",
         };
         match w.state {
+            _ if status == ExitStatus::OomKilled => counters.oom_killed += 1,
             State::Hung(_) => counters.hung += 1,
             _ if failed_start => counters.failed_starts += 1,
             _ => counters.crashed += 1,
         }
+        let status = match (status, w.cfg.worker_memory_max) {
+            (ExitStatus::OomKilled, Some(max)) => {
+                format!("{status} (worker_memory_max {})", crate::config::size(max))
+            }
+            _ => status.to_string(),
+        };
         log!(self, Warning, "{}: {}", what, status; "worker" => w.id, "pid" => pid,
             "gen" => w.generation, "uptime" => human(uptime),
             "restart_in" => human(delay), "restarts" => restarts);
@@ -364,6 +371,7 @@ impl ExitStatus {
         match *self {
             ExitStatus::Code(code) => code == 0,
             ExitStatus::Signal { signal, .. } => signal == stop_signal,
+            ExitStatus::OomKilled => false,
         }
     }
 }
@@ -382,6 +390,7 @@ impl std::fmt::Display for ExitStatus {
                 signal.as_str(),
                 if core_dumped { " (core dumped)" } else { "" }
             ),
+            ExitStatus::OomKilled => f.write_str("killed by the OOM killer"),
         }
     }
 }

@@ -85,7 +85,7 @@ fn spawn(launcher: &Launcher, agent: &AgentConfig, pool: &Config, program: &Path
             keep.push(write_end.as_raw_fd());
             close_all_but(&keep);
             let spawned = launcher
-                .plan_agent(3, agent, pool, program)
+                .plan_agent(3, agent, pool, program, None)
                 .and_then(|mut plan| plan.spawn());
             let code = match spawned {
                 Ok((pid, _)) => {
@@ -278,7 +278,7 @@ fn an_unknown_socket_name_is_no_plan() {
     )
     .unwrap();
     let e = launcher(listeners())
-        .plan_agent(1, &pool.agents[0], &pool, Path::new("/bin/sleep"))
+        .plan_agent(1, &pool.agents[0], &pool, Path::new("/bin/sleep"), None)
         .err()
         .expect("no plan");
     let e = e.to_string();
