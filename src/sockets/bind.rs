@@ -29,6 +29,15 @@ pub fn bind_all(cfg: &Config) -> Result<Vec<Listener>, SocketError> {
     Ok(out)
 }
 
+/// The name a socket preforkd binds from `addr` gets in `LISTEN_FDNAMES`, as systemd's
+/// FileDescriptorName= would give it: what agents' `sockets` must name.
+pub fn bound_name(addr: &ListenAddr) -> &'static str {
+    match addr {
+        ListenAddr::Tcp(_) => "http",
+        ListenAddr::Unix(_) => "unix",
+    }
+}
+
 fn bind_one(addr: &ListenAddr, cfg: &Config) -> Result<Listener, SocketError> {
     let fail = |what: &str, e: nix::Error| {
         let hint = match e {
@@ -61,16 +70,18 @@ fn bind_one(addr: &ListenAddr, cfg: &Config) -> Result<Listener, SocketError> {
             listen(&fd, backlog).map_err(|e| fail("listen on", e))?;
             Ok(Listener {
                 fd,
-                name: "http".to_owned(),
+                name: bound_name(addr).to_owned(),
                 description: format!("tcp {sa}"),
                 created: None,
             })
         }
-        ListenAddr::Unix(path) => bind_unix(path, cfg, backlog).map_err(|e| match e {
-            UnixBindError::Sys(what, errno) => fail(what, errno),
-            UnixBindError::Config(m) => SocketError::Activation(m),
-            UnixBindError::Other(m) => SocketError::Bind(m),
-        }),
+        ListenAddr::Unix(path) => {
+            bind_unix(path, bound_name(addr), cfg, backlog).map_err(|e| match e {
+                UnixBindError::Sys(what, errno) => fail(what, errno),
+                UnixBindError::Config(m) => SocketError::Activation(m),
+                UnixBindError::Other(m) => SocketError::Bind(m),
+            })
+        }
     }
 }
 
@@ -81,7 +92,12 @@ enum UnixBindError {
     Other(String),
 }
 
-fn bind_unix(path: &Path, cfg: &Config, backlog: Backlog) -> Result<Listener, UnixBindError> {
+fn bind_unix(
+    path: &Path,
+    name: &str,
+    cfg: &Config,
+    backlog: Backlog,
+) -> Result<Listener, UnixBindError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         // A socket nobody listens on is what a crashed or SIGKILLed instance leaves behind;
@@ -122,7 +138,7 @@ fn bind_unix(path: &Path, cfg: &Config, backlog: Backlog) -> Result<Listener, Un
         .map_err(|e| UnixBindError::Other(format!("cannot stat unix:{}: {e}", path.display())))?;
     let listener = Listener {
         fd,
-        name: "unix".to_owned(),
+        name: name.to_owned(),
         description: format!("unix {}", path.display()),
         created: Some((path.to_owned(), meta.dev(), meta.ino())),
     };

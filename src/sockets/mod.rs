@@ -18,7 +18,7 @@ mod activation;
 mod bind;
 
 pub use activation::{check_pidfd_id, own_pidfd_inode, take_from_systemd, ActivationEnv};
-pub use bind::{bind_all, bind_metrics};
+pub use bind::{bind_all, bind_metrics, bound_name};
 
 /// Environment variables of the socket activation protocol.
 pub const LISTEN_VARS: &[&str] = &[
