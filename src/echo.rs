@@ -8,13 +8,41 @@ pub const MAX: usize = 200;
 /// A whole message, whatever it quotes.
 const MAX_MESSAGE: usize = 2000;
 
-/// One value: escaped, and cut to [`MAX`] characters.
+/// One value: escaped, and cut so that at most [`MAX`] characters of it are shown, escapes
+/// included. A value echoed before comes back as it is: a STATUS= bounded where it arrived is
+/// shown again by the log and by `preforkd status`, and must still name its original size.
 pub fn echo(text: &str) -> String {
-    let mut out = escape(text.chars().take(MAX), false);
-    if text.chars().nth(MAX).is_some() {
-        out.push_str(&format!("… ({} bytes)", text.len()));
+    if is_echoed(text) {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut shown = 0;
+    for c in text.chars() {
+        let unit = escape(std::iter::once(c), false);
+        let width = unit.chars().count();
+        if shown + width > MAX {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        out.push_str(&unit);
+        shown += width;
     }
     out
+}
+
+/// True for what [`echo`] returns: no control character, and at most [`MAX`] characters before
+/// an optional "… (N bytes)".
+fn is_echoed(text: &str) -> bool {
+    // MAX characters of up to 4 bytes, and the marker: anything longer was never echoed.
+    if text.len() > 4 * MAX + 40 || text.chars().any(char::is_control) {
+        return false;
+    }
+    let shown = text
+        .strip_suffix(" bytes)")
+        .and_then(|t| t.rsplit_once("… ("))
+        .filter(|(_, n)| (1..=20).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(text, |(shown, _)| shown);
+    shown.chars().nth(MAX).is_none()
 }
 
 /// A message that may quote values (between `"` or `` ` ``): each quoted run longer than
@@ -100,6 +128,26 @@ mod tests {
         assert!(e.starts_with(&"x".repeat(MAX)), "{}", &e[..10]);
         assert!(e.ends_with("… (50000000 bytes)"), "{}", &e[MAX..]);
         assert_eq!(echo("short"), "short");
+    }
+
+    #[test]
+    fn echoing_twice_changes_nothing_and_escapes_count_toward_the_bound() {
+        let long = "y".repeat(5000);
+        assert_eq!(echo(&echo(&long)), echo(&long));
+        let escapes = "\x1b[2J".repeat(1000);
+        let e = echo(&escapes);
+        let shown = e.strip_suffix("… (4000 bytes)").expect(&e);
+        assert!(shown.chars().count() <= MAX, "{e}");
+        assert!(
+            shown.starts_with("\\u{1b}[2J") && !e.contains('\x1b'),
+            "{e}"
+        );
+        assert_eq!(echo(&e), e);
+        assert_eq!(echo("a\0b"), "a\\0b");
+        assert_eq!(echo(&echo("a\0b")), "a\\0b");
+        // Text that only looks cut is kept only while it is within the bound.
+        let fake = format!("{}… (3 bytes)", "z".repeat(MAX + 1));
+        assert!(echo(&fake).ends_with(&format!("… ({} bytes)", fake.len())));
     }
 
     #[test]

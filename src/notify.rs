@@ -26,6 +26,8 @@ pub struct Message {
     pub stopping: bool,
     pub watchdog: bool,
     pub watchdog_trigger: bool,
+    /// STATUS=, bounded and escaped by [`crate::echo::echo`]: an app's text may be long or
+    /// carry terminal escapes, and it reaches operators' terminals through `preforkd status`.
     pub status: Option<String>,
     pub errno: Option<i32>,
 }
@@ -55,7 +57,8 @@ pub fn parse(bytes: &[u8]) -> Result<Message, &'static str> {
             ("STOPPING", "1") => msg.stopping = true,
             ("WATCHDOG", "1") => msg.watchdog = true,
             ("WATCHDOG", "trigger") => msg.watchdog_trigger = true,
-            ("STATUS", v) => msg.status = Some(v.chars().take(256).collect()),
+            // Kept as it will be shown (log, `preforkd status`): bounded and escaped once here.
+            ("STATUS", v) => msg.status = Some(crate::echo::echo(v)),
             ("ERRNO", v) => msg.errno = v.trim().parse().ok(),
             _ => {}
         }
@@ -208,19 +211,16 @@ mod tests {
     }
 
     #[test]
-    fn long_status_is_cut() {
+    fn long_status_is_cut_and_escaped() {
         let long = format!("STATUS={}", "x".repeat(1000));
-        assert_eq!(parse(long.as_bytes()).unwrap().status.unwrap().len(), 256);
+        let status = parse(long.as_bytes()).unwrap().status.unwrap();
+        assert_eq!(status, format!("{}… (1000 bytes)", "x".repeat(200)));
         let wide = format!("STATUS={}", "é".repeat(300));
-        assert_eq!(
-            parse(wide.as_bytes())
-                .unwrap()
-                .status
-                .unwrap()
-                .chars()
-                .count(),
-            256
-        );
+        let status = parse(wide.as_bytes()).unwrap().status.unwrap();
+        assert!(status.ends_with("… (600 bytes)"), "{status}");
+        assert_eq!(status.chars().filter(|&c| c == 'é').count(), 200);
+        let status = parse(b"STATUS=\x1b[2Jgone\rforged\tline").unwrap().status;
+        assert_eq!(status.as_deref(), Some("\\u{1b}[2Jgone\\rforged\\tline"));
     }
 
     /// The parser faces bytes from any process that can reach the socket: it must never panic.

@@ -247,6 +247,12 @@ pub fn render(s: &Snapshot) -> String {
     let mut workers: Vec<&WorkerInfo> = s.workers.iter().collect();
     workers.sort_by_key(|w| (w.id, w.generation));
     for w in workers {
+        // The app's own words, echoed again on the way to a terminal: a preforkd that stored
+        // them raw (an older one, during an upgrade) must not reach it with escapes.
+        let status = w
+            .status
+            .as_deref()
+            .map_or("-".to_owned(), crate::echo::echo);
         let watchdog = w.watchdog_ms_ago.map_or("-".to_owned(), |ms| {
             format!("{} ago", short(Duration::from_millis(ms)))
         });
@@ -261,13 +267,9 @@ pub fn render(s: &Snapshot) -> String {
             w.restarts,
             watchdog,
             match (&w.leaving, w.memory_bytes) {
-                (Some(l), _) => format!("{l} · {}", w.status.as_deref().unwrap_or("-")),
-                (None, Some(b)) => format!(
-                    "{} · {}",
-                    crate::config::mib(b),
-                    w.status.as_deref().unwrap_or("-")
-                ),
-                (None, None) => w.status.as_deref().unwrap_or("-").to_owned(),
+                (Some(l), _) => format!("{l} · {status}"),
+                (None, Some(b)) => format!("{} · {status}", crate::config::mib(b)),
+                (None, None) => status,
             }
         );
     }
@@ -296,8 +298,9 @@ pub fn render(s: &Snapshot) -> String {
         let note = a
             .status
             .as_deref()
-            .or(a.last_error.as_deref())
-            .unwrap_or("-");
+            .map(crate::echo::echo)
+            .or(a.last_error.clone())
+            .unwrap_or("-".to_owned());
         let _ = writeln!(
             out,
             "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} {}",

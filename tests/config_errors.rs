@@ -266,3 +266,69 @@ fn messages_echo_at_most_a_little_of_any_value() {
     assert_eq!(code, 78, "check must refuse what run would: {out}");
     assert!(out.contains("the kernel takes at most 107"), "{out}");
 }
+
+/// `check` refuses an agent's socket name that `run` would refuse, against the names the
+/// sockets would have: "http" (or "unix") for `listen`, LISTEN_FDNAMES when systemd passed
+/// them. Without either it cannot know them, and says so instead of failing.
+#[test]
+fn check_applies_runs_agent_socket_names() {
+    let agent = |sockets: &str, listen: &str| {
+        config_file(&format!(
+            "command = [\"sleep\", \"1\"]\n{listen}\n[agent.a]\ncommand = [\"sleep\", \"1\"]\nsockets = [{sockets}]\n"
+        ))
+    };
+    let check = |path: &std::path::Path| run_to_end(&["check", "--config", path_str(path)], &[]);
+    let (_d, path) = agent("\"nope\"", "listen = [\"127.0.0.1:8080\"]");
+    let (code, out) = check(&path);
+    assert_eq!(code, 78, "{out}");
+    assert!(
+        out.contains(
+            "agent.a.sockets: no socket is named \"nope\": the sockets are named \"http\""
+        ),
+        "{out}"
+    );
+    for (sockets, listen) in [
+        ("\"http\"", "listen = [\"127.0.0.1:8080\"]"),
+        ("\"unix\"", "listen = [\"unix:/run/x.sock\"]"),
+    ] {
+        let (_d, path) = agent(sockets, listen);
+        let (code, out) = check(&path);
+        assert_eq!(code, 0, "{out}");
+        assert!(!out.contains("no listen address"), "{out}");
+    }
+    // No listen: the socket unit decides, and check says that it could not look.
+    let (_d, path) = agent("\"nope\"", "");
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines().any(|l| l == "# no listen address: the sockets must come from systemd's socket unit; agent socket names are checked when preforkd runs"),
+        "{out}"
+    );
+    let (code, out) = run_to_end(&["check", "--", "sleep", "1"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l == "# no listen address: the sockets must come from systemd's socket unit"),
+        "{out}"
+    );
+    // Names systemd passed to this very process win over listen, as in a run.
+    let activated = |path: &std::path::Path| {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=web:metrics exec \"$0\" check --config \"$1\"",
+            BIN,
+            path_str(path),
+        ]);
+        finish(cmd, &["check"])
+    };
+    let (_d, path) = agent("\"web\"", "listen = [\"127.0.0.1:8080\"]");
+    let (code, out) = activated(&path);
+    assert_eq!(code, 0, "{out}");
+    let (_d, path) = agent("\"metrics\"", "");
+    let (code, out) = activated(&path);
+    assert_eq!(
+        code, 78,
+        "preforkd keeps the metrics socket for itself: {out}"
+    );
+}

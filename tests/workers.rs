@@ -347,3 +347,52 @@ fn the_demo_serves_env_and_crash_only_with_debug_routes() {
     let env = get(debug.port, "/env?name=LISTEN_PID").unwrap();
     assert_eq!((env.status, env.body.clone()), (200, format!("{pid}\n")));
 }
+
+/// The demo as packaged: packaging/demo.toml (installed as /etc/preforkd/demo.toml), run the
+/// way preforkd@.service runs an instance and the way `preforkd demo --config` does, serves
+/// /, /sleep and /health, and neither /env nor /crash.
+#[test]
+fn the_packaged_demo_config_serves_no_debug_routes() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let packaged = std::fs::read_to_string(format!("{root}/packaging/demo.toml")).unwrap();
+    // The package's binary is /usr/bin/preforkd; here it is the one under test, its
+    // arguments (where --debug-routes would show) kept as packaged.
+    let command = "command = [\"/usr/bin/preforkd\"";
+    assert!(packaged.contains(command), "{packaged}");
+    let (_dir, config) = config_file(&packaged.replace(command, &format!("command = [{BIN:?}")));
+    let unit = std::fs::read_to_string(format!("{root}/systemd/preforkd@.service")).unwrap();
+    let exec_start = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/preforkd "))
+        .expect("preforkd@.service runs /usr/bin/preforkd");
+    assert!(exec_start.contains("/etc/preforkd/%i.toml"), "{exec_start}");
+    let template: Vec<String> = exec_start
+        .split_whitespace()
+        .map(|a| a.replace("/etc/preforkd/%i.toml", path_str(&config)))
+        .map(|a| a.replace("%i", "demo"))
+        .collect();
+    let demo = ["demo", "--config", path_str(&config)].map(String::from);
+    for args in [template.as_slice(), &demo] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = Start::activated(&args).spawn();
+        let up = wait_for(Duration::from_secs(20), || {
+            get(p.port, "/health").ok().filter(|r| r.status == 200)
+        });
+        assert_eq!(
+            up.map(|r| r.body),
+            Some("ok\n".to_owned()),
+            "{args:?}\n{}",
+            p.log()
+        );
+        for (path, status) in [
+            ("/", 200),
+            ("/sleep?ms=1", 200),
+            ("/env?name=PATH", 404),
+            ("/crash", 404),
+        ] {
+            let r = get(p.port, path).unwrap();
+            assert_eq!(r.status, status, "{args:?} GET {path}: {}", r.body);
+        }
+        p.workers();
+    }
+}

@@ -124,8 +124,33 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     if inv.mode == Mode::Check {
+        // What `run` checks once it holds the sockets, checked against the names it would get.
+        let socket_note = match socket_names_for_check(&cfg) {
+            Ok(Some(names)) => match cfg.check_agent_sockets(&names) {
+                Ok(()) => None,
+                Err(e) => {
+                    log::print_error(&e.to_string());
+                    return exit::CONFIG;
+                }
+            },
+            Ok(None) => Some(format!(
+                "# no listen address: the sockets must come from systemd's socket unit{}",
+                if cfg.agents.is_empty() {
+                    ""
+                } else {
+                    "; agent socket names are checked when preforkd runs"
+                }
+            )),
+            Err(e) => {
+                log::print_error(&e);
+                return exit::CONFIG;
+            }
+        };
         // The settings as written; what a generation started now would pin, as comments.
         print!("{}", cfg.to_toml());
+        if let Some(note) = socket_note {
+            println!("{note}");
+        }
         println!("# program: {}", pinned.program.display());
         if let Some(dir) = pinned.cfg.working_directory.as_ref() {
             if pinned.cfg.working_directory != cfg.working_directory {
@@ -278,6 +303,30 @@ fn build_config(inv: &Invocation) -> Result<Config, config::ConfigError> {
     }
     config::finish(&mut cfg)?;
     Ok(cfg)
+}
+
+/// The names of the sockets a run would hand out, as far as `check` can tell without taking or
+/// binding any: those systemd passed this process, else those `listen` would bind. None when
+/// neither: they will come from a socket unit, whose names only the run sees.
+fn socket_names_for_check(cfg: &Config) -> Result<Option<Vec<String>>, String> {
+    let passed =
+        crate::sockets::ActivationEnv::from_process().parse(std::process::id(), "preforkd")?;
+    Ok(match passed {
+        // preforkd keeps the one named metrics for itself, as a run does.
+        Some(names) => Some(
+            names
+                .into_iter()
+                .filter(|n| n != crate::sockets::METRICS_NAME)
+                .collect(),
+        ),
+        None if cfg.listen.is_empty() => None,
+        None => Some(
+            cfg.listen
+                .iter()
+                .map(|a| crate::sockets::bound_name(a).to_owned())
+                .collect(),
+        ),
+    })
 }
 
 /// What a reload reads: the same file and command line preforkd was started with, the file's

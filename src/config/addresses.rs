@@ -34,15 +34,32 @@ impl Scalar for ListenAddr {
                 "invalid listen address \"{s}\": port 0 would pick a random port; name the port"
             )),
             Ok(addr) => Ok(ListenAddr::Tcp(addr)),
-            Err(_) => Err(format!(
-                "invalid listen address \"{s}\": expected {}",
-                Self::EXPECTED
-            )),
+            Err(_) => match port_out_of_range(s) {
+                // The address quoted before is cut when long; the port must be too.
+                Some(port) if port.len() > 10 => Err(format!(
+                    "invalid listen address \"{s}\": the port is out of range; a port is 1–65535"
+                )),
+                Some(port) => Err(format!(
+                    "invalid listen address \"{s}\": port {port} is out of range; a port is 1–65535"
+                )),
+                None => Err(format!(
+                    "invalid listen address \"{s}\": expected {}",
+                    Self::EXPECTED
+                )),
+            },
         }
     }
     fn show(a: &ListenAddr) -> Option<String> {
         Some(quote(&a.to_string()))
     }
+}
+
+/// The port of `s` when `s` is a good address but for a port number too big for 16 bits
+/// ("127.0.0.1:70000"): that deserves its own words rather than "expected an address".
+fn port_out_of_range(s: &str) -> Option<&str> {
+    let (host, port) = s.rsplit_once(':')?;
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    (digits && format!("{host}:1").parse::<SocketAddr>().is_ok()).then_some(port)
 }
 
 /// `metrics_listen`: an address as `listen` takes it, or "off".

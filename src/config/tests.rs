@@ -324,3 +324,29 @@ fn errors_point_at_the_element_or_table_key() {
     let e = load("server = 1\n").unwrap_err();
     assert!(e.message.contains("preforkd.toml(5) lists the keys"), "{e}");
 }
+
+#[test]
+fn a_port_above_65535_is_named_out_of_range() {
+    for (text, port) in [
+        ("127.0.0.1:70000", "port 70000"),
+        ("[::1]:65536", "port 65536"),
+        ("0.0.0.0:99999999999999999999999", "the port"),
+    ] {
+        let e = load(&format!("listen = [\"{text}\"]\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("listen"), "{e}");
+        assert!(
+            e.message
+                .ends_with(&format!("{port} is out of range; a port is 1–65535")),
+            "{e}"
+        );
+    }
+    let mut cfg = Config::default();
+    let e = apply_flag(&mut cfg, "metrics-listen", "127.0.0.1:65536").unwrap_err();
+    assert!(e.message.contains("port 65536 is out of range"), "{e}");
+    assert!(load("listen = [\"127.0.0.1:65535\"]\n").is_ok());
+    // Not an address with a bad port, but no address at all: the general words.
+    for text in ["localhost:70000", "127.0.0.1:-1", "127.0.0.1:"] {
+        let e = load(&format!("listen = [\"{text}\"]\n")).unwrap_err();
+        assert!(e.message.contains("expected an address such as"), "{e}");
+    }
+}

@@ -353,4 +353,47 @@ mod tests {
         write_pid_digits(&mut buf, i32::MAX);
         assert_eq!(&buf[..11], b"2147483647\0");
     }
+
+    /// With a second thread alive, a fork is refused before it happens, with words that say
+    /// why; the check runs in every build profile, so this holds in release tests too.
+    #[test]
+    fn a_spawn_with_a_second_thread_alive_is_refused() {
+        let spec = WorkerSpec {
+            program: Path::new("/bin/true"),
+            argv: &["true".to_owned()],
+            env: Vec::new(),
+            pid_vars: &[],
+            listen_fds: &[],
+            working_directory: None,
+            cpu: None,
+            nofile: None,
+            umask: 0o022,
+            oom_score_adj: None,
+            identity: None,
+            ambient_capabilities: &[],
+            no_new_privileges: false,
+            journal: None,
+            pidfd_id: false,
+        };
+        let mut plan = ExecPlan::new(&spec).unwrap();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let second = std::thread::spawn(move || stopped.recv());
+        let result = plan.spawn();
+        drop(stop);
+        let _ = second.join();
+        match result {
+            Err(SpawnError::Plan(m)) => assert!(
+                m.contains(
+                    "threads: forking now could leave the worker holding another thread's lock"
+                ),
+                "{m}"
+            ),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok((pid, _)) => {
+                // Reap the child the check should have prevented, then fail.
+                let _ = nix::sys::wait::waitpid(pid, None);
+                panic!("forked {pid} with a second thread alive");
+            }
+        }
+    }
 }

@@ -108,6 +108,10 @@ pub const BAD_FILES: &[(&str, &[&str])] = &[
     ),
     ("listen = [\"127.0.0.1:0\"]\n", &["listen:", "port 0"]),
     (
+        "listen = [\"127.0.0.1:70000\"]\n",
+        &["listen:", "port 70000 is out of range; a port is 1–65535"],
+    ),
+    (
         "listen = \"127.0.0.1:80\"\n",
         &["listen:", "invalid type: string"],
     ),

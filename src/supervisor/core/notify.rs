@@ -53,6 +53,9 @@ impl Core {
             }));
         };
         if let Some(status) = msg.status {
+            // The parser bounds and escapes it already; echoing again changes nothing then,
+            // and keeps the core's promise for a message made any other way.
+            let status = crate::echo::echo(&status);
             if w.status.as_deref() != Some(status.as_str()) {
                 w.status = Some(status.clone());
                 say(

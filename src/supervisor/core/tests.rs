@@ -438,3 +438,34 @@ fn exits_in_plain_words() {
     assert!(ExitStatus::Code(0).is_clean_stop(Signal::SIGTERM));
     assert!(!ExitStatus::Code(1).is_clean_stop(Signal::SIGTERM));
 }
+
+/// A worker's STATUS= reaches `status --json` and the `preforkd status` table bounded and
+/// escaped, however the message was made: an app may send kilobytes, or terminal escapes.
+#[test]
+fn a_workers_status_is_kept_bounded_and_escaped() {
+    let (mut pool, pids) = Pool::ready(1);
+    let raw = format!("\x1b[2J\rforged {}", "x".repeat(1000));
+    let message = crate::notify::Message {
+        status: Some(raw.clone()),
+        ..Default::default()
+    };
+    pool.handle(Event::Notify {
+        sender: Some(pids[0]),
+        group: Some(pids[0]),
+        message: Ok(message),
+    });
+    let mut snapshot = pool.core.snapshot(pool.now);
+    let kept = snapshot.workers[0].status.clone().unwrap();
+    assert!(kept.starts_with("\\u{1b}[2J\\rforged xxx"), "{kept}");
+    assert!(
+        kept.ends_with(&format!("… ({} bytes)", raw.len())),
+        "{kept}"
+    );
+    assert!(kept.chars().count() < 250, "{kept}");
+    let table = crate::status::render(&snapshot);
+    assert!(table.contains(&kept) && !table.contains('\x1b') && !table.contains('\r'));
+    // A snapshot from a preforkd that kept the text raw is escaped on its way to the terminal.
+    snapshot.workers[0].status = Some(raw);
+    let table = crate::status::render(&snapshot);
+    assert!(table.contains(&kept) && !table.contains('\x1b') && !table.contains('\r'));
+}
