@@ -369,6 +369,7 @@ mod tests {
             nofile: None,
             umask: 0o022,
             oom_score_adj: None,
+            cgroup: None,
             identity: None,
             ambient_capabilities: &[],
             no_new_privileges: false,
