@@ -18,6 +18,7 @@ mod launch;
 mod memory;
 mod processes;
 mod sd_notify;
+mod snapshot;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ use slog::{debug, error, info, warn, Logger};
 use self::core::{Answer, Core, Effect, Event, Level, Loaded, LogLine, Target};
 pub use self::core::{ReloadOutcome, EXIT_CRASH_LOOP};
 use self::launch::Launcher;
-use self::processes::{group_alive, signal_worker};
+use self::processes::signal_worker;
 use crate::config::Config;
 use crate::control::{ControlServer, Request};
 use crate::metrics::MetricsServer;
@@ -42,7 +43,6 @@ use crate::runtime_dir::RuntimeDir;
 use crate::signals::Signals;
 use crate::sockets::Listener;
 use crate::spawn::ExecStatus;
-use crate::status::Snapshot;
 
 /// Datagrams taken from the notify socket per wake-up, so a flood cannot starve signals.
 const NOTIFY_BATCH: usize = 256;
@@ -386,89 +386,6 @@ impl Supervisor {
                 })
             }
         }
-    }
-
-    /// A cgroup for a child about to be forked, when workers get their own; None otherwise or
-    /// when it cannot be made (said in the log: the child then runs in preforkd's).
-    fn new_cgroup(&mut self, name: &str, memory_max: Option<u64>) -> Option<PathBuf> {
-        let c = self.cgroups.as_mut()?;
-        match c.create(name, memory_max) {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                warn!(self.log, "cannot create a cgroup for the child; it runs in preforkd's";
-                    "child" => name, "error" => e.to_string());
-                None
-            }
-        }
-    }
-
-    fn adopt(&mut self, pid: Pid, cgroup: Option<PathBuf>) {
-        if let (Some(c), Some(dir)) = (self.cgroups.as_mut(), cgroup) {
-            c.adopt(pid, dir);
-        }
-    }
-
-    fn discard(&mut self, cgroup: Option<PathBuf>) {
-        if let (Some(c), Some(dir)) = (self.cgroups.as_mut(), cgroup) {
-            c.discard(dir);
-        }
-    }
-
-    /// A process group, or with per-worker cgroups the worker's cgroup, still has a process.
-    fn group_alive(&self, pgid: Pid) -> bool {
-        group_alive(pgid) || self.cgroups.as_ref().is_some_and(|c| c.populated(pgid))
-    }
-
-    /// Adds to the core's snapshot what only the shell knows: its own pid, directory and
-    /// counters, and what each worker's processes use now.
-    fn complete(&self, snapshot: &mut Snapshot) {
-        snapshot.pid = std::process::id();
-        snapshot.runtime_dir = self.runtime.path().display().to_string();
-        snapshot.control_rejected = self.control.rejected;
-        snapshot.log_dropped = crate::log::dropped_lines();
-        snapshot.uptime_ms = self.started.elapsed().as_millis() as u64;
-        // Unset: workers start where preforkd runs (resolved when it started).
-        let own = std::env::current_dir().ok();
-        for g in &mut snapshot.generations {
-            if g.working_directory.is_none() {
-                g.working_directory = own.as_ref().map(|d| d.display().to_string());
-            }
-        }
-        let pids: Vec<Pid> = snapshot
-            .workers
-            .iter()
-            .map(|w| Pid::from_raw(w.pid))
-            .collect();
-        for (w, (pid, usage)) in snapshot.workers.iter_mut().zip(memory::group_usage(&pids)) {
-            w.usage = usage;
-            // The cgroup counts every process the worker started, those gone included.
-            let cgroup = self.cgroups.as_ref().and_then(|c| c.usage(pid));
-            if let (Some(u), Some((memory, cpu_ms))) = (w.usage.as_mut(), cgroup) {
-                u.cgroup_memory_bytes = Some(memory);
-                u.cpu_ms = cpu_ms;
-            }
-        }
-    }
-
-    /// Answers the scrapes that wait for the page, rendered once for all of them.
-    fn serve_metrics(&mut self) {
-        let now = Instant::now();
-        let Some(wants) = self.metrics.as_mut().map(|m| m.service(now)) else {
-            return;
-        };
-        if !wants {
-            return;
-        }
-        let mut snapshot = self.core.snapshot(now);
-        self.complete(&mut snapshot);
-        let own = memory::own_usage();
-        let Some(m) = self.metrics.as_mut() else {
-            return;
-        };
-        let page = crate::metrics::render(&snapshot, own, m.rejected);
-        m.answer(&page);
-        // Written now, as far as the sockets take it.
-        m.service(now);
     }
 
     /// Sleeps in poll() until an fd is ready or the nearest deadline.

@@ -1,7 +1,9 @@
 //! The shell's dealings with processes: exits seen while the child is still a zombie, exec
 //! reports, process groups that emptied, and the children left over after the core said exit.
-//! Signals go to a worker's whole process group, because the helpers it started must go too.
+//! Signals go to a worker's whole process group, because the helpers it started must go too;
+//! with per-worker cgroups, a kill reaches its whole cgroup.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use nix::errno::Errno;
@@ -14,6 +16,37 @@ use super::core::{Event, ExitStatus};
 use super::{Supervisor, RECHECK};
 
 impl Supervisor {
+    /// A cgroup for a child about to be forked, when workers get their own; None otherwise or
+    /// when it cannot be made (said in the log: the child then runs in preforkd's).
+    pub(super) fn new_cgroup(&mut self, name: &str, memory_max: Option<u64>) -> Option<PathBuf> {
+        let c = self.cgroups.as_mut()?;
+        match c.create(name, memory_max) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                warn!(self.log, "cannot create a cgroup for the child; it runs in preforkd's";
+                    "child" => name, "error" => e.to_string());
+                None
+            }
+        }
+    }
+
+    pub(super) fn adopt(&mut self, pid: Pid, cgroup: Option<PathBuf>) {
+        if let (Some(c), Some(dir)) = (self.cgroups.as_mut(), cgroup) {
+            c.adopt(pid, dir);
+        }
+    }
+
+    pub(super) fn discard(&mut self, cgroup: Option<PathBuf>) {
+        if let (Some(c), Some(dir)) = (self.cgroups.as_mut(), cgroup) {
+            c.discard(dir);
+        }
+    }
+
+    /// A process group, or with per-worker cgroups the worker's cgroup, still has a process.
+    pub(super) fn group_alive(&self, pgid: Pid) -> bool {
+        group_alive(pgid) || self.cgroups.as_ref().is_some_and(|c| c.populated(pgid))
+    }
+
     /// Every exited child: the core hears of it while it is still a zombie, then it is reaped.
     pub(super) fn reap(&mut self) {
         loop {
