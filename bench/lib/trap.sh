@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced first by the bench/ scripts, which run under `set -Eeuo pipefail`: a command that
-# fails ends the script with a report on stderr of where it was and what failed.
+# fails ends the script with a report on stderr of where it was and what failed; so does a
+# stop by SIGINT, SIGTERM or SIGHUP, which then exits with 128 + the signal's number.
 #
 #   step TEXT    names the step now running and logs it with the time; a failure's report
 #                names it (set BENCH_STEP=TEXT to name a finer step without logging it)
@@ -118,3 +119,20 @@ bench_on_err() {
   fi
 }
 trap 'bench_on_err "$?" "${PIPESTATUS[*]}" "$LINENO"' ERR
+
+# A stop by a signal: NAME STATUS. bash runs this once the command it waits for has ended: at
+# once for Ctrl-C, which reaches the whole process group, but a signal sent to the script's
+# process alone waits for that command (a wrk run, say) to end.
+bench_on_signal() {
+  trap - ERR
+  local calls="" i
+  for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do
+    calls+="${calls:+; }in ${FUNCNAME[i]}, called at line ${BASH_LINENO[i]}"
+  done
+  printf '%s %s: stopped by SIG%s in step "%s"%s while running: %s\n' "$(date +%H:%M:%S)" "$0" \
+    "$1" "$BENCH_STEP" "${calls:+ ($calls)}" "$BASH_COMMAND" >&2
+  exit "$2"
+}
+trap 'bench_on_signal INT 130' INT
+trap 'bench_on_signal TERM 143' TERM
+trap 'bench_on_signal HUP 129' HUP
