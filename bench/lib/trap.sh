@@ -5,23 +5,31 @@
 #
 #   step TEXT    names the step now running and logs it with the time; a failure's report
 #                names it (set BENCH_STEP=TEXT to name a finer step without logging it)
+#   bench_exit   removes this library's scratch file: a script that sets an EXIT trap of its
+#                own calls it there
 #
 # The report gives the step, the file and line, the exit status, the function chain, and the
 # source text of the line (of the whole pipeline when its lines end in | or \). For a pipeline
 # it also gives each command's exit status and which command failed: bash's $BASH_COMMAND
 # names a pipeline's last command even when an earlier one failed.
 #
-# Inside a `$(...)`, where bash clears -e and goes on after a failure, a failure is reported
-# as such (it may lose a figure, or its status may stop the script a moment later); in a
-# `set +e` stretch of the script itself (a cleanup) nothing is reported.
+# Inside a `$(...)`, where bash clears -e and goes on after a failure, a failure is only noted
+# in a scratch file: many are expected (a process that ended between a glob and its read).
+# When the script then stops, the report shows the notes of the same step: for
+# `n=$(cat a | wc -l)` bash's own status says only that the assignment failed. In a `set +e`
+# stretch of the script itself (a cleanup) nothing is reported.
 
 # The script's own path, for reading its lines after it changes directory.
 bench_script=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 BENCH_STEP=${BENCH_STEP:-starting}
+bench_notes=$(mktemp "${TMPDIR:-/tmp}/bench-trap.XXXXXX")
+bench_exit() { rm -f "$bench_notes"; }
+trap bench_exit EXIT
 
 bench_log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 step() {
   BENCH_STEP=$*
+  : >"$bench_notes"
   bench_log "$*"
 }
 
@@ -96,12 +104,14 @@ bench_failed_commands() {
 # The ERR trap: STATUS PIPESTATUS LINE of the failed command.
 bench_on_err() {
   local rc=$1 statuses=$2 line=$3 file=${BASH_SOURCE[1]:-$0} how="stopped in" where calls="" text cmds i
+  local to_notes=no
   case $- in
     *e*) [ "$BASH_SUBSHELL" = 0 ] || how="in a subshell, in" ;;
     *)
       [ "$BASH_SUBSHELL" = 0 ] && return 0
       # shellcheck disable=SC2016 # the words $(...), not an expansion
       how='inside $(...), where bash goes on, in'
+      to_notes=yes
       ;;
   esac
   [ "$file" = "$0" ] && where="line $line" || where="$file line $line"
@@ -111,12 +121,19 @@ bench_on_err() {
   done
   text=$(bench_source_text "$file" "$line")
   [ ${#text} -le 300 ] || text="${text:0:300}…"
-  printf '%s %s: %s step "%s": %s%s failed with exit status %s: %s\n' "$(date +%H:%M:%S)" "$0" \
-    "$how" "$BENCH_STEP" "$where" "${calls:+ ($calls)}" "$rc" "${text:-$BASH_COMMAND}" >&2
-  if [ "${statuses// /}" != "$statuses" ]; then
-    cmds=$(bench_failed_commands "$text" "$statuses")
-    printf '  the pipeline'\''s exit statuses: %s%s\n' "$statuses" "${cmds:+; $cmds}" >&2
-  fi
+  {
+    # The notes of this step's $(...) failures first, most recent last.
+    if [ "$how" = "stopped in" ] && [ -s "$bench_notes" ]; then
+      echo "$(date +%H:%M:%S) $0: before it, in the same step:"
+      tail -n 8 "$bench_notes" | sed 's/^/  /'
+    fi
+    printf '%s %s: %s step "%s": %s%s failed with exit status %s: %s\n' "$(date +%H:%M:%S)" "$0" \
+      "$how" "$BENCH_STEP" "$where" "${calls:+ ($calls)}" "$rc" "${text:-$BASH_COMMAND}"
+    if [ "${statuses// /}" != "$statuses" ]; then
+      cmds=$(bench_failed_commands "$text" "$statuses")
+      printf '  the pipeline'\''s exit statuses: %s%s\n' "$statuses" "${cmds:+; $cmds}"
+    fi
+  } | if [ $to_notes = yes ]; then cat >>"$bench_notes"; else cat >&2; fi
 }
 trap 'bench_on_err "$?" "${PIPESTATUS[*]}" "$LINENO"' ERR
 
