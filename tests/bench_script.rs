@@ -1,7 +1,8 @@
 //! The benchmark scripts' shell library: bench/lib/trap.sh makes a failed command or a
 //! signal end a script with a report of the step and the command, so that a benchmark never
-//! stops without a word. Each test runs bash on a few lines that source it (no network, no
-//! build, well under a second).
+//! stops without a word; bench/lib/wrk.sh reads wrk's error counts, so that a misbehaving
+//! peer shows in the report. Each test runs bash on a few lines that source them (no network,
+//! no build, well under a second).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -148,4 +149,46 @@ fn sigterm_says_which_step_and_command_it_stopped() {
         .any(|m| err.contains(m.as_str())),
         "{err}"
     );
+}
+
+/// bench/lib/wrk.sh's figures from wrk's output, read by bash as bench/run reads them.
+fn wrk_figures(output: &str) -> String {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/lib/wrk.sh");
+    let mut child = Command::new("bash")
+        .args(["-c", &format!(". '{}'; wrk_figures", lib.display())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), output.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn wrk_figures_count_error_answers_and_socket_errors() {
+    // wrk 4.1.0 against a server answering 500, then against one that exited during the run,
+    // then against a closed port.
+    let five_hundreds = "Running 1s test @ http://127.0.0.1:18901/
+  1 threads and 4 connections
+  Latency Distribution
+     50%    5.23ms
+     99%   15.99ms
+  750 requests in 1.00s, 95.95KB read
+  Socket errors: connect 0, read 750, write 0, timeout 0
+  Non-2xx or 3xx responses: 750
+Requests/sec:    748.26
+Transfer/sec:     95.72KB
+";
+    assert_eq!(wrk_figures(five_hundreds), "748.26 15.99 750 0 750 0 0\n");
+    let died = "  Latency Distribution
+     99%  850.00us
+  68 requests in 2.00s, 7.44KB read
+  Socket errors: connect 0, read 8, write 231904, timeout 0
+Requests/sec:     33.93
+";
+    assert_eq!(wrk_figures(died), "33.93 0.85 0 0 8 231904 0\n");
+    let refused = "unable to connect to 127.0.0.1:18903 Connection refused\n";
+    assert_eq!(wrk_figures(refused), "- - 0 0 0 0 0\n");
 }
