@@ -116,7 +116,7 @@ fn scenario(v: Debian) {
         ));
         let score: f64 = score.trim().parse().unwrap_or(99.0);
         assert!(score <= 2.5, "{unit}: exposure {score}");
-        eprintln!("{unit}: exposure {score}");
+        say(&format!("{}: {unit}: exposure {score}", c.label));
     }
 
     // The socket listens; the service starts on the first connection, and is active only once
@@ -227,8 +227,8 @@ fn scenario(v: Debian) {
         ok + failed
     );
     assert!(ok > 20, "only {ok} requests during the reload");
-    let v: serde_json::Value = serde_json::from_str(&after).unwrap();
-    let serving: Vec<&serde_json::Value> = v["workers"]
+    let snapshot: serde_json::Value = serde_json::from_str(&after).unwrap();
+    let serving: Vec<&serde_json::Value> = snapshot["workers"]
         .as_array()
         .unwrap()
         .iter()
@@ -245,7 +245,10 @@ fn scenario(v: Debian) {
             "same pid: {before} / {after}"
         );
     }
-    eprintln!("systemctl reload took {took:?}; {ok} requests, 0 failed");
+    say(&format!(
+        "{}: systemctl reload under load took {took:?}; {ok} requests, 0 failed",
+        c.label
+    ));
 
     rejected_reload(&c, "ExecReload=preforkd reload");
 
@@ -336,7 +339,10 @@ fn scenario(v: Debian) {
     );
     let last = c.ok("journalctl -b --no-pager -u myapp -t preforkd -p err -n 1 -o cat");
     assert!(last.contains("workers keep failing: giving up"), "{last}");
-    eprintln!("a crash-looping deploy ended in failed after {took:?}");
+    say(&format!(
+        "{}: a crash-looping deploy ended in failed after {took:?}",
+        c.label
+    ));
     remove_and_purge(&c);
 }
 
@@ -472,6 +478,9 @@ fn recipes_gunicorn_and_node_on_debian_12() {
                 "{recipe}: _PID {pid} is preforkd's"
             );
         }
-        eprintln!("{recipe} under systemd: {ok} requests over 2 reloads, 0 failed");
+        say(&format!(
+            "{}: {recipe} under systemd: {ok} requests over 2 reloads, 0 failed",
+            c.label
+        ));
     }
 }

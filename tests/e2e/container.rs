@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub(crate) use super::say::say;
+
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -24,6 +26,9 @@ pub(crate) fn harness() -> Command {
 /// A booted container, shut down when dropped.
 pub(crate) struct Container {
     pub(crate) name: String,
+    /// The release and its systemd, as the lines the tests print name it: "Debian 13
+    /// (systemd 257)".
+    pub(crate) label: String,
 }
 
 impl Container {
@@ -184,13 +189,6 @@ pub(crate) const DEBIAN_UNSTABLE: Debian = Debian {
     unstable: true,
 };
 
-/// A line for the person running the tests, written past libtest's output capture, so a skip
-/// shows in `cargo test`'s output even when the test passes.
-pub(crate) fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 /// The container of `v` cannot be prepared or booted, for reasons outside preforkd (preforkd is
 /// not even installed yet): skipped with a clear line, the other versions still run. Under CI
 /// (env CI set) only Debian unstable may skip; the stable releases must run.
@@ -242,7 +240,10 @@ pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
         .env("PREFORKD_E2E_BINDS", binds)
         .output()
         .expect("harness up");
-    let c = Container { name };
+    let mut c = Container {
+        name,
+        label: format!("{} ({})", v.label, v.suite),
+    };
     if !up.status.success() {
         return cannot_boot(
             v,
@@ -257,6 +258,7 @@ pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
         v.systemd
     );
     say(&format!("{} ({}): systemd {number}", v.label, v.suite));
+    c.label = format!("{} (systemd {number})", v.label);
     let deb_name = deb.file_name().unwrap().to_str().unwrap();
     c.ok(&format!("dpkg -i /opt/debs/{deb_name}"));
     Some(c)
