@@ -3,9 +3,11 @@
 //! through systemctl, journalctl and curl inside the container, as an operator would.
 //!
 //! Where the machine cannot run a container at all (not root, no namespaces), `cargo test` lists
-//! these as ignored (build.rs's have_nspawn); under CI they run. A version whose container
-//! cannot be prepared or booted (outside preforkd: a broken mirror) says SKIPPED while the
-//! others run, and under CI only Debian unstable may skip so.
+//! these as ignored (build.rs's have_nspawn); under CI they run. Should the harness still find
+//! at run time that containers cannot run here, the test says SKIPPED and passes, except under
+//! CI, where it fails. A version whose container cannot be prepared or booted (outside
+//! preforkd: a broken mirror) says SKIPPED while the others run, and under CI only Debian
+//! unstable may skip so.
 
 mod e2e;
 
