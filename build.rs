@@ -22,6 +22,7 @@ const CFGS: &[&str] = &[
     "can_unshare",
     "is_root",
     "have_nspawn",
+    "have_gcc",
     "have_python3",
     "have_node",
     "have_express",
@@ -115,6 +116,8 @@ fn probe(cfg: &str, top: &Path) -> bool {
                     ],
                 )
         }
+        // Builds the e2e's worker that uses libsystemd's sd_listen_fds().
+        "have_gcc" => on_path("gcc"),
         "have_python3" => on_path("python3"),
         "have_node" => all_on_path(&["node", "systemd-notify"]),
         "have_express" => {

@@ -3,11 +3,12 @@
 //! through systemctl, journalctl and curl inside the container, as an operator would.
 //!
 //! Where the machine cannot run a container at all (not root, no namespaces), `cargo test` lists
-//! these as ignored (build.rs's have_nspawn); under CI they run. Should the harness still find
-//! at run time that containers cannot run here, the test says SKIPPED and passes, except under
-//! CI, where it fails. A version whose container cannot be prepared or booted (outside
-//! preforkd: a broken mirror) says SKIPPED while the others run, and under CI only Debian
-//! unstable may skip so.
+//! these as ignored (build.rs's have_nspawn), and the scenarios as ignored without gcc, which
+//! builds their libsystemd worker (have_gcc); under CI they run, and a missing need fails them.
+//! Should the harness still find at run time that containers cannot run here, the test says
+//! SKIPPED and passes, except under CI, where it fails. A version whose container cannot be
+//! prepared or booted (outside preforkd: a broken mirror) says SKIPPED while the others run,
+//! and under CI only Debian unstable may skip so.
 
 mod e2e;
 
@@ -78,6 +79,10 @@ fn stop_during_reload_debian_unstable() {
     not(have_nspawn),
     ignore = "needs root and namespaces to run a systemd container"
 )]
+#[cfg_attr(
+    all(have_nspawn, not(have_gcc)),
+    ignore = "gcc is not installed (it builds the scenario's libsystemd worker)"
+)]
 fn debian_12_systemd_252() {
     scenario(DEBIAN_12);
 }
@@ -86,6 +91,10 @@ fn debian_12_systemd_252() {
 #[cfg_attr(
     not(have_nspawn),
     ignore = "needs root and namespaces to run a systemd container"
+)]
+#[cfg_attr(
+    all(have_nspawn, not(have_gcc)),
+    ignore = "gcc is not installed (it builds the scenario's libsystemd worker)"
 )]
 fn debian_13_systemd_257() {
     scenario(DEBIAN_13);
@@ -96,6 +105,10 @@ fn debian_13_systemd_257() {
     not(have_nspawn),
     ignore = "needs root and namespaces to run a systemd container"
 )]
+#[cfg_attr(
+    all(have_nspawn, not(have_gcc)),
+    ignore = "gcc is not installed (it builds the scenario's libsystemd worker)"
+)]
 fn debian_unstable_newest_systemd() {
     scenario(DEBIAN_UNSTABLE);
 }
@@ -105,6 +118,7 @@ fn debian_unstable_newest_systemd() {
 /// request in flight, watchdog restart, the template unit, the notify-reload drop-in (systemd
 /// 257 and later) and a crash-looping deploy that ends in failed.
 fn scenario(v: Debian) {
+    build_helpers();
     let Some(c) = boot("demo", v) else {
         return;
     };
