@@ -5,8 +5,9 @@
 //!
 //! Under CI (`CI` set and not empty) every cfg is set: nothing is ignored, and a test whose
 //! tool is missing fails. The probes are path lookups and /proc reads (one `ruby` run when
-//! puma is there); they run again when PATH or CI change or a PATH directory's contents do
-//! (installing a package), and a cfg that changes rebuilds the crate's targets.
+//! puma is there, one `unshare` when root may create namespaces); they run again when PATH or
+//! CI change or a PATH directory's contents do (installing a package), and a cfg that changes
+//! rebuilds the crate's targets.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ const CFGS: &[&str] = &[
     "can_unshare",
     "is_root",
     "have_nspawn",
+    "have_gcc",
     "have_python3",
     "have_node",
     "have_express",
@@ -72,6 +74,18 @@ fn can_unshare() -> bool {
     is_root() && sys_admin && on_path("unshare")
 }
 
+/// `program` with `args` runs and succeeds (its output discarded).
+fn quiet(program: &str, args: &[&str]) -> bool {
+    use std::process::{Command, Stdio};
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The running kernel's version is at least `major.minor`.
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -92,8 +106,20 @@ fn probe(cfg: &str, top: &Path) -> bool {
         "have_rpmlint" => all_on_path(&["rpm", "rpmlint"]),
         "can_unshare" => can_unshare(),
         "is_root" => is_root(),
-        // tests/e2e/harness.sh installs systemd-nspawn and debootstrap itself.
-        "have_nspawn" => can_unshare() && Path::new("/sys/fs/cgroup").is_dir(),
+        // tests/e2e/harness.sh installs systemd-nspawn and debootstrap itself; what it cannot
+        // install it checks as here (its exit 77), namespaces by creating them.
+        "have_nspawn" => {
+            can_unshare()
+                && Path::new("/sys/fs/cgroup").is_dir()
+                && quiet(
+                    "unshare",
+                    &[
+                        "--mount", "--uts", "--ipc", "--net", "--pid", "--fork", "true",
+                    ],
+                )
+        }
+        // Builds the e2e's worker that uses libsystemd's sd_listen_fds().
+        "have_gcc" => on_path("gcc"),
         "have_python3" => on_path("python3"),
         "have_node" => all_on_path(&["node", "systemd-notify"]),
         "have_express" => {
@@ -103,16 +129,7 @@ fn probe(cfg: &str, top: &Path) -> bool {
         "have_go" => on_path("go"),
         "have_gunicorn" => examples.join(".venv/bin/gunicorn").is_file(),
         "have_uvicorn" => examples.join(".venv/bin/uvicorn").is_file(),
-        "have_puma" => {
-            on_path("puma")
-                && std::process::Command::new("ruby")
-                    .args(["-e", "require 'sd_notify'"])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-        }
+        "have_puma" => on_path("puma") && quiet("ruby", &["-e", "require 'sd_notify'"]),
         // pidfs came with Linux 6.9; without it LISTEN_PIDFDID names nothing.
         "have_pidfs" => kernel_at_least(6, 9),
         "have_promtool" => on_path("promtool"),

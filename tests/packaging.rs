@@ -313,8 +313,37 @@ fn the_rpm_holds_the_files_config_and_scripts() {
     let scripts = query(&["--scripts", "-qp"]);
     assert!(scripts.contains("systemctl daemon-reload"), "{scripts}");
     assert!(!starts_or_enables(&scripts), "{scripts}");
+    // Erasing the package stops the template's running instances, as the .deb's prerm does;
+    // an upgrade ($1 is 1 then) leaves them running, and a host without systemd is left alone.
+    let preun = scriptlet(&scripts, "preuninstall");
+    for part in [
+        "systemctl stop 'preforkd@*.socket' 'preforkd@*.service'",
+        "[ $1 -eq 0 ]",
+        "[ -d /run/systemd/system ]",
+    ] {
+        assert!(
+            preun.contains(part),
+            "preuninstall lacks {part}:\n{scripts}"
+        );
+    }
     let docs = query(&["-qdp"]);
     assert!(docs.contains("preforkd.8.gz"), "{docs}");
+}
+
+/// The body of one scriptlet in `rpm --scripts` output, whose sections begin with a line such
+/// as "preuninstall scriptlet:" or "preuninstall scriptlet (using /bin/sh):".
+fn scriptlet(scripts: &str, name: &str) -> String {
+    let header = |l: &str| {
+        l.split_once(' ')
+            .is_some_and(|(_, rest)| rest.starts_with("scriptlet"))
+    };
+    scripts
+        .lines()
+        .skip_while(|l| !(header(l) && l.starts_with(&format!("{name} "))))
+        .skip(1)
+        .take_while(|l| !header(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// rpmlint with packaging/rpmlint.toml, which says why each of its exceptions is one.

@@ -2,7 +2,9 @@
 //! own pidfd, and gives each worker the value that names the worker, so libsystemd's
 //! `sd_listen_fds()` in the app accepts fd 3. Started the way systemd starts it: a launcher
 //! sets the variables for its own pid and pidfd, then execs preforkd (same pid). Needs a kernel
-//! with pidfs (Linux 6.9); without one the test says SKIPPED (and fails under CI).
+//! with pidfs (Linux 6.9): without one `cargo test` lists the tests as ignored, with that
+//! reason (build.rs's have_pidfs, judged by the kernel's version); under CI they run, and
+//! `require_pidfs` fails them.
 
 mod common;
 

@@ -10,12 +10,16 @@ mod http;
 pub mod load;
 mod notify;
 mod procs;
+mod say;
 
 pub use http::*;
 // Not every test uses the fake systemd.
 #[allow(unused_imports)]
 pub use notify::*;
 pub use procs::*;
+// Not every test prints lines past the capture.
+#[allow(unused_imports)]
+pub use say::say;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;

@@ -71,7 +71,10 @@ pub(crate) fn rejected_reload(c: &Container, how: &str) {
     assert!(why.contains("reload failed"), "{how}: {why}");
     assert!(why.contains("duplicate key"), "{how}: the reason: {why}");
     c.ok("cp /tmp/good.toml /etc/preforkd/myapp.toml");
-    eprintln!("{how}: a rejected reload exits {code}; the old workers keep serving");
+    say(&format!(
+        "{}: {how}: a rejected reload exits {code}; the old workers keep serving",
+        c.label
+    ));
 
     // An aborted reload: the configuration is valid, but the new workers fail. Same outcome,
     // and preforkd stays the same process: systemd never heard STOPPING=1 (systemd 259 and
@@ -92,7 +95,10 @@ pub(crate) fn rejected_reload(c: &Container, how: &str) {
     assert_eq!(c.show("myapp.service", "MainPID"), main);
     assert_eq!(c.show("myapp.service", "NRestarts"), restarts);
     c.ok("cp /tmp/good.toml /etc/preforkd/myapp.toml");
-    eprintln!("{how}: an aborted reload exits {code}; the old workers keep serving");
+    say(&format!(
+        "{}: {how}: an aborted reload exits {code}; the old workers keep serving",
+        c.label
+    ));
 }
 
 /// `systemctl stop` while a slow reload runs: the stop wins at once, the unit ends `inactive`
@@ -123,7 +129,8 @@ pub(crate) fn stop_during_reload(c: &Container, how: &str) {
     let left = c.sh("pgrep -f 'preforkd [h]ello-worker' || true").1;
     assert!(left.trim().is_empty(), "{how}: left after stop: {left}");
     say(&format!(
-        "{how}: stop during a reload took {took:?}; systemctl reload exited {:?}",
+        "{}: {how}: stop during a reload took {took:?}; systemctl reload exited {:?}",
+        c.label,
         out.status.code()
     ));
     c.ok("systemctl start myapp.service");
@@ -208,10 +215,10 @@ pub(crate) fn notify_reload_dropin(c: &Container) {
     let status = c.ok("systemctl status --no-pager myapp");
     assert!(status.contains("reload failed"), "{status}");
     say(&format!(
-        "systemd {}: with a 2 s worker boot, systemctl reload took {exec_reload:?} under \
+        "{}: with a 2 s worker boot, systemctl reload took {exec_reload:?} under \
          ExecReload=, {took:?} under Type=notify-reload, `reloading` seen in both; a rejected \
          reload exits 1 under ExecReload=, {code} under Type=notify-reload",
-        systemd_version(c)
+        c.label
     ));
 
     c.ok(

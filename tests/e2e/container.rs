@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub(crate) use super::say::say;
+
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -24,6 +26,9 @@ pub(crate) fn harness() -> Command {
 /// A booted container, shut down when dropped.
 pub(crate) struct Container {
     pub(crate) name: String,
+    /// The release and its systemd, as the lines the tests print name it: "Debian 13
+    /// (systemd 257)".
+    pub(crate) label: String,
 }
 
 impl Container {
@@ -123,27 +128,36 @@ done
 echo "$ok $failed" > /tmp/result.$1
 "#;
 
-/// Programs the containers run, built once on this host: `sd-listen-worker`
+/// Where the programs the containers run are built on this host; every container sees it at
+/// /opt/bin.
+fn helpers_dir() -> PathBuf {
+    let dir = target_dir().join("e2e-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Builds, once, the programs the scenario runs in its containers: `sd-listen-worker`
 /// (tests/e2e/sd_listen_worker.c), which takes its socket with libsystemd's sd_listen_fds().
-pub(crate) fn helpers() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = target_dir().join("e2e-bin");
-        std::fs::create_dir_all(&dir).unwrap();
+/// The tests that call it are ignored without gcc (build.rs's have_gcc); under CI they run,
+/// and a missing gcc fails them here.
+pub(crate) fn build_helpers() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
         let out = Command::new("gcc")
             .args(["-O2", "-Wall", "-o"])
-            .arg(dir.join("sd-listen-worker"))
+            .arg(helpers_dir().join("sd-listen-worker"))
             .arg(root().join("tests/e2e/sd_listen_worker.c"))
             .arg("-ldl")
             .output()
-            .expect("gcc");
+            .unwrap_or_else(|e| {
+                panic!("gcc, which builds tests/e2e/sd_listen_worker.c, cannot run: {e}")
+            });
         assert!(
             out.status.success(),
             "gcc:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        dir
-    })
+    });
 }
 
 /// The .deb, built once for all the tests of this file.
@@ -184,19 +198,17 @@ pub(crate) const DEBIAN_UNSTABLE: Debian = Debian {
     unstable: true,
 };
 
-/// A line for the person running the tests, written past libtest's output capture, so a skip
-/// shows in `cargo test`'s output even when the test passes.
-pub(crate) fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
+/// CI runs the tests: `CI` is set and not empty, as build.rs reads it.
+pub(crate) fn under_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
 /// The container of `v` cannot be prepared or booted, for reasons outside preforkd (preforkd is
 /// not even installed yet): skipped with a clear line, the other versions still run. Under CI
-/// (env CI set) only Debian unstable may skip; the stable releases must run.
+/// only Debian unstable may skip; the stable releases must run.
 pub(crate) fn cannot_boot(v: Debian, why: &str) -> Option<Container> {
     let why = why.trim();
-    if std::env::var_os("CI").is_some() && !v.unstable {
+    if under_ci() && !v.unstable {
         panic!("{} ({}) cannot boot under CI:\n{why}", v.label, v.suite);
     }
     say(&format!(
@@ -207,7 +219,8 @@ pub(crate) fn cannot_boot(v: Debian, why: &str) -> Option<Container> {
 }
 
 /// Boots a `v` container with the freshly built .deb installed and examples/ at /opt/examples;
-/// None (and a SKIPPED line) where this machine cannot run one, or `v` cannot boot.
+/// None (and a SKIPPED line) where this machine cannot run one, or `v` cannot boot. Under CI
+/// only Debian unstable may be skipped: anything else fails the test with the reason.
 pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
     let deb = the_deb();
     // Cached per suite; a second caller waits on the harness's lock.
@@ -218,12 +231,19 @@ pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
         .expect("harness prepare");
     let err = String::from_utf8_lossy(&prepare.stderr);
     if prepare.status.code() == Some(77) {
-        say(&format!(
-            "SKIPPED: {} ({}): {what}: this machine cannot run a systemd container: {}",
+        // build.rs's have_nspawn looked for what the harness needs (root, namespaces, cgroups),
+        // or this test would be ignored: either the machine changed since the build, or CI
+        // set every cfg. Under CI that is a failure, never a silent pass.
+        let why = format!(
+            "{} ({}): {what}: this machine cannot run a systemd container: {}",
             v.label,
             v.suite,
             err.trim()
-        ));
+        );
+        if under_ci() {
+            panic!("{why}\n(under CI the end-to-end test must run)");
+        }
+        say(&format!("SKIPPED: {why}"));
         return None;
     }
     if !prepare.status.success() {
@@ -234,7 +254,7 @@ pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
         "{}:/opt/debs {}:/opt/examples {}:/opt/bin",
         deb.parent().unwrap().display(),
         root().join("examples").display(),
-        helpers().display()
+        helpers_dir().display()
     );
     let up = harness()
         .args(["up", &name])
@@ -242,7 +262,10 @@ pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
         .env("PREFORKD_E2E_BINDS", binds)
         .output()
         .expect("harness up");
-    let c = Container { name };
+    let mut c = Container {
+        name,
+        label: format!("{} ({})", v.label, v.suite),
+    };
     if !up.status.success() {
         return cannot_boot(
             v,
@@ -257,6 +280,7 @@ pub(crate) fn boot(what: &str, v: Debian) -> Option<Container> {
         v.systemd
     );
     say(&format!("{} ({}): systemd {number}", v.label, v.suite));
+    c.label = format!("{} (systemd {number})", v.label);
     let deb_name = deb.file_name().unwrap().to_str().unwrap();
     c.ok(&format!("dpkg -i /opt/debs/{deb_name}"));
     Some(c)

@@ -2,3 +2,6 @@
 
 pub(crate) mod checks;
 pub(crate) mod container;
+// The helper tests/recipes.rs and the others share: lines past libtest's capture.
+#[path = "../common/say.rs"]
+pub(crate) mod say;

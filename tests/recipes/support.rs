@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::load::Load;
+pub use crate::common::say;
 use crate::common::*;
 
 /// The checkout.
@@ -80,11 +81,6 @@ pub fn on_path(program: &str) -> bool {
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
     })
-}
-
-/// Says on the test's real stderr (not captured by the harness) what happened.
-pub fn say(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Fails the test, naming what is missing, unless everything the recipe needs is here: the

@@ -9,7 +9,9 @@ use nix::unistd::Pid;
 
 use preforkd::config::Identity;
 use preforkd::control::Token;
-use preforkd::supervisor::core::{Answer, Core, Effect, Event, ExitStatus, Sd, Target, View};
+use preforkd::supervisor::core::{
+    Answer, Core, Effect, Event, ExitStatus, Level, Sd, Target, View,
+};
 
 use super::model::*;
 
@@ -50,6 +52,9 @@ pub(crate) struct Context<'a> {
     pub(crate) cause: &'a Event,
     /// The canary passed within this very event, just before any retirement.
     pub(crate) canary_passed: bool,
+    /// A stop began with this very event: a stop signal or a fatal error fed, or the core gave
+    /// up on a crash loop (its error line says so).
+    pub(crate) stop_began: bool,
 }
 
 impl World {
@@ -142,11 +147,26 @@ impl World {
             let passed = effects.iter().any(|e| {
                 matches!(e, Effect::Log(l) if l.message.starts_with("the first new worker stayed ready"))
             });
+            let gave_up = effects.iter().any(|e| {
+                matches!(e, Effect::Log(l) if l.level == Level::Error && l.message.contains("keep failing: giving up"))
+            });
+            let stop_began = gave_up
+                || matches!(
+                    cause,
+                    Event::Signal(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
+                        | Event::Fatal(_)
+                );
+            // While a reload rolls out the old generation serves: failing new workers abort the
+            // reload, they never make preforkd give up (which would say STOPPING=1 mid-reload).
+            if gave_up && before.rollout.is_some() {
+                self.fail("gave up on a crash loop while a reload rolled out".into());
+            }
             let cx = Context {
                 before: &before,
                 after: &after,
                 cause: &cause,
                 canary_passed: passed,
+                stop_began,
             };
             for w in after.workers.iter().filter(|w| w.recycling) {
                 let begun = !before.workers.iter().any(|b| b.pid == w.pid && b.recycling);
@@ -268,6 +288,19 @@ impl World {
                             self.reloading_open = false;
                         }
                         Sd::Stopping => {
+                            // systemd 259 and later take STOPPING=1 as final (systemd #43465):
+                            // sent during a reload, or at any time without a stop, it would
+                            // end a service that goes on running.
+                            if !cx.stop_began {
+                                self.fail(format!(
+                                    "STOPPING=1 without a stop beginning{}",
+                                    if self.reloading_open {
+                                        ", during a reload"
+                                    } else {
+                                        ""
+                                    }
+                                ));
+                            }
                             self.stopping_sent += 1;
                             self.reloading_open = false;
                             if self.stopping_sent > 1 {
