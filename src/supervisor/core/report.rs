@@ -115,6 +115,11 @@ impl Core {
         });
     }
 
+    /// Restarts by reason and reloads by outcome, since the start.
+    pub fn counters(&self) -> &status::Counters {
+        &self.report.counters
+    }
+
     /// The pool as `preforkd status` shows it; the shell adds what only it knows.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let restarts_of = |id| {
