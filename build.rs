@@ -33,6 +33,7 @@ const CFGS: &[&str] = &[
     "have_pidfs",
     "have_promtool",
     "have_prometheus",
+    "have_vm",
 ];
 
 fn path_dirs() -> Vec<PathBuf> {
@@ -134,6 +135,10 @@ fn probe(cfg: &str, top: &Path) -> bool {
         "have_pidfs" => kernel_at_least(6, 9),
         "have_promtool" => on_path("promtool"),
         "have_prometheus" => on_path("prometheus"),
+        // tests/vm/harness.sh installs qemu and debootstrap itself (apt), builds the image as
+        // root (debootstrap's chroot mounts) and boots it with qemu (software emulation: no
+        // /dev/kvm needed).
+        "have_vm" => can_unshare() && (on_path("qemu-system-x86_64") || on_path("apt-get")),
         _ => unreachable!("{cfg}"),
     }
 }
