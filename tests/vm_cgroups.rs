@@ -130,3 +130,43 @@ echo \"version: $(/share/preforkd --version)\"
         "{log}"
     );
 }
+
+/// Per-worker cgroups under the real systemd 252 (Debian 12), with systemd/preforkd-cgroups.conf
+/// and the metrics socket as the README's snippet has it, in one boot: tests/vm/cgroups.sh
+/// prints a `CHECK name: ok|FAIL` line per check: preforkd in the `supervisor` leaf, a cgroup
+/// per worker with memory.max, a worker's grandchild in a session of its own gone once its
+/// worker is replaced, a worker over worker_memory_max OOM-killed alone (logged, counted as
+/// `oom`, replaced; the service active, never restarted), no cgroup left after the stop, and
+/// without the drop-in the start log saying worker_memory_max is not applied.
+#[test]
+#[cfg_attr(not(have_vm), ignore = "needs root to build and boot a VM")]
+fn each_worker_gets_a_cgroup_and_only_it_is_oom_killed() {
+    if !prepare() {
+        return;
+    }
+    let share = tempfile::tempdir().unwrap();
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_preforkd"),
+        share.path().join("preforkd"),
+    )
+    .unwrap();
+    for (from, to) in [
+        ("tests/vm/cgroups.sh", "cgroups.sh"),
+        ("tests/vm/cgroup_worker.py", "cgroup_worker.py"),
+        ("systemd/preforkd-cgroups.conf", "preforkd-cgroups.conf"),
+    ] {
+        std::fs::copy(top.join(from), share.path().join(to)).unwrap();
+    }
+    let (rc, log) = run_in_vm(share.path(), "cgroups.sh");
+    let checks: Vec<&str> = log.lines().filter(|l| l.starts_with("CHECK ")).collect();
+    let failed: Vec<&&str> = checks.iter().filter(|l| !l.contains(": ok")).collect();
+    assert!(
+        rc == 0 && failed.is_empty() && checks.len() >= 15,
+        "rc {rc}, failed checks {failed:#?}\n{log}"
+    );
+    say(&format!(
+        "per-worker cgroups on Debian 12 (systemd 252): {} checks passed",
+        checks.len()
+    ));
+}
