@@ -390,3 +390,74 @@ fn a_metrics_socket_in_use_is_refused_at_start_with_exit_71() {
         "{out}"
     );
 }
+
+#[test]
+fn status_watch_shows_frames_with_memory_and_cpu_until_it_is_ended() {
+    let mut p = Preforkd::demo(&["--workers", "2"]);
+    let pids = p.wait_workers(2);
+    let mut watch = std::process::Command::new(BIN)
+        .args(["status", "--watch"])
+        .env("RUNTIME_DIRECTORY", &p.runtime_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    // Load between the frames, so that the second one has CPU to show.
+    let port = p.port;
+    let load = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            let _ = get(port, "/");
+        }
+    });
+    let frames = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut frames: Vec<Vec<String>> = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("preforkd \"") {
+                frames.push(Vec::new());
+            }
+            if let Some(f) = frames.last_mut() {
+                f.push(line);
+            }
+            if frames.len() == 3 {
+                break;
+            }
+        }
+        frames
+    });
+    let began = Instant::now();
+    let frames = wait_for(Duration::from_secs(10), || {
+        frames.is_finished().then_some(())
+    })
+    .map(|()| frames.join().unwrap())
+    .unwrap_or_else(|| panic!("no 3 frames within 10 s"));
+    // A frame a second: the third comes about 2 s after the first.
+    assert!(
+        began.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        began.elapsed()
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    load.join().unwrap();
+    // Not a terminal: plain frames, no escape sequence.
+    let text = frames.concat().join("\n");
+    assert!(!text.contains('\x1b'), "{text}");
+    let second = &frames[1];
+    assert!(second[0].contains("2/2 ready"), "{second:#?}");
+    for pid in &pids {
+        let row = second
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(&pid.to_string()))
+            .unwrap_or_else(|| panic!("no row for {pid}: {second:#?}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // WORKER PID GEN STATE UPTIME RSS PSS CPU% RESTARTS STATUS
+        assert!(cols[5].ends_with('M') && cols[6].ends_with('M'), "{row}");
+        let cpu: f64 = cols[7].parse().unwrap_or_else(|_| panic!("CPU% in {row}"));
+        assert!((0.0..=200.0).contains(&cpu), "{row}");
+    }
+}
