@@ -70,19 +70,18 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
             Some(l) => l.as_str(),
             None => w.state.as_str(),
         };
-        let _ = writeln!(
-            out,
-            "{:<8} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  {}",
-            w.id,
-            w.pid,
-            w.generation,
-            state,
-            short(Duration::from_millis(w.uptime_ms)),
-            rss,
-            pss,
-            cpu,
+        row(
+            &mut out,
+            [
+                &w.id.to_string(),
+                &w.pid.to_string(),
+                &w.generation.to_string(),
+                state,
+            ],
+            w.uptime_ms,
+            [&rss, &pss, &cpu],
             w.restarts,
-            w.status.as_deref().unwrap_or("-")
+            w.status.as_deref(),
         );
     }
     for e in &s.empty_slots {
@@ -97,22 +96,37 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
         );
     }
     for a in &s.agents {
-        let _ = writeln!(
-            out,
-            "{:<8} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  {}",
-            a.name,
-            a.pid.map_or("-".to_owned(), |p| p.to_string()),
-            a.generation,
-            a.state,
-            short(Duration::from_millis(a.uptime_ms)),
-            "-",
-            "-",
-            "-",
+        let pid = a.pid.map_or("-".to_owned(), |p| p.to_string());
+        row(
+            &mut out,
+            [&a.name, &pid, &a.generation.to_string(), &a.state],
+            a.uptime_ms,
+            ["-", "-", "-"],
             a.restarts,
-            a.status.as_deref().unwrap_or("-")
+            a.status.as_deref(),
         );
     }
     out
+}
+
+/// One process's line: who (id or name, pid, generation, state), uptime, usage (RSS, PSS,
+/// CPU%), restarts and its own STATUS=.
+fn row(
+    out: &mut String,
+    who: [&str; 4],
+    uptime_ms: u64,
+    usage: [&str; 3],
+    restarts: u32,
+    status: Option<&str>,
+) {
+    let [id, pid, generation, state] = who;
+    let [rss, pss, cpu] = usage;
+    let _ = writeln!(
+        out,
+        "{id:<8} {pid:>8} {generation:>4}  {state:<9} {:>8} {rss:>9} {pss:>9} {cpu:>6} {restarts:>8}  {}",
+        short(Duration::from_millis(uptime_ms)),
+        status.unwrap_or("-")
+    );
 }
 
 /// Bytes as MiB with one decimal: "12.3M".

@@ -261,18 +261,9 @@ impl Supervisor {
                 let result = self
                     .launcher
                     .plan(worker, generation, &cfg, &program, cgroup.as_deref())
-                    .and_then(|mut plan| plan.spawn());
-                let result = match result {
-                    Ok((pid, status)) => {
-                        self.spawning.push(Spawning { pid, status });
-                        self.adopt(pid, cgroup);
-                        Ok(pid)
-                    }
-                    Err(e) => {
-                        self.discard(cgroup);
-                        Err(e.to_string())
-                    }
-                };
+                    .and_then(|mut plan| plan.spawn())
+                    .map_err(|e| e.to_string());
+                let result = self.forked(result, cgroup);
                 self.queue.push_back(Event::Forked {
                     worker,
                     generation,
@@ -294,17 +285,7 @@ impl Supervisor {
                         .map_err(|e| e.to_string()),
                     None => Err(format!("no agent {name} in generation {generation}")),
                 };
-                let result = match result {
-                    Ok((pid, status)) => {
-                        self.spawning.push(Spawning { pid, status });
-                        self.adopt(pid, cgroup);
-                        Ok(pid)
-                    }
-                    Err(e) => {
-                        self.discard(cgroup);
-                        Err(e)
-                    }
-                };
+                let result = self.forked(result, cgroup);
                 self.queue.push_back(Event::AgentForked {
                     name,
                     generation,
@@ -384,6 +365,26 @@ impl Supervisor {
                     grace: orphan_grace,
                     kill_at: None,
                 })
+            }
+        }
+    }
+
+    /// A fork's outcome: the child's exec status is watched and its cgroup kept, or the cgroup
+    /// made for it goes.
+    fn forked(
+        &mut self,
+        result: Result<(Pid, ExecStatus), String>,
+        cgroup: Option<PathBuf>,
+    ) -> Result<Pid, String> {
+        match result {
+            Ok((pid, status)) => {
+                self.spawning.push(Spawning { pid, status });
+                self.adopt(pid, cgroup);
+                Ok(pid)
+            }
+            Err(e) => {
+                self.discard(cgroup);
+                Err(e)
             }
         }
     }
