@@ -2,6 +2,7 @@
 
 pub(crate) mod checks;
 pub(crate) mod container;
+pub(crate) mod recipes;
 // The helper tests/recipes.rs and the others share: lines past libtest's capture.
 #[path = "../common/say.rs"]
 pub(crate) mod say;
