@@ -65,7 +65,7 @@ echo "== delegation"
 getfattr -n trusted.delegate "$cg" 2>&1 | sed 's/^/  /'
 journalctl -u myapp.service --no-pager -o cat | grep -i cgroup | sed 's/^/  /'
 check "preforkd moved into the supervisor leaf" grep -qx "$(systemctl show -p MainPID --value myapp.service)" "$cg/supervisor/cgroup.procs"
-check "two worker cgroups, a worker in each" bash -c "ls -d $cg/worker-* | wc -l | grep -qx 2 && for d in $cg/worker-*; do test -n \"\$(cat \$d/cgroup.procs)\" || exit 1; done; ls $cg | tr '\\n' ' '"
+check "two worker cgroups, a worker in each" bash -c "ls -d $cg/worker-* | wc -l | grep -qx 2 && for d in $cg/worker-*; do test -n \"\$(cat \$d/cgroup.procs)\" || exit 1; done; for d in $cg/*/; do basename \$d; done | tr '\\n' ' '"
 check "memory.max of each worker is 64M" bash -c "for d in $cg/worker-*; do test \$(cat \$d/memory.max) = 67108864 || { cat \$d/memory.max; exit 1; }; done"
 echo "== systemd-cgls"
 systemd-cgls --no-pager -u myapp.service | sed 's/^/  /'
@@ -73,7 +73,7 @@ systemd-cgls --no-pager -u myapp.service | sed 's/^/  /'
 echo "== a worker's grandchild that left its group goes with it"
 gc=$(curl -sf --max-time 5 127.0.0.1:8080/spawn)
 check "the grandchild runs in its own session" bash -c "kill -0 $gc && test \$(ps -o sid= -p $gc) = $gc"
-check "reload completes" preforkd reload myapp
+check "systemctl reload completes (ExecReload= runs beside the delegated tree)" systemctl reload myapp.service
 check "the grandchild is gone after its worker was replaced" wait_until 10 bash -c "! kill -0 $gc"
 check "old worker cgroups removed" wait_until 10 bash -c "test \$(ls -d $cg/worker-* | wc -l) = 2"
 
