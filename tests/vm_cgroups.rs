@@ -137,7 +137,9 @@ echo \"version: $(/share/preforkd --version)\"
 /// per worker with memory.max, a worker's grandchild in a session of its own gone once its
 /// worker is replaced, a worker over worker_memory_max OOM-killed alone (logged, counted as
 /// `oom`, replaced; the service active, never restarted), no cgroup left after the stop, and
-/// without the drop-in the start log saying worker_memory_max is not applied.
+/// without the drop-in the start log saying worker_memory_max is not applied; then the shipped
+/// units themselves (DynamicUser=yes, PrivateUsers=yes) with the drop-in: delegation to the
+/// dynamic user, a cgroup per worker, an OOM kill, a reload.
 #[test]
 #[cfg_attr(not(have_vm), ignore = "needs root to build and boot a VM")]
 fn each_worker_gets_a_cgroup_and_only_it_is_oom_killed() {
@@ -151,10 +153,13 @@ fn each_worker_gets_a_cgroup_and_only_it_is_oom_killed() {
         share.path().join("preforkd"),
     )
     .unwrap();
+    std::fs::create_dir(share.path().join("shipped")).unwrap();
     for (from, to) in [
         ("tests/vm/cgroups.sh", "cgroups.sh"),
         ("tests/vm/cgroup_worker.py", "cgroup_worker.py"),
         ("systemd/preforkd-cgroups.conf", "preforkd-cgroups.conf"),
+        ("systemd/myapp.service", "shipped/myapp.service"),
+        ("systemd/myapp.socket", "shipped/myapp.socket"),
     ] {
         std::fs::copy(top.join(from), share.path().join(to)).unwrap();
     }
@@ -162,7 +167,7 @@ fn each_worker_gets_a_cgroup_and_only_it_is_oom_killed() {
     let checks: Vec<&str> = log.lines().filter(|l| l.starts_with("CHECK ")).collect();
     let failed: Vec<&&str> = checks.iter().filter(|l| !l.contains(": ok")).collect();
     assert!(
-        rc == 0 && failed.is_empty() && checks.len() >= 15,
+        rc == 0 && failed.is_empty() && checks.len() >= 22,
         "rc {rc}, failed checks {failed:#?}\n{log}"
     );
     say(&format!(

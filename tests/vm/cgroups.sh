@@ -99,5 +99,21 @@ systemctl start myapp.service
 wait_until 20 curl -sf --max-time 2 127.0.0.1:8080/ >/dev/null
 check "the start log says worker_memory_max is not applied" bash -c "journalctl -u myapp.service --no-pager -o cat | grep -F 'worker_memory_max is not applied'"
 systemctl stop myapp.service myapp.socket myapp-metrics.socket
+
+echo "== the shipped units (DynamicUser=yes, PrivateUsers=yes, the sandbox) with the drop-in"
+install -m 755 "$share/preforkd" /usr/bin/preforkd
+rm -f /etc/systemd/system/myapp-metrics.socket
+cp "$share/shipped/myapp.service" "$share/shipped/myapp.socket" /etc/systemd/system/
+cp "$share/preforkd-cgroups.conf" /etc/systemd/system/myapp.service.d/
+systemctl daemon-reload
+systemctl start myapp.socket
+wait_until 20 curl -sf --max-time 2 127.0.0.1:8080/ >/dev/null
+check "preforkd runs as the dynamic user and owns its delegated cgroup" bash -c "u=\$(stat -c %u $cg); test \$u != 0 && test \$(stat -c %u /proc/\$(systemctl show -p MainPID --value myapp.service)) = \$u"
+check "a cgroup per worker under the shipped units" bash -c "ls -d $cg/worker-* | wc -l | grep -qx 2"
+curl -s --max-time 10 127.0.0.1:8080/grow >/dev/null
+check "an OOM kill under the shipped units" wait_until 10 bash -c "journalctl -u myapp.service --no-pager -o cat | grep -cF 'killed by the OOM killer (worker_memory_max 64M)' | grep -qx 2"
+check "systemctl reload under the shipped units" systemctl reload myapp.service
+check "the shipped service stays active" systemctl is-active myapp.service
+systemctl stop myapp.service myapp.socket
 journalctl -u myapp.service --no-pager -o short-monotonic | tail -40 | sed 's/^/  journal: /'
 exit $fail

@@ -164,6 +164,16 @@ fn inspect(pid: Pid) -> (BTreeMap<String, String>, BTreeMap<i32, String>) {
         );
         std::thread::sleep(Duration::from_millis(1));
     };
+    // Nor are its close-on-exec fds gone by then, in every kernel's order (CI once saw the error
+    // pipe at fd 3): sleep is asleep only once its exec is over.
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? == "S"))
+        != Some(true)
+    {
+        assert!(Instant::now() < deadline, "the agent never slept");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let env = environ
         .split(|b| *b == 0)
         .filter_map(|kv| {
