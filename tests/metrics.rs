@@ -461,3 +461,24 @@ fn status_watch_shows_frames_with_memory_and_cpu_until_it_is_ended() {
         assert!((0.0..=200.0).contains(&cpu), "{row}");
     }
 }
+
+/// review-16: a client that half-closes after its request (`nc -N`, socat, an HTTP/1.0
+/// client doing shutdown(SHUT_WR)) is a legal HTTP client and must get the page. The server
+/// reads until EAGAIN, sees EOF after the complete head and drops the client unanswered.
+#[test]
+fn review16_a_client_that_half_closes_after_its_request_gets_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, at, _) = demo_with_metrics(dir.path(), "");
+    wait_value(&at, "preforkd_workers_ready", 2.0);
+    let At::Unix(path) = &at else { unreachable!() };
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "no answer to a half-closed client: {text:?}"
+    );
+}

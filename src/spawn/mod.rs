@@ -397,4 +397,58 @@ mod tests {
             }
         }
     }
+
+    /// review-16: a worker that cannot join its cgroup must be told with the errno that
+    /// open(2) gave (ENOENT here, EACCES, ...). The child calls close(-1) after the failed
+    /// open, which sets errno to EBADF before `fail` reads it, so the operator is told
+    /// "Bad file descriptor (errno 9)". (Run with --test-threads=1: spawn refuses threads.)
+    #[test]
+    fn review16_a_cgroup_that_cannot_be_joined_is_reported_with_opens_errno() {
+        let spec = WorkerSpec {
+            program: Path::new("/bin/true"),
+            argv: &["true".to_owned()],
+            env: Vec::new(),
+            pid_vars: &[],
+            listen_fds: &[],
+            working_directory: None,
+            cpu: None,
+            nofile: None,
+            umask: 0o022,
+            oom_score_adj: None,
+            cgroup: Some(Path::new("/nonexistent-review16-cgroup")),
+            identity: None,
+            ambient_capabilities: &[],
+            no_new_privileges: false,
+            journal: None,
+            pidfd_id: false,
+        };
+        let mut plan = ExecPlan::new(&spec).unwrap();
+        // libtest runs each test on a thread of its own and spawn() refuses a second thread:
+        // a forked copy of this test (single-threaded) spawns, and exits with the errno told.
+        // SAFETY: the child only spawns, reads a pipe and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = match plan.spawn() {
+                    Ok((pid, status)) => {
+                        let _ = nix::sys::wait::waitpid(pid, None);
+                        match status.read() {
+                            Some(Err(SpawnError::Child { errno, .. })) => errno as i32,
+                            Some(Err(_)) => 200,
+                            _ => 201,
+                        }
+                    }
+                    Err(_) => 202,
+                };
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let got = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(
+                    got,
+                    nix::sys::wait::WaitStatus::Exited(child, libc::ENOENT),
+                    "errno told for a cgroup that does not exist (9 = EBADF from close(-1))"
+                );
+            }
+        }
+    }
 }
