@@ -163,4 +163,15 @@ mod tests {
         let row = first.lines().find(|l| l.starts_with("0 ")).unwrap();
         assert!(row.contains("      - "), "{row}");
     }
+
+    /// review-16: status::render echoes each worker's and agent's STATUS= again on its way to
+    /// the terminal ("a preforkd that stored them raw (an older one, during an upgrade) must
+    /// not reach it with escapes"); the --watch frame prints the same fields raw.
+    #[test]
+    fn review16_a_frame_never_reaches_the_terminal_with_escapes() {
+        let mut snap = sample();
+        snap.workers[0].status = Some("\x1b]0;owned\x07\x1b[2J".into());
+        let text = frame(&snap, None, Duration::ZERO);
+        assert!(!text.contains('\x1b'), "{text:?}");
+    }
 }
