@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::echo::echo;
 use crate::status::{short, Snapshot};
 
 /// Moves the cursor home and clears the screen.
@@ -39,7 +40,8 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
         s.workers_wanted,
         s.restarts
     );
-    let _ = writeln!(out, "{}", s.status);
+    // Echoed again, as `status` does: an older preforkd kept workers' STATUS= raw.
+    let _ = writeln!(out, "{}", echo(&s.status));
     let _ = writeln!(
         out,
         "\n{:<8} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  STATUS",
@@ -92,7 +94,7 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
             "-",
             "-",
             "empty",
-            e.last_error.as_deref().unwrap_or("starting")
+            e.last_error.as_deref().map_or("starting".to_owned(), echo)
         );
     }
     for a in &s.agents {
@@ -125,7 +127,7 @@ fn row(
         out,
         "{id:<8} {pid:>8} {generation:>4}  {state:<9} {:>8} {rss:>9} {pss:>9} {cpu:>6} {restarts:>8}  {}",
         short(Duration::from_millis(uptime_ms)),
-        status.unwrap_or("-")
+        status.map_or("-".to_owned(), echo)
     );
 }
 

@@ -167,7 +167,7 @@ fn each_worker_gets_a_cgroup_and_only_it_is_oom_killed() {
     let checks: Vec<&str> = log.lines().filter(|l| l.starts_with("CHECK ")).collect();
     let failed: Vec<&&str> = checks.iter().filter(|l| !l.contains(": ok")).collect();
     assert!(
-        rc == 0 && failed.is_empty() && checks.len() >= 22,
+        rc == 0 && failed.is_empty() && checks.len() >= 25,
         "rc {rc}, failed checks {failed:#?}\n{log}"
     );
     say(&format!(

@@ -25,6 +25,8 @@ const ACCEPT_BATCH: usize = 64;
 /// After its answer, how long a client's leftover input is read and discarded: closing with
 /// unread input would reset the connection, and the client could lose the answer with it.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long the listener rests when preforkd is out of fds.
+const FD_PAUSE: Duration = Duration::from_millis(100);
 /// The most leftover input read after an answer.
 const LINGER_BYTES: usize = 64 * 1024;
 
@@ -45,6 +47,9 @@ struct Client {
 pub struct MetricsServer {
     listener: Listener,
     clients: Vec<Client>,
+    /// Out of fds (EMFILE, ENFILE): the listener is not polled until then, or a connection
+    /// waiting in its queue would wake the loop at once, again and again.
+    paused_until: Option<Instant>,
     /// Connections refused: too many at once, malformed, too large or too slow.
     pub rejected: u64,
 }
@@ -57,6 +62,7 @@ impl MetricsServer {
         Ok(MetricsServer {
             listener,
             clients: Vec::new(),
+            paused_until: None,
             rejected: 0,
         })
     }
@@ -68,7 +74,12 @@ impl MetricsServer {
 
     /// The fds to poll and what to wait for on each.
     pub fn poll_interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
-        let mut fds = vec![(self.listener.fd.as_fd(), PollFlags::POLLIN)];
+        let listen = if self.paused_until.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        let mut fds = vec![(self.listener.fd.as_fd(), listen)];
         for c in &self.clients {
             let want = if c.output.is_empty() || c.lingering.is_some() {
                 PollFlags::POLLIN
@@ -81,7 +92,11 @@ impl MetricsServer {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.iter().map(|c| c.deadline).min()
+        self.clients
+            .iter()
+            .map(|c| c.deadline)
+            .chain(self.paused_until)
+            .min()
     }
 
     /// Accepts, reads and writes whatever can be done without blocking, and drops clients
@@ -141,6 +156,10 @@ impl MetricsServer {
     }
 
     fn accept_all(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.paused_until = None;
         for _ in 0..ACCEPT_BATCH {
             let fd = match accept4(
                 self.listener.fd.as_raw_fd(),
@@ -149,7 +168,11 @@ impl MetricsServer {
                 // SAFETY: accept4 returned a new fd that nothing else owns.
                 Ok(fd) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
                 Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
-                // EAGAIN: none left; EMFILE and the like: try again on the next wake-up.
+                Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
+                    self.paused_until = Some(now + FD_PAUSE);
+                    return;
+                }
+                // EAGAIN: none left.
                 Err(_) => return,
             };
             let mut c = Client {
@@ -187,9 +210,15 @@ enum Progress {
 
 fn read_request(c: &mut Client) -> Progress {
     let mut buf = [0u8; 2048];
+    // A client may send its request and shut its side down (nc -N, socat, HTTP/1.0 scripts):
+    // what came before the end still counts.
+    let mut ended = false;
     loop {
         match nix::unistd::read(&c.fd, &mut buf) {
-            Ok(0) => return Progress::Gone,
+            Ok(0) => {
+                ended = true;
+                break;
+            }
             Ok(n) => {
                 let room = MAX_REQUEST.saturating_sub(c.input.len());
                 c.input.extend_from_slice(&buf[..n.min(room)]);
@@ -206,6 +235,7 @@ fn read_request(c: &mut Client) -> Progress {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(&c.input) {
+        Ok(httparse::Status::Partial) if ended => Progress::Gone,
         Ok(httparse::Status::Partial) if c.input.len() < MAX_REQUEST => Progress::More,
         Ok(httparse::Status::Partial) => {
             c.output = plain("431 Request Header Fields Too Large", "request too large\n");

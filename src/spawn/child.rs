@@ -81,31 +81,29 @@ impl ExecPlan {
         // Into its own cgroup first, so that everything it does, and every process it starts,
         // is accounted and limited there. Writing "0" moves the writer itself.
         if let Some(procs) = &self.cgroup_procs {
-            // SAFETY: open/write/close with the plan's NUL-terminated path and a static byte.
-            let ok = unsafe {
+            // SAFETY: open/write/close with the plan's NUL-terminated path and a static byte;
+            // `fail` reads errno before anything else can change it.
+            unsafe {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                let ok = fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1;
+                if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                    fail(Step::Cgroup);
+                }
                 libc::close(fd);
-                ok
-            };
-            if !ok {
-                fail(Step::Cgroup);
             }
         }
         // What may need preforkd's privileges comes before the switch to the workers' user.
         if let Some(value) = &self.oom_score_adj {
-            // SAFETY: open/write/close with a static C string and the plan's bytes.
-            let ok = unsafe {
+            // SAFETY: open/write/close with a static C string and the plan's bytes; `fail`
+            // reads errno before anything else can change it.
+            unsafe {
                 let fd = libc::open(
                     c"/proc/self/oom_score_adj".as_ptr(),
                     libc::O_WRONLY | libc::O_CLOEXEC,
                 );
-                let ok = fd >= 0 && libc::write(fd, value.as_ptr().cast(), value.len()) >= 0;
+                if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
+                    fail(Step::Limits);
+                }
                 libc::close(fd);
-                ok
-            };
-            if !ok {
-                fail(Step::Limits);
             }
         }
         if let Some(limit) = &self.nofile {

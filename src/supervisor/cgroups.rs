@@ -138,12 +138,14 @@ impl Cgroups {
         self.by_pid.get(&pid).map(|e| e.dir.as_path())
     }
 
-    /// True if the OOM killer ended a process of `pid`'s cgroup.
+    /// True if the OOM killer ended `pid`'s whole cgroup (with `worker_memory_max`, whose
+    /// `memory.oom.group` makes it end all of it, the worker included). A single `oom_kill`
+    /// may have been a helper's, under a limit above the worker's: the worker's own SIGKILL
+    /// could then be preforkd's, for a hang.
     pub fn oom_killed(&self, pid: Pid) -> bool {
         self.of(pid).is_some_and(|dir| {
             let events = std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default();
-            field(&events, "oom_kill").is_some_and(|n| n > 0)
-                || field(&events, "oom_group_kill").is_some_and(|n| n > 0)
+            field(&events, "oom_group_kill").is_some_and(|n| n > 0)
         })
     }
 
@@ -250,23 +252,32 @@ fn own_cgroup() -> Result<PathBuf, String> {
     Ok(Path::new(ROOT).join(rel.trim_start_matches('/')))
 }
 
-/// systemd marks a cgroup it delegates with the extended attribute `trusted.delegate` (or
-/// `user.delegate`) set to "1"; only root may read `trusted.*`, so a service with `User=` or
-/// `DynamicUser=` knows delegation by what systemd also does then: the cgroup directory and
-/// its `cgroup.procs` and `cgroup.subtree_control` are chowned to the service's user.
+/// systemd marks a cgroup it delegates with the extended attribute `trusted.delegate` (the
+/// system manager) or `user.delegate` (a user's manager) set to "1". Only root may read
+/// `trusted.*`, so a system service with `User=` or `DynamicUser=` knows delegation by what
+/// systemd also does then: its cgroup and that cgroup's `cgroup.procs` and
+/// `cgroup.subtree_control` are chowned to the service's user, while the slice above stays
+/// root's. (Under a user's manager every cgroup is the user's: only the xattr counts there.)
 fn delegated(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
-    let euid = nix::unistd::geteuid().as_raw();
-    if euid != 0 {
-        return ["", "cgroup.procs", "cgroup.subtree_control"]
-            .iter()
-            .all(|f| std::fs::metadata(dir.join(f)).is_ok_and(|m| m.uid() == euid));
+    if xattr_is_one(dir, &[c"trusted.delegate", c"user.delegate"]) {
+        return true;
     }
+    let euid = nix::unistd::geteuid().as_raw();
+    let owned = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == euid);
+    euid != 0
+        && ["", "cgroup.procs", "cgroup.subtree_control"]
+            .iter()
+            .all(|f| owned(&dir.join(f)))
+        && dir.parent().is_some_and(|p| !owned(p))
+}
+
+fn xattr_is_one(dir: &Path, names: &[&std::ffi::CStr]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;
     };
-    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+    names.iter().any(|name| {
         let mut value = [0u8; 8];
         // SAFETY: getxattr writes at most value.len() bytes into `value`; both strings are
         // NUL-terminated.

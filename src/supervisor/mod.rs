@@ -22,6 +22,7 @@ mod snapshot;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -107,6 +108,8 @@ pub struct Supervisor {
     relay: NotifyRelay,
     control: ControlServer,
     metrics: Option<MetricsServer>,
+    /// The last metrics page and when it was rendered: scrapes within a second share it.
+    page: Option<(Instant, Rc<str>)>,
     /// Each worker's and agent's own cgroup, when preforkd's is delegated to it.
     cgroups: Option<cgroups::Cgroups>,
     /// When preforkd started, for its uptime.
@@ -180,6 +183,7 @@ impl Supervisor {
             relay: setup.relay,
             control: setup.control,
             metrics: setup.metrics,
+            page: None,
             cgroups,
             started: now,
             spawning: Vec::new(),

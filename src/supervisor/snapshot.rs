@@ -2,12 +2,16 @@
 //! and counters, and what each worker's processes use now), and the `/metrics` page it serves
 //! from that snapshot.
 
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
 use super::{memory, Supervisor};
 use crate::status::Snapshot;
+
+/// How long a rendered metrics page is served again.
+const PAGE_FRESH: Duration = Duration::from_secs(1);
 
 impl Supervisor {
     /// Adds to the core's snapshot what only the shell knows: its own pid, directory and
@@ -41,7 +45,8 @@ impl Supervisor {
         }
     }
 
-    /// Answers the scrapes that wait for the page, rendered once for all of them.
+    /// Answers the scrapes that wait for the page. It is rendered at most once a second (a
+    /// render reads /proc for every worker), so clients that reconnect in a loop cost little.
     pub(super) fn serve_metrics(&mut self) {
         let now = Instant::now();
         let Some(wants) = self.metrics.as_mut().map(|m| m.service(now)) else {
@@ -50,15 +55,22 @@ impl Supervisor {
         if !wants {
             return;
         }
-        let mut snapshot = self.core.snapshot(now);
-        self.complete(&mut snapshot);
-        let own = memory::own_usage();
-        let Some(m) = self.metrics.as_mut() else {
-            return;
+        let page = match &self.page {
+            Some((at, page)) if now.saturating_duration_since(*at) < PAGE_FRESH => page.clone(),
+            _ => {
+                let mut snapshot = self.core.snapshot(now);
+                self.complete(&mut snapshot);
+                let own = memory::own_usage();
+                let rejected = self.metrics.as_ref().map_or(0, |m| m.rejected);
+                let page: Rc<str> = crate::metrics::render(&snapshot, own, rejected).into();
+                self.page = Some((now, page.clone()));
+                page
+            }
         };
-        let page = crate::metrics::render(&snapshot, own, m.rejected);
-        m.answer(&page);
-        // Written now, as far as the sockets take it.
-        m.service(now);
+        if let Some(m) = self.metrics.as_mut() {
+            m.answer(&page);
+            // Written now, as far as the sockets take it.
+            m.service(now);
+        }
     }
 }

@@ -77,14 +77,22 @@ check "systemctl reload completes (ExecReload= runs beside the delegated tree)" 
 check "the grandchild is gone after its worker was replaced" wait_until 10 bash -c "! kill -0 $gc"
 check "old worker cgroups removed" wait_until 10 bash -c "test \$(ls -d $cg/worker-* | wc -l) = 2"
 
+echo "== a crashed worker's grandchild goes with it, and its cgroup"
+gc=$(curl -sf --max-time 5 127.0.0.1:8080/spawn)
+worker=$(ps -o ppid= -p "$gc" | tr -d ' ')
+check "the grandchild's worker is found" bash -c "test -n '$worker' && kill -0 $worker"
+kill -9 "$worker"
+check "the grandchild is gone once its worker crashed" wait_until 10 bash -c "! kill -0 $gc"
+check "the crashed worker's cgroup is removed, the pool whole again" wait_until 10 bash -c "test \$(ls -d $cg/worker-* | wc -l) = 2 && test \$(curl -sf 127.0.0.1:9464/metrics | awk '/^preforkd_workers_ready /{print \$2}') = 2"
+
 echo "== a worker over worker_memory_max is OOM-killed alone"
 before=$(cat $cg/worker-*/cgroup.procs | sort | tr '\n' ' ')
 curl -s --max-time 10 127.0.0.1:8080/grow >/dev/null
 check "the death is logged as the OOM killer's" wait_until 10 bash -c "journalctl -u myapp.service --no-pager -o cat | grep -F 'killed by the OOM killer (worker_memory_max 64M)'"
 check "the service stays active" systemctl is-active myapp.service
 check "the pool is whole again" wait_until 10 bash -c "test \$(curl -sf 127.0.0.1:9464/metrics | awk '/^preforkd_workers_ready /{print \$2}') = 2"
-check "metrics count it as oom" bash -c "curl -sf 127.0.0.1:9464/metrics | grep -x 'preforkd_worker_restarts_total{reason=\"oom\"} 1'"
-check "metrics read the cgroups" bash -c "curl -sf 127.0.0.1:9464/metrics | grep -c '^preforkd_worker_cgroup_memory_bytes' | grep -qx 2"
+check "metrics count it as oom" wait_until 5 bash -c "curl -sf 127.0.0.1:9464/metrics | grep -x 'preforkd_worker_restarts_total{reason=\"oom\"} 1'"
+check "metrics read the cgroups" wait_until 5 bash -c "curl -sf 127.0.0.1:9464/metrics | grep -c '^preforkd_worker_cgroup_memory_bytes' | grep -qx 2"
 check "NRestarts of the service is 0" bash -c "test \$(systemctl show -p NRestarts --value myapp.service) = 0"
 echo "  workers before: $before after: $(cat $cg/worker-*/cgroup.procs | sort | tr '\n' ' ')"
 
