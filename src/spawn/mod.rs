@@ -354,13 +354,11 @@ mod tests {
         assert_eq!(&buf[..11], b"2147483647\0");
     }
 
-    /// With a second thread alive, a fork is refused before it happens, with words that say
-    /// why; the check runs in every build profile, so this holds in release tests too.
-    #[test]
-    fn a_spawn_with_a_second_thread_alive_is_refused() {
-        let spec = WorkerSpec {
+    /// A plan that runs /bin/true with nothing else, in `cgroup` when given.
+    fn true_spec<'a>(argv: &'a [String], cgroup: Option<&'a Path>) -> WorkerSpec<'a> {
+        WorkerSpec {
             program: Path::new("/bin/true"),
-            argv: &["true".to_owned()],
+            argv,
             env: Vec::new(),
             pid_vars: &[],
             listen_fds: &[],
@@ -369,14 +367,21 @@ mod tests {
             nofile: None,
             umask: 0o022,
             oom_score_adj: None,
-            cgroup: None,
+            cgroup,
             identity: None,
             ambient_capabilities: &[],
             no_new_privileges: false,
             journal: None,
             pidfd_id: false,
-        };
-        let mut plan = ExecPlan::new(&spec).unwrap();
+        }
+    }
+
+    /// With a second thread alive, a fork is refused before it happens, with words that say
+    /// why; the check runs in every build profile, so this holds in release tests too.
+    #[test]
+    fn a_spawn_with_a_second_thread_alive_is_refused() {
+        let argv = ["true".to_owned()];
+        let mut plan = ExecPlan::new(&true_spec(&argv, None)).unwrap();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let second = std::thread::spawn(move || stopped.recv());
         let result = plan.spawn();
@@ -398,30 +403,13 @@ mod tests {
         }
     }
 
-    /// review-16: a worker that cannot join its cgroup must be told with the errno that
-    /// open(2) gave (ENOENT here, EACCES, ...). The child calls close(-1) after the failed
-    /// open, which sets errno to EBADF before `fail` reads it, so the operator is told
-    /// "Bad file descriptor (errno 9)". (Run with --test-threads=1: spawn refuses threads.)
+    /// review-16: a worker that cannot join its cgroup is told with the errno that open(2)
+    /// gave (ENOENT here, EACCES, ...), not EBADF from a close(-1) after it, as the child once
+    /// did.
     #[test]
     fn review16_a_cgroup_that_cannot_be_joined_is_reported_with_opens_errno() {
-        let spec = WorkerSpec {
-            program: Path::new("/bin/true"),
-            argv: &["true".to_owned()],
-            env: Vec::new(),
-            pid_vars: &[],
-            listen_fds: &[],
-            working_directory: None,
-            cpu: None,
-            nofile: None,
-            umask: 0o022,
-            oom_score_adj: None,
-            cgroup: Some(Path::new("/nonexistent-review16-cgroup")),
-            identity: None,
-            ambient_capabilities: &[],
-            no_new_privileges: false,
-            journal: None,
-            pidfd_id: false,
-        };
+        let argv = ["true".to_owned()];
+        let spec = true_spec(&argv, Some(Path::new("/nonexistent-review16-cgroup")));
         let mut plan = ExecPlan::new(&spec).unwrap();
         // libtest runs each test on a thread of its own and spawn() refuses a second thread:
         // a forked copy of this test (single-threaded) spawns, and exits with the errno told.
