@@ -183,16 +183,7 @@ fn an_agent_gets_only_the_sockets_it_names() {
     let (_dir, p) = with_agent("sockets = [\"http\"]\n", &[]);
     let (pid, _) = ready_agent(&p, Duration::from_secs(20));
     let env = environ(pid);
-    assert_eq!(
-        env.get("LISTEN_FDS").map(String::as_str),
-        Some("1"),
-        "{env:?}"
-    );
-    assert_eq!(
-        env.get("LISTEN_FDNAMES").map(String::as_str),
-        Some("http"),
-        "{env:?}"
-    );
+    assert_env(&env, &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "http")]);
     assert_eq!(env.get("LISTEN_PID"), Some(&pid.to_string()));
     assert_eq!(fds(pid)[&3], fds(p.pid)[&3], "fd 3 is preforkd's socket");
 }

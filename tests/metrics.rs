@@ -123,8 +123,18 @@ fn the_page_counts_workers_crashes_and_reloads() {
     }
     assert!(page["process_resident_memory_bytes"] > 1e6);
 
-    // A worker killed after a good start is a crash (min_uptime is 1 s by default).
-    std::thread::sleep(Duration::from_millis(1100));
+    // A worker killed after a good start is a crash: wait until it has outlived min_uptime
+    // (1 s by default), as preforkd sees it.
+    wait_for(Duration::from_secs(10), || {
+        let v = p.status_json()?;
+        let w = v["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["pid"] == pids[0])?
+            .clone();
+        (w["uptime_ms"].as_u64()? > 1100).then_some(())
+    })
+    .unwrap_or_else(|| panic!("worker {} never outlived min_uptime", pids[0]));
     // SAFETY: kill(2) on a worker of the preforkd this test started.
     assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
     wait_value(&at, "preforkd_worker_restarts_total{reason=\"crash\"}", 1.0);
@@ -282,16 +292,7 @@ fn a_socket_systemd_names_metrics_is_preforkds_own() {
     assert_eq!(page["preforkd_workers_wanted"], 2.0);
     for pid in pids {
         let env = environ(pid);
-        assert_eq!(
-            env.get("LISTEN_FDS").map(String::as_str),
-            Some("1"),
-            "{env:?}"
-        );
-        assert_eq!(
-            env.get("LISTEN_FDNAMES").map(String::as_str),
-            Some("http"),
-            "{env:?}"
-        );
+        assert_env(&env, &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "http")]);
         let held = fds(pid);
         let socket = format!("socket:[{inode}]");
         assert!(

@@ -141,22 +141,27 @@ pub fn render(snap: &Snapshot, own: Option<Usage>, metrics_rejected: u64) -> Str
         );
     }
 
-    let workers: Vec<_> = snap.workers.iter().collect();
-    let labels = |w: &crate::status::WorkerInfo| -> [(&'static str, String); 3] {
-        [
-            ("worker", w.id.to_string()),
-            ("generation", w.generation.to_string()),
-            ("pid", w.pid.to_string()),
-        ]
-    };
+    // One sample per worker where `value` has one, labelled worker, generation and pid.
     let per_worker =
-        |m: &mut Page, name: &str, kind: &str, help: &str, f: &dyn Fn(&Usage) -> String| {
+        |m: &mut Page,
+         name: &str,
+         kind: &str,
+         help: &str,
+         value: &dyn Fn(&crate::status::WorkerInfo) -> Option<String>| {
             m.head(name, kind, help);
-            for w in &workers {
-                if let Some(u) = &w.usage {
-                    let l = labels(w);
-                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    m.line(name, &l, f(u));
+            for w in &snap.workers {
+                if let Some(v) = value(w) {
+                    let (id, generation, pid) = (
+                        w.id.to_string(),
+                        w.generation.to_string(),
+                        w.pid.to_string(),
+                    );
+                    let labels = [
+                        ("worker", id.as_str()),
+                        ("generation", &generation),
+                        ("pid", &pid),
+                    ];
+                    m.line(name, &labels, v);
                 }
             }
         };
@@ -165,40 +170,36 @@ pub fn render(snap: &Snapshot, own: Option<Usage>, metrics_rejected: u64) -> Str
         "preforkd_worker_resident_memory_bytes",
         "gauge",
         "Resident set size of each worker's process group.",
-        &|u| u.rss_bytes.to_string(),
+        &|w| Some(w.usage?.rss_bytes.to_string()),
     );
-    per_worker(&mut m, "preforkd_worker_proportional_memory_bytes", "gauge",
+    per_worker(
+        &mut m,
+        "preforkd_worker_proportional_memory_bytes",
+        "gauge",
         "Proportional set size (shared pages divided among their users) of each worker's process group.",
-        &|u| u.pss_bytes.to_string());
-    m.head(
+        &|w| Some(w.usage?.pss_bytes.to_string()),
+    );
+    per_worker(
+        &mut m,
         "preforkd_worker_cgroup_memory_bytes",
         "gauge",
         "With per-worker cgroups: memory.current of each worker's cgroup (page cache included).",
+        &|w| Some(w.usage?.cgroup_memory_bytes?.to_string()),
     );
-    for w in &workers {
-        if let Some(bytes) = w.usage.and_then(|u| u.cgroup_memory_bytes) {
-            let l = labels(w);
-            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            m.line("preforkd_worker_cgroup_memory_bytes", &l, bytes);
-        }
-    }
     per_worker(
         &mut m,
         "preforkd_worker_cpu_seconds_total",
         "counter",
         "CPU time of each worker's process group, and of the children its processes waited for.",
-        &|u| secs(u.cpu_ms),
+        &|w| Some(secs(w.usage?.cpu_ms)),
     );
-    m.head(
+    per_worker(
+        &mut m,
         "preforkd_worker_uptime_seconds",
         "gauge",
         "Seconds since each worker was started.",
+        &|w| Some(secs(w.uptime_ms)),
     );
-    for w in &workers {
-        let l = labels(w);
-        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        m.line("preforkd_worker_uptime_seconds", &l, secs(w.uptime_ms));
-    }
 
     m.head(
         "preforkd_agents",

@@ -83,3 +83,10 @@ pub fn need_unshare() {
         .is_ok_and(|s| s.success());
     assert!(ok, "unshare -m failed: this test needs root");
 }
+
+/// Asserts that `env` (from [`environ`]) holds each of `pairs`, showing all of it when not.
+pub fn assert_env(env: &BTreeMap<String, String>, pairs: &[(&str, &str)]) {
+    for (k, v) in pairs {
+        assert_eq!(env.get(*k).map(String::as_str), Some(*v), "{k} in {env:?}");
+    }
+}
