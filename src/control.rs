@@ -26,6 +26,10 @@ const MAX_REQUEST: usize = 256;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a `preforkd reload` client is kept waiting for the outcome.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Connections taken per turn of the loop: a local flood cannot keep it from reaping.
+const ACCEPT_BATCH: usize = 64;
+/// How long the listener rests when preforkd is out of fds.
+const FD_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +66,9 @@ pub struct ControlServer {
     listener: UnixListener,
     clients: Vec<Client>,
     next_token: u64,
+    /// Out of fds (EMFILE, ENFILE): the listener is not polled until then, or a connection
+    /// waiting in its queue would wake the loop at once, again and again.
+    paused_until: Option<Instant>,
     /// Connections refused: not the owner, too many at once, malformed or too slow.
     pub rejected: u64,
 }
@@ -75,13 +82,19 @@ impl ControlServer {
             listener,
             clients: Vec::new(),
             next_token: 0,
+            paused_until: None,
             rejected: 0,
         })
     }
 
     /// The fds to poll and what to wait for on each.
     pub fn poll_interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
-        let mut fds = vec![(self.listener.as_fd(), PollFlags::POLLIN)];
+        let listen = if self.paused_until.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        let mut fds = vec![(self.listener.as_fd(), listen)];
         for c in &self.clients {
             let want = if c.answered {
                 PollFlags::POLLOUT
@@ -98,7 +111,9 @@ impl ControlServer {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.iter().map(|c| c.deadline).min()
+        (self.clients.iter().map(|c| c.deadline))
+            .chain(self.paused_until)
+            .min()
     }
 
     /// Accepts, reads and writes whatever can be done without blocking; returns the requests
@@ -154,10 +169,19 @@ impl ControlServer {
     }
 
     fn accept_all(&mut self, now: Instant) {
-        loop {
+        if self.paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.paused_until = None;
+        for _ in 0..ACCEPT_BATCH {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if out_of_fds(&e) => {
+                    self.paused_until = Some(now + FD_PAUSE);
+                    return;
+                }
+                // WouldBlock: none left.
                 Err(_) => return,
             };
             if !is_owner(&stream) || stream.set_nonblocking(true).is_err() {
@@ -183,6 +207,14 @@ impl ControlServer {
             });
         }
     }
+}
+
+/// The errors that leave the connection queued: accepting again at once fails the same way.
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Only the user preforkd runs as, and root, may control it.

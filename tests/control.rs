@@ -82,21 +82,6 @@ fn status_gives_up_on_a_busy_instance_with_75_not_3() {
     assert!(took >= Duration::from_secs(4), "gave up after {took:?}");
 }
 
-/// preforkd's CPU time so far (user + system), per /proc.
-fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15; the list starts at field 3.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
 /// One ready worker whose successors take 3 s to be ready: a reload that lasts.
 fn slow_to_reload() -> Preforkd {
     let p = Start::activated(&["--workers", "1", "--ready", "3s", "--", "sleep", "300"]).spawn();

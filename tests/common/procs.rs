@@ -1,5 +1,5 @@
 //! What /proc says about a process: its children, whether it lives, its environment, status
-//! fields and open files.
+//! fields, open files and CPU time.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -89,4 +89,20 @@ pub fn assert_env(env: &BTreeMap<String, String>, pairs: &[(&str, &str)]) {
     for (k, v) in pairs {
         assert_eq!(env.get(*k).map(String::as_str), Some(*v), "{k} in {env:?}");
     }
+}
+
+/// A process's CPU time so far (user + system), per /proc.
+pub fn cpu_time(pid: i32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; the list starts at field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    std::time::Duration::from_millis(ticks * 1000 / hz)
 }

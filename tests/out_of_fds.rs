@@ -1,0 +1,115 @@
+//! preforkd out of file descriptors: a connection waiting on the control or metrics socket
+//! that it cannot accept must not spin its loop (poll would report that listener ready again
+//! at once, for ever), and once fds are free again that connection is served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::*;
+
+/// Room for this many more fds than preforkd holds when the limit is set.
+const ROOM: usize = 6;
+
+/// Lowers preforkd's RLIMIT_NOFILE so that only [`ROOM`] more fds fit; returns the limit.
+/// The kernel refuses a new fd when no number below the limit is free, and fds above it stay
+/// open: the limit is set just past the ROOM-th free number.
+fn leave_room(pid: i32) -> usize {
+    let held = fds(pid);
+    let limit = (0..)
+        .filter(|n| !held.contains_key(n))
+        .nth(ROOM - 1)
+        .unwrap() as usize
+        + 1;
+    let rl = libc::rlimit {
+        rlim_cur: limit as u64,
+        rlim_max: limit as u64,
+    };
+    // SAFETY: prlimit reads `rl` and writes nothing back (null old limit).
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &rl, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    limit
+}
+
+/// Waits until every fd number below `limit` is taken, then returns the CPU time preforkd
+/// spends in the next 700 ms, with a connection waiting that it cannot accept.
+fn cpu_while_full(p: &Preforkd, limit: usize) -> Duration {
+    wait_for(Duration::from_secs(10), || {
+        let below = fds(p.pid).into_keys().filter(|&n| (n as usize) < limit);
+        (below.count() == limit).then_some(())
+    })
+    .unwrap_or_else(|| panic!("preforkd never ran out of fds: {:?}", fds(p.pid)));
+    let before = cpu_time(p.pid);
+    std::thread::sleep(Duration::from_millis(700));
+    cpu_time(p.pid) - before
+}
+
+#[test]
+fn a_control_client_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
+    let mut p = Preforkd::demo(&["--workers", "1"]);
+    p.wait_workers(1);
+    let control = p.runtime_dir.join("control.sock");
+    let limit = leave_room(p.pid);
+    // More idle clients than fit: the rest wait in the listen queue.
+    let held: Vec<UnixStream> = (0..ROOM + 3)
+        .map(|_| UnixStream::connect(&control).unwrap())
+        .collect();
+    let mut probe = UnixStream::connect(&control).unwrap();
+    probe.write_all(b"status\n").unwrap();
+    let spent = cpu_while_full(&p, limit);
+    assert!(
+        spent < Duration::from_millis(150),
+        "preforkd spent {spent:?} of CPU in 700 ms while out of fds\n{}",
+        p.log()
+    );
+    drop(held);
+    probe
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    probe.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("\"ready\":1"), "{answer:?}\n{}", p.log());
+}
+
+#[test]
+fn a_scrape_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
+    let metrics = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = metrics.local_addr().unwrap().port();
+    let mut start = Preforkd::demo_start(&["--workers", "1"]);
+    start.metrics = Some(metrics);
+    let mut p = start.spawn();
+    p.wait_workers(1);
+    let limit = leave_room(p.pid);
+    let held: Vec<TcpStream> = (0..ROOM + 3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    probe
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let spent = cpu_while_full(&p, limit);
+    assert!(
+        spent < Duration::from_millis(150),
+        "preforkd spent {spent:?} of CPU in 700 ms while out of fds\n{}",
+        p.log()
+    );
+    drop(held);
+    probe
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    probe.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer:?}\n{}",
+        p.log()
+    );
+    assert!(
+        answer.contains("preforkd_workers_ready 1"),
+        "{answer:?}\n{}",
+        p.log()
+    );
+}
