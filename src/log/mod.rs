@@ -180,7 +180,14 @@ struct KvText(Vec<String>);
 
 impl Serializer for KvText {
     fn emit_arguments(&mut self, key: Key, val: &std::fmt::Arguments) -> slog::Result {
-        let value = crate::echo::echo(&val.to_string());
+        // An error is a message preforkd composed (a config error names file, line, field and
+        // what was expected): bounded as a message, so its hint at the end survives, while a
+        // value it quotes is still cut. Any other field is one value.
+        let value = if key == "error" {
+            crate::echo::message(&val.to_string())
+        } else {
+            crate::echo::echo(&val.to_string())
+        };
         let plain = !value.is_empty()
             && !value
                 .chars()

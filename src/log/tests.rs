@@ -25,6 +25,30 @@ fn journal_lines_have_priority_prefix_and_no_inner_newline() {
 }
 
 #[test]
+fn an_error_field_keeps_its_hint_and_still_cuts_what_it_quotes() {
+    let drain = StderrDrain::with_sink(Sink::Closed, true, Level::Debug);
+    let path = format!("/srv/{}/preforkd.toml", "release".repeat(40));
+    let huge = "x".repeat(100_000);
+    let error = format!(
+        "{path}:3:11: workers: invalid value: string \"{huge}\", expected a number or \"auto\""
+    );
+    let owned = OwnedKVList::from(slog::o!());
+    let line = drain.format(
+        &slog::record!(
+            Level::Error,
+            "",
+            &format_args!("reload failed"),
+            slog::b!("error" => &error, "status" => &huge)
+        ),
+        &owned,
+    );
+    assert!(line.contains(&path), "{line}");
+    assert!(line.contains("expected a number or"), "{line}");
+    assert!(line.contains("… (100000 bytes)"), "{line}");
+    assert!(line.len() < 1200, "{} bytes: {line}", line.len());
+}
+
+#[test]
 fn priorities_match_sd_daemon() {
     assert_eq!(priority(Level::Error), 3);
     assert_eq!(priority(Level::Warning), 4);
