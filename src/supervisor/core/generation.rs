@@ -27,6 +27,9 @@ pub(super) struct Slot {
     pub(super) last_start: Option<Instant>,
     /// Why its last start failed, for `preforkd status`; cleared by a start that works.
     pub(super) last_error: Option<String>,
+    /// Its workers recycled in a row for being over `max_memory` at their first measurement:
+    /// at 2 the limit looks too low for the app, and that is worth a warning.
+    pub(super) over_at_first: u32,
 }
 
 impl Slot {
@@ -38,6 +41,7 @@ impl Slot {
             start_at: None,
             last_start: None,
             last_error: None,
+            over_at_first: 0,
         }
     }
 

@@ -107,6 +107,7 @@ impl Core {
         for (pid, bytes) in sizes {
             if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                 w.memory = bytes;
+                w.measurements += u32::from(bytes.is_some());
             }
         }
     }
@@ -191,8 +192,10 @@ impl Core {
         self.recycling = Some((generation, id, why));
         match why {
             Recycle::Memory { used, limit } => {
+                let first = w.measurements <= 1;
                 log!(self, Info, "worker {} uses {} > max_memory {}: recycling", id, mib(used), mib(limit);
                     "worker" => id, "pid" => pid, "gen" => generation, "pss_bytes" => used);
+                self.warn_if_limit_too_low(id, first, used, limit);
             }
             Recycle::Lifetime { lived } => {
                 // "6h 2m 5s", as the key is written; whole seconds are enough for a lifetime.
@@ -215,6 +218,21 @@ impl Core {
             }
         }
         self.start_successor(id, generation, now);
+    }
+
+    /// A recycle for memory does not help when the successor is over the limit as soon as it
+    /// is measured: the slot would churn every `memory_check_interval` for ever. The second
+    /// such recycle in a row says so, once per streak.
+    fn warn_if_limit_too_low(&mut self, id: u32, first: bool, used: u64, limit: u64) {
+        let Some(slot) = self.gen.slots.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        slot.over_at_first = if first { slot.over_at_first + 1 } else { 0 };
+        if slot.over_at_first == 2 {
+            let interval = human(self.gen.cfg.memory_check_interval);
+            log!(self, Warning, "worker {}: 2 workers in a row were over max_memory {} at their first measurement (this one {}): each is recycled within memory_check_interval ({}) of starting; max_memory looks too low for the app: raise it", id, mib(limit), mib(used), interval;
+                "worker" => id, "pss_bytes" => used, "max_memory_bytes" => limit);
+        }
     }
 
     /// Asks the shell for the memory of the workers under `max_memory`, every

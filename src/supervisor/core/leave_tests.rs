@@ -223,3 +223,52 @@ fn a_reload_calls_off_a_recycle_whose_successor_is_not_ready() {
         "the old one serves on"
     );
 }
+
+#[test]
+fn a_slot_whose_workers_start_over_max_memory_warns_once_that_the_limit_is_too_low() {
+    let (mut pool, pids) = Pool::ready_with(recycling(Some(512 << 20), None, Duration::ZERO));
+    let warned = |e: &[Effect]| logged(e, "max_memory looks too low for the app");
+    // Worker 1 grows past the limit after a first measurement under it: an ordinary recycle.
+    let effects = measure(&mut pool, |_| 100 << 20);
+    assert!(!logged(&effects, "recycling"), "{effects:?}");
+    let mut fat = pids[1];
+    let mut effects = measure(&mut pool, |p| if p == fat { 612 << 20 } else { 100 << 20 });
+    assert!(logged(&effects, "worker 1 uses 612 MiB"), "{effects:?}");
+    let mut warned_in = Vec::new();
+    // Then each successor is over the limit at its first measurement.
+    for round in 0..4 {
+        let new = fork_first(&mut pool, &effects, 900 + round);
+        pool.handle(Event::Execd {
+            pid: new,
+            result: Ok(()),
+        });
+        let ready = notify(&mut pool, new, "READY=1");
+        assert_eq!(signals_to(&ready, fat)[0], Signal::SIGTERM, "{ready:?}");
+        let gone = pool.handle(Event::Exited {
+            pid: fat,
+            status: ExitStatus::Signal {
+                signal: Signal::SIGTERM,
+                core_dumped: false,
+            },
+        });
+        assert!(!warned(&gone), "{gone:?}");
+        fat = new;
+        effects = measure(&mut pool, |p| if p == fat { 700 << 20 } else { 100 << 20 });
+        assert!(logged(&effects, "worker 1 uses 700 MiB"), "{effects:?}");
+        if warned(&effects) {
+            warned_in.push(round);
+            let line = effects.iter().find_map(|e| match e {
+                Effect::Log(l) if l.message.contains("too low") => Some(l),
+                _ => None,
+            });
+            let line = line.unwrap();
+            assert_eq!(line.level, Level::Warning);
+            assert!(
+                line.message.starts_with("worker 1: 2 workers in a row were over max_memory 512 MiB at their first measurement (this one 700 MiB)"),
+                "{}", line.message
+            );
+        }
+    }
+    // The first successor's predecessor had grown: the streak is 2 from the second on.
+    assert_eq!(warned_in, [1], "one warning per streak");
+}
