@@ -66,7 +66,7 @@ pub struct ControlServer {
     listener: UnixListener,
     clients: Vec<Client>,
     next_token: u64,
-    /// Out of fds (EMFILE, ENFILE): the listener is not polled until then, or a connection
+    /// Out of fds or kernel memory ([`out_of_fds`]): the listener is not polled until then, or a connection
     /// waiting in its queue would wake the loop at once, again and again.
     paused_until: Option<Instant>,
     /// Connections refused: not the owner, too many at once, malformed or too slow.

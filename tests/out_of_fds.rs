@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -47,6 +48,25 @@ fn cpu_while_full(p: &Preforkd, limit: usize) -> Duration {
     cpu_time(p.pid) - before
 }
 
+/// Nothing has come back on `probe` yet: preforkd has not accepted it.
+fn assert_unanswered(probe: &impl AsRawFd) {
+    let mut buf = [0u8; 64];
+    // SAFETY: recv writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        libc::recv(
+            probe.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    assert!(
+        n < 0 && err.kind() == std::io::ErrorKind::WouldBlock,
+        "answered while preforkd was out of fds: {n} {err}"
+    );
+}
+
 #[test]
 fn a_control_client_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
     let mut p = Preforkd::demo(&["--workers", "1"]);
@@ -65,6 +85,8 @@ fn a_control_client_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
         "preforkd spent {spent:?} of CPU in 700 ms while out of fds\n{}",
         p.log()
     );
+    // Still waiting: the idle clients hold every fd (until they are cut as too slow, 2 s).
+    assert_unanswered(&probe);
     drop(held);
     probe
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -96,6 +118,7 @@ fn a_scrape_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
         "preforkd spent {spent:?} of CPU in 700 ms while out of fds\n{}",
         p.log()
     );
+    assert_unanswered(&probe);
     drop(held);
     probe
         .set_read_timeout(Some(Duration::from_secs(10)))

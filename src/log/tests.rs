@@ -30,7 +30,7 @@ fn an_error_field_keeps_its_hint_and_still_cuts_what_it_quotes() {
     let path = format!("/srv/{}/preforkd.toml", "release".repeat(40));
     let huge = "x".repeat(100_000);
     let error = format!(
-        "{path}:3:11: workers: invalid value: string \"{huge}\", expected a number or \"auto\""
+        "{path}:3:11: workers: invalid value: string \"{huge}\",\r\n\x1b[2J expected a number or \"auto\""
     );
     let owned = OwnedKVList::from(slog::o!());
     let line = drain.format(
@@ -46,6 +46,12 @@ fn an_error_field_keeps_its_hint_and_still_cuts_what_it_quotes() {
     assert!(line.contains("expected a number or"), "{line}");
     assert!(line.contains("… (100000 bytes)"), "{line}");
     assert!(line.len() < 1200, "{} bytes: {line}", line.len());
+    // One journal entry: no line break or escape sequence of the value's own gets through.
+    assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+    assert!(
+        line.ends_with('\n') && !line.contains(['\r', '\x1b']),
+        "{line:?}"
+    );
 }
 
 #[test]

@@ -27,8 +27,8 @@ pub(super) struct Slot {
     pub(super) last_start: Option<Instant>,
     /// Why its last start failed, for `preforkd status`; cleared by a start that works.
     pub(super) last_error: Option<String>,
-    /// Its workers recycled in a row for being over `max_memory` at their first measurement:
-    /// at 2 the limit looks too low for the app, and that is worth a warning.
+    /// Its workers in a row that were over `max_memory` at their first measurement: at 2 the
+    /// limit looks too low for the app, and that is worth a warning.
     pub(super) over_at_first: u32,
 }
 

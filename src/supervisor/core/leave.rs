@@ -105,9 +105,16 @@ impl Core {
     /// The shell measured workers' memory.
     pub(super) fn on_memory(&mut self, sizes: Vec<(Pid, Option<u64>)>) {
         for (pid, bytes) in sizes {
-            if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
-                w.memory = bytes;
-                w.measurements += u32::from(bytes.is_some());
+            let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+                continue;
+            };
+            w.memory = bytes;
+            if let (Some(used), false) = (bytes, w.measured) {
+                w.measured = true;
+                let (id, generation, limit) = (w.id, w.generation, w.cfg.max_memory);
+                if let Some(limit) = limit.filter(|_| generation == self.gen.number) {
+                    self.first_measurement(id, used, limit);
+                }
             }
         }
     }
@@ -192,10 +199,8 @@ impl Core {
         self.recycling = Some((generation, id, why));
         match why {
             Recycle::Memory { used, limit } => {
-                let first = w.measurements <= 1;
                 log!(self, Info, "worker {} uses {} > max_memory {}: recycling", id, mib(used), mib(limit);
                     "worker" => id, "pid" => pid, "gen" => generation, "pss_bytes" => used);
-                self.warn_if_limit_too_low(id, first, used, limit);
             }
             Recycle::Lifetime { lived } => {
                 // "6h 2m 5s", as the key is written; whole seconds are enough for a lifetime.
@@ -222,12 +227,17 @@ impl Core {
 
     /// A recycle for memory does not help when the successor is over the limit as soon as it
     /// is measured: the slot would churn every `memory_check_interval` for ever. The second
-    /// such recycle in a row says so, once per streak.
-    fn warn_if_limit_too_low(&mut self, id: u32, first: bool, used: u64, limit: u64) {
+    /// worker of a slot in a row over the limit at its first measurement says so, once per run;
+    /// one under it at its first ends the run.
+    fn first_measurement(&mut self, id: u32, used: u64, limit: u64) {
         let Some(slot) = self.gen.slots.iter_mut().find(|s| s.id == id) else {
             return;
         };
-        slot.over_at_first = if first { slot.over_at_first + 1 } else { 0 };
+        slot.over_at_first = if used > limit {
+            slot.over_at_first.saturating_add(1)
+        } else {
+            0
+        };
         if slot.over_at_first == 2 {
             let interval = human(self.gen.cfg.memory_check_interval);
             log!(self, Warning, "worker {}: 2 workers in a row were over max_memory {} at their first measurement (this one {}): each is recycled within memory_check_interval ({}) of starting; max_memory looks too low for the app: raise it", id, mib(limit), mib(used), interval;

@@ -224,10 +224,36 @@ fn a_reload_calls_off_a_recycle_whose_successor_is_not_ready() {
     );
 }
 
+/// Carries out the recycle begun in `effects`: its successor `pid` forks, execs and is ready,
+/// and the old worker exits on the signal it then gets.
+fn recycled(pool: &mut Pool, effects: &[Effect], old: Pid, pid: i32) -> Pid {
+    let new = fork_first(pool, effects, pid);
+    pool.handle(Event::Execd {
+        pid: new,
+        result: Ok(()),
+    });
+    let ready = notify(pool, new, "READY=1");
+    assert_eq!(signals_to(&ready, old)[0], Signal::SIGTERM, "{ready:?}");
+    pool.handle(Event::Exited {
+        pid: old,
+        status: ExitStatus::Signal {
+            signal: Signal::SIGTERM,
+            core_dumped: false,
+        },
+    });
+    new
+}
+
+fn too_low(effects: &[Effect]) -> Option<&LogLine> {
+    effects.iter().find_map(|e| match e {
+        Effect::Log(l) if l.message.contains("max_memory looks too low for the app") => Some(l),
+        _ => None,
+    })
+}
+
 #[test]
 fn a_slot_whose_workers_start_over_max_memory_warns_once_that_the_limit_is_too_low() {
     let (mut pool, pids) = Pool::ready_with(recycling(Some(512 << 20), None, Duration::ZERO));
-    let warned = |e: &[Effect]| logged(e, "max_memory looks too low for the app");
     // Worker 1 grows past the limit after a first measurement under it: an ordinary recycle.
     let effects = measure(&mut pool, |_| 100 << 20);
     assert!(!logged(&effects, "recycling"), "{effects:?}");
@@ -237,31 +263,11 @@ fn a_slot_whose_workers_start_over_max_memory_warns_once_that_the_limit_is_too_l
     let mut warned_in = Vec::new();
     // Then each successor is over the limit at its first measurement.
     for round in 0..4 {
-        let new = fork_first(&mut pool, &effects, 900 + round);
-        pool.handle(Event::Execd {
-            pid: new,
-            result: Ok(()),
-        });
-        let ready = notify(&mut pool, new, "READY=1");
-        assert_eq!(signals_to(&ready, fat)[0], Signal::SIGTERM, "{ready:?}");
-        let gone = pool.handle(Event::Exited {
-            pid: fat,
-            status: ExitStatus::Signal {
-                signal: Signal::SIGTERM,
-                core_dumped: false,
-            },
-        });
-        assert!(!warned(&gone), "{gone:?}");
-        fat = new;
+        fat = recycled(&mut pool, &effects, fat, 900 + round);
         effects = measure(&mut pool, |p| if p == fat { 700 << 20 } else { 100 << 20 });
         assert!(logged(&effects, "worker 1 uses 700 MiB"), "{effects:?}");
-        if warned(&effects) {
+        if let Some(line) = too_low(&effects) {
             warned_in.push(round);
-            let line = effects.iter().find_map(|e| match e {
-                Effect::Log(l) if l.message.contains("too low") => Some(l),
-                _ => None,
-            });
-            let line = line.unwrap();
             assert_eq!(line.level, Level::Warning);
             assert!(
                 line.message.starts_with("worker 1: 2 workers in a row were over max_memory 512 MiB at their first measurement (this one 700 MiB)"),
@@ -269,6 +275,84 @@ fn a_slot_whose_workers_start_over_max_memory_warns_once_that_the_limit_is_too_l
             );
         }
     }
-    // The first successor's predecessor had grown: the streak is 2 from the second on.
-    assert_eq!(warned_in, [1], "one warning per streak");
+    // The first successor's predecessor had grown: the run is 2 from the second on.
+    assert_eq!(warned_in, [1], "one warning per run");
+}
+
+/// The worker whose recycle for memory `effects` began, per its log line.
+fn recycle_begun(effects: &[Effect]) -> Option<Pid> {
+    effects.iter().find_map(|e| match e {
+        Effect::Log(l) if l.message.ends_with("recycling") => (l.fields.iter())
+            .find(|(k, _)| *k == "pid")
+            .and_then(|(_, v)| v.parse().ok())
+            .map(Pid::from_raw),
+        _ => None,
+    })
+}
+
+#[test]
+fn workers_over_max_memory_from_the_start_warn_even_when_they_wait_their_turn() {
+    let (mut pool, _) = Pool::ready_with(recycling(Some(512 << 20), None, Duration::ZERO));
+    // Every worker is born over the limit. One recycle at a time, and each successor takes
+    // longer than memory_check_interval to be ready: the workers waiting their turn are
+    // measured again and again meanwhile.
+    let over = |_| 600 << 20;
+    let mut effects = measure(&mut pool, over);
+    let mut warnings: Vec<LogLine> = too_low(&effects).cloned().into_iter().collect();
+    for round in 0..6 {
+        let old = recycle_begun(&effects).unwrap_or_else(|| panic!("round {round}: {effects:?}"));
+        let new = fork_first(&mut pool, &effects, 900 + round);
+        pool.handle(Event::Execd {
+            pid: new,
+            result: Ok(()),
+        });
+        let waited = measure(&mut pool, over);
+        warnings.extend(too_low(&waited).cloned());
+        let mut ready = notify(&mut pool, new, "READY=1");
+        assert_eq!(signals_to(&ready, old)[0], Signal::SIGTERM, "{ready:?}");
+        ready.extend(pool.handle(Event::Exited {
+            pid: old,
+            status: ExitStatus::Signal {
+                signal: Signal::SIGTERM,
+                core_dumped: false,
+            },
+        }));
+        warnings.extend(too_low(&ready).cloned());
+        effects = ready;
+        if recycle_begun(&effects).is_none() {
+            effects = measure(&mut pool, over);
+            warnings.extend(too_low(&effects).cloned());
+        }
+    }
+    // 6 recycles over 3 slots: each slot's second worker warns, once.
+    let mut slots: Vec<String> = (warnings.iter())
+        .map(|l| l.message.split(':').next().unwrap().to_owned())
+        .collect();
+    assert!(
+        !slots.is_empty(),
+        "no warning although every worker starts over the limit"
+    );
+    slots.sort();
+    let all = slots.len();
+    slots.dedup();
+    assert_eq!(all, slots.len(), "one warning per slot's run: {warnings:?}");
+}
+
+#[test]
+fn a_worker_under_max_memory_at_first_ends_the_run() {
+    let (mut pool, pids) = Pool::ready_with(recycling(Some(512 << 20), None, Duration::ZERO));
+    // Worker 1: over at its first measurement (run 1).
+    let a = pids[1];
+    let effects = measure(&mut pool, |p| if p == a { 600 << 20 } else { 100 << 20 });
+    let b = recycled(&mut pool, &effects, a, 900);
+    // Its successor starts under the limit (the run ends), grows, and is recycled.
+    let effects = measure(&mut pool, |_| 100 << 20);
+    assert!(too_low(&effects).is_none(), "{effects:?}");
+    let effects = measure(&mut pool, |p| if p == b { 600 << 20 } else { 100 << 20 });
+    assert!(logged(&effects, "worker 1 uses 600 MiB"), "{effects:?}");
+    let c = recycled(&mut pool, &effects, b, 901);
+    // The next is over at its first: a run of 1, no warning.
+    let effects = measure(&mut pool, |p| if p == c { 600 << 20 } else { 100 << 20 });
+    assert!(logged(&effects, "worker 1 uses 600 MiB"), "{effects:?}");
+    assert!(too_low(&effects).is_none(), "{effects:?}");
 }

@@ -100,8 +100,8 @@ pub struct Worker {
     pub leaving: Option<Leaving>,
     /// Its process group's proportional set size when last measured (for `max_memory`).
     pub memory: Option<u64>,
-    /// How many times its memory was measured.
-    pub measurements: u32,
+    /// Its memory was measured at least once.
+    pub measured: bool,
     /// The agent it is, for an agent's process (which shares a worker's lifecycle: spawn,
     /// exec, readiness, stop); None for a worker of the pool.
     pub agent: Option<Rc<str>>,
@@ -121,7 +121,7 @@ impl Worker {
             last_ping: None,
             leaving: None,
             memory: None,
-            measurements: 0,
+            measured: false,
             agent: None,
         }
     }
