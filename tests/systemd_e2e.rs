@@ -155,6 +155,13 @@ fn scenario(v: Debian) {
     );
     let status = c.ok("systemctl status --no-pager myapp");
     assert!(status.contains("Status: \"2/2 ready · gen 1"), "{status}");
+    // The shipped units delegate (Delegate=yes); the start log says whether preforkd could use
+    // it (here, nspawn's cgroup tree is not the unified one: tests/vm_cgroups.rs has that).
+    let cgroups = c.ok(
+        "journalctl -u myapp -o cat --no-pager | grep -m1 -E 'runs in a cgroup of its own|share preforkd.s cgroup' || true",
+    );
+    assert!(!cgroups.trim().is_empty(), "no word on cgroups at start");
+    say(&format!("{}: shipped units: {}", c.label, cgroups.trim()));
     // Workers see their own LISTEN_PID and, where the kernel has pidfs (build.rs's have_pidfs,
     // Linux 6.9 and later), their own LISTEN_PIDFDID: the inode of a pidfd of the worker, not
     // of preforkd, whatever systemd gave it. Without pidfs preforkd gives them none, as systemd

@@ -138,8 +138,8 @@ echo \"version: $(/share/preforkd --version)\"
 /// worker is replaced, a worker over worker_memory_max OOM-killed alone (logged, counted as
 /// `oom`, replaced; the service active, never restarted), no cgroup left after the stop, and
 /// without the drop-in the start log saying worker_memory_max is not applied; then the shipped
-/// units themselves (DynamicUser=yes, PrivateUsers=yes) with the drop-in: delegation to the
-/// dynamic user, a cgroup per worker, an OOM kill, a reload.
+/// units alone (Delegate=yes, DynamicUser=yes, PrivateUsers=yes): delegation to the dynamic
+/// user, a cgroup per worker, an OOM kill, a reload.
 #[test]
 #[cfg_attr(not(have_vm), ignore = "needs root to build and boot a VM")]
 fn each_worker_gets_a_cgroup_and_only_it_is_oom_killed() {

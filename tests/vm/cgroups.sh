@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs inside the VM (tests/vm_cgroups.rs): systemd as PID 1, cgroup v2. preforkd under
-# myapp.socket, myapp-metrics.socket and myapp.service with the preforkd-cgroups.conf drop-in.
+# myapp.socket, myapp-metrics.socket and a myapp.service of its own with the
+# preforkd-cgroups.conf drop-in, then under the shipped units alone.
 # Prints one line per check; exits 1 if any failed.
 set -u
 share=/share
@@ -108,11 +109,10 @@ wait_until 20 curl -sf --max-time 2 127.0.0.1:8080/ >/dev/null
 check "the start log says worker_memory_max is not applied" bash -c "journalctl -u myapp.service --no-pager -o cat | grep -F 'worker_memory_max is not applied'"
 systemctl stop myapp.service myapp.socket myapp-metrics.socket
 
-echo "== the shipped units (DynamicUser=yes, PrivateUsers=yes, the sandbox) with the drop-in"
+echo "== the shipped units alone (Delegate=yes, DynamicUser=yes, PrivateUsers=yes, the sandbox)"
 install -m 755 "$share/preforkd" /usr/bin/preforkd
 rm -f /etc/systemd/system/myapp-metrics.socket
 cp "$share/shipped/myapp.service" "$share/shipped/myapp.socket" /etc/systemd/system/
-cp "$share/preforkd-cgroups.conf" /etc/systemd/system/myapp.service.d/
 systemctl daemon-reload
 systemctl start myapp.socket
 wait_until 20 curl -sf --max-time 2 127.0.0.1:8080/ >/dev/null
