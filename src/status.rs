@@ -239,9 +239,11 @@ pub fn render(s: &Snapshot) -> String {
         format!("{}: {}", s.phase, s.status)
     };
     let _ = writeln!(out, "preforkd \"{}\" (pid {}), {summary}", s.name, s.pid);
+    // The first column fits "agent NAME" too, so agents' rows line up with the workers'.
+    let w0 = (s.agents.iter()).fold(6, |w, a| w.max(6 + a.name.chars().count()));
     let _ = writeln!(
         out,
-        "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} STATUS",
+        "{:<w0$} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} STATUS",
         "WORKER", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "WATCHDOG"
     );
     let mut workers: Vec<&WorkerInfo> = s.workers.iter().collect();
@@ -258,7 +260,7 @@ pub fn render(s: &Snapshot) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} {}",
+            "{:<w0$} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} {}",
             w.id,
             w.pid,
             w.generation,
@@ -279,7 +281,7 @@ pub fn render(s: &Snapshot) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<6} {:>8} {:>4}  {:<9} {}{}",
+            "{:<w0$} {:>8} {:>4}  {:<9} {}{}",
             e.id,
             "-",
             "-",
@@ -303,7 +305,7 @@ pub fn render(s: &Snapshot) -> String {
             .unwrap_or("-".to_owned());
         let _ = writeln!(
             out,
-            "{:<6} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} {}",
+            "{:<w0$} {:>8} {:>4}  {:<9} {:>8} {:>8}  {:<9} {}",
             format!("agent {}", a.name),
             pid,
             a.generation,
@@ -470,7 +472,11 @@ pub(crate) mod tests {
         assert!(text.contains("0.5s ago"), "{text}");
         assert!(text.contains("3 notify message(s) dropped"), "{text}");
         assert!(text.contains("50 MiB · serving"), "{text}");
-        assert!(text.contains("agent scheduler       12"), "{text}");
+        // Agents' rows line up with the workers': the PID column ends where its header does.
+        let pid_end = |line: &str, pid: &str| line.find(pid).map(|i| i + pid.len());
+        let line = |start: &str| text.lines().find(|l| l.starts_with(start)).unwrap();
+        let header = pid_end(line("WORKER"), "PID");
+        assert_eq!(pid_end(line("agent scheduler"), " 12"), header, "{text}");
         assert!(text.contains("next run in 5m"), "{text}");
         assert!(
             text.contains("2 retired (STOPPING=1), 1 over max_memory"),

@@ -42,9 +42,11 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
     );
     // Echoed again, as `status` does: an older preforkd kept workers' STATUS= raw.
     let _ = writeln!(out, "{}", echo(&s.status));
+    // The first column fits "agent NAME" too, as in `preforkd status`.
+    let w0 = (s.agents.iter()).fold(8, |w, a| w.max(6 + a.name.chars().count()));
     let _ = writeln!(
         out,
-        "\n{:<8} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  STATUS",
+        "\n{:<w0$} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  STATUS",
         "WORKER", "PID", "GEN", "STATE", "UPTIME", "RSS", "PSS", "CPU%", "RESTARTS"
     );
     let before: HashMap<i32, u64> = prev
@@ -74,6 +76,7 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
         };
         row(
             &mut out,
+            w0,
             [
                 &w.id.to_string(),
                 &w.pid.to_string(),
@@ -89,7 +92,7 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
     for e in &s.empty_slots {
         let _ = writeln!(
             out,
-            "{:<8} {:>8} {:>4}  {:<9} {}",
+            "{:<w0$} {:>8} {:>4}  {:<9} {}",
             e.id,
             "-",
             "-",
@@ -101,7 +104,13 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
         let pid = a.pid.map_or("-".to_owned(), |p| p.to_string());
         row(
             &mut out,
-            [&a.name, &pid, &a.generation.to_string(), &a.state],
+            w0,
+            [
+                &format!("agent {}", a.name),
+                &pid,
+                &a.generation.to_string(),
+                &a.state,
+            ],
             a.uptime_ms,
             ["-", "-", "-"],
             a.restarts,
@@ -115,6 +124,7 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
 /// CPU%), restarts and its own STATUS=.
 fn row(
     out: &mut String,
+    w0: usize,
     who: [&str; 4],
     uptime_ms: u64,
     usage: [&str; 3],
@@ -125,7 +135,7 @@ fn row(
     let [rss, pss, cpu] = usage;
     let _ = writeln!(
         out,
-        "{id:<8} {pid:>8} {generation:>4}  {state:<9} {:>8} {rss:>9} {pss:>9} {cpu:>6} {restarts:>8}  {}",
+        "{id:<w0$} {pid:>8} {generation:>4}  {state:<9} {:>8} {rss:>9} {pss:>9} {cpu:>6} {restarts:>8}  {}",
         short(Duration::from_millis(uptime_ms)),
         status.map_or("-".to_owned(), echo)
     );
@@ -159,7 +169,11 @@ mod tests {
                 .any(|l| l.starts_with("1 ") && l.contains("empty")),
             "{text}"
         );
-        assert!(text.lines().any(|l| l.starts_with("scheduler ")), "{text}");
+        // Agents' rows line up with the workers': the PID column ends where its header does.
+        let line = |start: &str| text.lines().find(|l| l.starts_with(start)).unwrap();
+        let header = line("WORKER").find("PID").map(|i| i + 3);
+        let agent = line("agent scheduler ");
+        assert_eq!(agent.find(" 12 ").map(|i| i + 3), header, "{text}");
         // The first frame has nothing to compare with.
         let first = frame(&now, None, Duration::ZERO);
         let row = first.lines().find(|l| l.starts_with("0 ")).unwrap();
