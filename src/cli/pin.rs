@@ -23,13 +23,16 @@ pub(super) fn pin_generation(mut cfg: Config) -> Result<Pinned, config::ConfigEr
         .file
         .as_ref()
         .map_or("command line".to_owned(), |p| p.display().to_string());
-    if let Some(dir) = &cfg.working_directory {
-        let pinned = pin_directory(dir)
+    // The working directory as written and as pinned, for programs named through it.
+    let mut pool_dir = None;
+    if let Some(dir) = cfg.working_directory.clone() {
+        let pinned = pin_directory(&dir)
             .map_err(|m| config::ConfigError::new(&*origin, Some("working_directory"), m))?;
-        cfg.working_directory = Some(pinned);
+        cfg.working_directory = Some(pinned.clone());
+        pool_dir = Some((dir, pinned));
     }
     // After the directory: a relative program is found in the pinned release.
-    let program = resolve_command(&cfg)?;
+    let program = through(resolve_command(&cfg)?, pool_dir.as_ref());
     let program = pin_program(&program)
         .map_err(|m| config::ConfigError::new(&*origin, Some("command"), m))?;
     if cfg.command[0].contains('/') {
@@ -43,13 +46,15 @@ pub(super) fn pin_generation(mut cfg: Config) -> Result<Pinned, config::ConfigEr
     for i in 0..cfg.agents.len() {
         let name = cfg.agents[i].name.clone();
         let field = |key: &str| format!("agent.{name}.{key}");
+        let mut dir_of_agent = pool_dir.clone();
         if let Some(dir) = cfg.agents[i].working_directory.clone() {
             let pinned = pin_directory(&dir).map_err(|m| {
                 config::ConfigError::new(&*origin, Some(&field("working_directory")), m)
             })?;
-            cfg.agents[i].working_directory = Some(pinned);
+            cfg.agents[i].working_directory = Some(pinned.clone());
+            dir_of_agent = Some((dir, pinned));
         }
-        let found = cfg.agents[i].resolve_program(&cfg)?;
+        let found = through(cfg.agents[i].resolve_program(&cfg)?, dir_of_agent.as_ref());
         let found = pin_program(&found)
             .map_err(|m| config::ConfigError::new(&*origin, Some(&field("command")), m))?;
         if cfg.agents[i].command[0].contains('/') {
@@ -64,6 +69,20 @@ pub(super) fn pin_generation(mut cfg: Config) -> Result<Pinned, config::ConfigEr
         program,
         agent_programs,
     })
+}
+
+/// `program` named through the working directory as written (`/srv/app/current/venv/bin/python`
+/// with `working_directory = "/srv/app/current"`) moved under the directory as pinned, so that
+/// both name the same release even when the link is swapped between their two resolutions.
+fn through(program: PathBuf, dir: Option<&(PathBuf, PathBuf)>) -> PathBuf {
+    let Some((written, pinned)) = dir else {
+        return program;
+    };
+    let written = std::path::absolute(written).unwrap_or_else(|_| written.clone());
+    match program.strip_prefix(&written) {
+        Ok(rest) => pinned.join(rest),
+        Err(_) => program,
+    }
 }
 
 fn resolve_command(cfg: &Config) -> Result<PathBuf, config::ConfigError> {
@@ -86,4 +105,38 @@ fn resolve_command(cfg: &Config) -> Result<PathBuf, config::ConfigError> {
         message: m,
         snippet: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_program_named_through_the_release_link_follows_the_pinned_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(root.path()).unwrap();
+        for n in ["1", "2"] {
+            std::fs::create_dir_all(root.join(format!("releases/{n}/bin"))).unwrap();
+        }
+        let current = root.join("current");
+        std::os::unix::fs::symlink("releases/1", &current).unwrap();
+        let pinned = pin_directory(&current).unwrap();
+        assert_eq!(pinned, root.join("releases/1"));
+        // The deploy swaps `current` between the directory's resolution and the program's.
+        std::fs::remove_file(&current).unwrap();
+        std::os::unix::fs::symlink("releases/2", &current).unwrap();
+        let dir = (current.clone(), pinned);
+        let program = through(current.join("bin/app"), Some(&dir));
+        assert_eq!(program, root.join("releases/1/bin/app"));
+        // Named elsewhere, or without a working directory: as it is.
+        assert_eq!(
+            through("/usr/bin/python3".into(), Some(&dir)),
+            Path::new("/usr/bin/python3")
+        );
+        assert_eq!(
+            through(current.join("bin/app"), None),
+            current.join("bin/app")
+        );
+    }
 }
