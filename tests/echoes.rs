@@ -108,6 +108,11 @@ fn log_lines_and_status_datagrams_stay_short_whatever_comes_in() {
         log.contains("reload failed") && log.contains("workers: invalid value \\\"7777"),
         "the failed reload is not logged:\n{log}"
     );
+    // The whole first line of the error, its hint included, though the value was cut.
+    assert!(
+        log.contains("(900000 bytes)\\\": expected \\\"auto\\\" or a whole number"),
+        "the failed reload's hint is not logged:\n{log}"
+    );
     let longest = log.lines().max_by_key(|l| l.len()).unwrap_or_default();
     assert!(
         longest.len() <= 600,

@@ -197,9 +197,11 @@ impl Core {
             (Ok(loaded), None) => self.start_rollout(*loaded, waiters, now),
             (Err(message), _) | (_, Some(message)) => {
                 let gen = self.gen.number;
-                log!(self, Error, "reload failed: the configuration is invalid; generation {} keeps serving", gen;
-                    "error" => &message);
+                // Its first line names file, line, field and what was expected; the snippet
+                // under it is for a terminal (`preforkd reload` prints it whole).
                 let first_line = crate::echo::message(message.lines().next().unwrap_or_default());
+                log!(self, Error, "reload failed: the configuration is invalid; generation {} keeps serving", gen;
+                    "error" => &first_line);
                 self.reload.error = Some(format!("reload failed: {first_line}"));
                 self.count_reload("rejected", now);
                 self.reload_settled(now);
