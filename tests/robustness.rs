@@ -276,11 +276,13 @@ fn status_shows_an_empty_slot_and_its_last_spawn_error() {
         &app_str,
     ])
     .spawn();
+    // Both ready first: one killed while starting would show that failed start instead.
     let workers = wait_for(Duration::from_secs(10), || {
+        let (_, json) = p.status(&["--json"]);
         let w = p.workers();
-        (w.len() == 2).then_some(w)
+        (w.len() == 2 && json.contains("\"ready\":2")).then_some(w)
     })
-    .unwrap();
+    .unwrap_or_else(|| panic!("never 2 ready\n{}", p.log()));
     // The deploy breaks the program; one worker dies and cannot come back.
     std::fs::write(&app, b"\x7fELF not a program\n").unwrap();
     unsafe { libc::kill(workers[1], libc::SIGKILL) };
