@@ -73,7 +73,9 @@ fn assert_no_failure(report: &common::load::LoadReport, p: &Preforkd) {
 fn a_worker_that_says_stopping_is_replaced_before_it_exits_and_no_request_fails() {
     let (_dir, mut p) = lifecycle(
         "workers = 2\n",
-        &[("RETIRE_AFTER", "150"), ("RETIRE_LINGER_MS", "3000")],
+        // Lingering 6 s (under stop_timeout's 10 s): time enough on a loaded machine for the
+        // successor, a fresh python3, to be ready before its predecessor exits.
+        &[("RETIRE_AFTER", "150"), ("RETIRE_LINGER_MS", "6000")],
     );
     p.wait_workers(2);
     let load = Load::start(p.port, 0, 4, "/");

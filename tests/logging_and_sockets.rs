@@ -163,10 +163,11 @@ fn status_within(p: &Preforkd, limit: Duration) -> Option<(i32, String)> {
     Some((status.code().unwrap_or(-1), out))
 }
 
-/// The number of workers preforkd wants, per a status answer that must come within 1 s.
+/// The number of workers preforkd wants, per a status answer that must come within 5 s (a
+/// loop blocked on the full pipe would never answer; a loaded machine may take a second).
 fn workers_wanted(p: &Preforkd) -> Option<u64> {
-    let (code, out) = status_within(p, Duration::from_secs(1))
-        .expect("preforkd status took more than 1 s: its event loop is stuck");
+    let (code, out) = status_within(p, Duration::from_secs(5))
+        .expect("preforkd status took more than 5 s: its event loop is stuck");
     if code != 0 {
         return None;
     }

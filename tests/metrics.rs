@@ -319,8 +319,9 @@ fn slow_many_and_malformed_clients_never_hold_up_the_loop() {
     let asked = Instant::now();
     let (code, out) = p.status(&[]);
     assert_eq!(code, 0, "{out}");
+    // Held up by the idle clients, it would wait for their 10 s timeout.
     assert!(
-        asked.elapsed() < Duration::from_secs(2),
+        asked.elapsed() < Duration::from_secs(5),
         "{:?}",
         asked.elapsed()
     );

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -40,11 +40,11 @@ fn leave_room(pid: i32) -> usize {
 /// Waits until every fd number below `limit` is taken; then, with `probe`'s request waiting
 /// in the listen queue behind `held`, checks that preforkd spends (almost) no CPU for 700 ms
 /// and has not answered; lets `held` go and returns the answer `probe` then gets (it must have
-/// a read timeout).
+/// a read timeout). preforkd cuts idle clients `cut` after they connected, at `since`.
 fn served_once_fds_are_free<S: Read + AsRawFd>(
     p: &Preforkd,
     limit: usize,
-    held: Vec<S>,
+    (held, since, cut): (Vec<S>, Instant, Duration),
     mut probe: S,
 ) -> String {
     wait_for(Duration::from_secs(10), || {
@@ -60,9 +60,17 @@ fn served_once_fds_are_free<S: Read + AsRawFd>(
         "preforkd spent {spent:?} of CPU in 700 ms while out of fds\n{}",
         p.log()
     );
-    // Still waiting: the idle clients hold every fd (a control client is cut as too slow
-    // after 2 s, a scrape after 10 s).
-    assert_unanswered(&probe);
+    // Still waiting, while the idle clients hold every fd: unless this thread was held up
+    // until preforkd could cut them as too slow.
+    if since.elapsed() + Duration::from_millis(300) < cut {
+        assert_unanswered(&probe);
+    } else {
+        say(&format!(
+            "SKIPPED: the check that the queued client waits: the idle clients were held {:?}, \
+             near preforkd's cut at {cut:?} (a loaded machine)",
+            since.elapsed()
+        ));
+    }
     drop(held);
     let mut answer = String::new();
     (probe.read_to_string(&mut answer)).unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
@@ -95,12 +103,14 @@ fn a_control_client_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
     let control = p.runtime_dir.join("control.sock");
     let limit = leave_room(p.pid);
     // More idle clients than fit: the rest wait in the listen queue.
+    let since = Instant::now();
     let held: Vec<UnixStream> = (0..ROOM + 3)
         .map(|_| UnixStream::connect(&control).unwrap())
         .collect();
     let mut probe = UnixStream::connect(&control).unwrap();
     probe.write_all(b"status\n").unwrap();
     probe.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let held = (held, since, Duration::from_secs(2));
     let answer = served_once_fds_are_free(&p, limit, held, probe);
     assert!(answer.contains("\"ready\":1"), "{answer:?}\n{}", p.log());
 }
@@ -114,6 +124,7 @@ fn a_scrape_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
     let mut p = start.spawn();
     p.wait_workers(1);
     let limit = leave_room(p.pid);
+    let since = Instant::now();
     let held: Vec<TcpStream> = (0..ROOM + 3)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
@@ -122,6 +133,7 @@ fn a_scrape_that_cannot_be_accepted_costs_no_cpu_and_is_served_later() {
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     probe.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let held = (held, since, Duration::from_secs(10));
     let answer = served_once_fds_are_free(&p, limit, held, probe);
     assert!(
         answer.starts_with("HTTP/1.1 200"),

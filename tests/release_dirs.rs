@@ -257,8 +257,9 @@ fn kill(pid: i32) {
 
 #[test]
 fn a_generation_keeps_its_release_and_a_reload_moves_to_the_next() {
-    // A long canary keeps the rollout open while an old worker is killed.
-    let d = Deploy::new("reload_canary = \"3s\"\n", false);
+    // A long canary keeps the rollout open while an old worker is killed (long enough for a
+    // loaded machine to get from seeing the canary ready to the kill).
+    let d = Deploy::new("reload_canary = \"8s\"\n", false);
     let mut p = d.start();
     let first = d.wait_reported(&mut p, 1, 2);
     let gen_1_only = |g: u32| {

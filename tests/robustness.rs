@@ -77,16 +77,20 @@ fn mixed_kill_mode_signals_the_worker_alone_then_kills_what_it_left() {
     ])
     .spawn();
     let worker = wait_for(Duration::from_secs(10), || p.workers().first().copied()).unwrap();
-    // Both children run, and the first has set its trap (its loop's `sleep` runs after it).
+    // Both children run, the first has set its trap (its loop's `sleep` runs after it), the
+    // second is `sleep 301` (by name: before its exec a subshell's cmdline is the whole script),
+    // and the worker itself catches SIGTERM (its trap comes after both forks).
     let stubborn = wait_for(Duration::from_secs(10), || {
         let kids = children(worker);
         let trapped = kids.iter().any(|&k| !children(k).is_empty());
-        let sleeper = kids.iter().copied().find(|&k| {
-            std::fs::read_to_string(format!("/proc/{k}/cmdline")).is_ok_and(|c| c.contains("301"))
-        })?;
-        trapped.then_some(sleeper)
+        let sleeper =
+            (kids.iter().copied()).find(|&k| proc_status(k, "Name").as_deref() == Some("sleep"))?;
+        let caught = proc_status(worker, "SigCgt")
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0);
+        (trapped && caught).then_some(sleeper)
     })
-    .expect("the worker's two children");
+    .expect("the worker's two children, and its trap");
     let stopped = Instant::now();
     p.signal(libc::SIGTERM);
     assert_eq!(p.exit_code(Duration::from_secs(15)), 0, "{}", p.log());
@@ -156,8 +160,10 @@ fn a_worker_that_leaves_its_group_and_ignores_sigterm_is_still_stopped() {
     ])
     .spawn();
     let worker = wait_for(Duration::from_secs(10), || p.workers().first().copied()).unwrap();
+    // Python runs (a child just forked is not in its own group yet either) and has left it.
     wait_for(Duration::from_secs(10), || {
-        (unsafe { libc::getpgid(worker) } != worker).then_some(())
+        let python = proc_status(worker, "Name").is_some_and(|n| n.starts_with("python"));
+        (python && unsafe { libc::getpgid(worker) } != worker).then_some(())
     })
     .expect("the worker moved to another group");
     p.signal(libc::SIGTERM);
