@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::echo::echo;
-use crate::status::{short, Snapshot};
+use crate::status::{first_column, short, Snapshot};
 
 /// Moves the cursor home and clears the screen.
 pub const CLEAR: &str = "\x1b[H\x1b[2J";
@@ -42,8 +42,7 @@ pub fn frame(s: &Snapshot, prev: Option<&Snapshot>, elapsed: Duration) -> String
     );
     // Echoed again, as `status` does: an older preforkd kept workers' STATUS= raw.
     let _ = writeln!(out, "{}", echo(&s.status));
-    // The first column fits "agent NAME" too, as in `preforkd status`.
-    let w0 = (s.agents.iter()).fold(8, |w, a| w.max(6 + a.name.chars().count()));
+    let w0 = first_column(s, 8);
     let _ = writeln!(
         out,
         "\n{:<w0$} {:>8} {:>4}  {:<9} {:>8} {:>9} {:>9} {:>6} {:>8}  STATUS",

@@ -198,10 +198,12 @@ impl Core {
             (Err(message), _) | (_, Some(message)) => {
                 let gen = self.gen.number;
                 // Its first line names file, line, field and what was expected; the snippet
-                // under it is for a terminal (`preforkd reload` prints it whole).
-                let first_line = crate::echo::message(message.lines().next().unwrap_or_default());
+                // under it is for a terminal (`preforkd reload` prints it whole). The log
+                // bounds an error field itself; STATUS= is bounded here.
+                let first_line = message.lines().next().unwrap_or_default();
                 log!(self, Error, "reload failed: the configuration is invalid; generation {} keeps serving", gen;
-                    "error" => &first_line);
+                    "error" => first_line);
+                let first_line = crate::echo::message(first_line);
                 self.reload.error = Some(format!("reload failed: {first_line}"));
                 self.count_reload("rejected", now);
                 self.reload_settled(now);
